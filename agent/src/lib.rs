@@ -1,0 +1,3 @@
+//! carbon-agent: energy and carbon per process tree, and wasted I/O, from in-kernel accounting.
+pub mod probes;
+pub mod usage;

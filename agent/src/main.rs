@@ -1,0 +1,3 @@
+fn main() {
+    println!("{}", carbon_agent::probes::EBPF_OBJECT.len());
+}

@@ -1,0 +1,108 @@
+//! Types shared by the eBPF programs (`agent-ebpf`) and userspace (`agent`).
+//!
+//! Everything here is `#[repr(C)]`, `Copy` and free of pointers, so that both sides agree on
+//! the layout byte for byte. Userspace builds this crate with the `user` feature, which adds
+//! the `aya::Pod` impls needed to read the types out of maps.
+#![no_std]
+
+/// Length of a task's `comm` in the kernel (`TASK_COMM_LEN`).
+pub const COMM_LEN: usize = 16;
+/// How many bytes of an exec'd filename are kept.
+pub const FILENAME_LEN: usize = 128;
+
+/// Key of the idle bucket in the per-tgid CPU map: the per-CPU idle tasks all have pid 0.
+pub const IDLE_TGID: u32 = 0;
+
+/// On-CPU time accumulated by one thread group (process) on one CPU.
+///
+/// Lives in the per-CPU hash `TGID_CPU`, keyed by tgid. Values only grow; userspace takes
+/// differences between intervals and deletes the entry once the process is gone.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TgidCpu {
+    /// Nanoseconds this tgid's threads were on this CPU.
+    pub on_cpu_ns: u64,
+    /// How many times one of its threads was switched out on this CPU.
+    pub switches: u64,
+    /// cgroup (v2) id of the thread that created the entry.
+    pub cgroup_id: u64,
+    /// Real uid of the thread that created the entry.
+    pub uid: u32,
+    pub _pad: u32,
+}
+
+/// Indices into the per-CPU `STATS` array: capacity problems the kernel side counts.
+pub mod stat {
+    /// A `TGID_CPU` insert failed because the map was full: that CPU time is lost.
+    pub const TGID_MAP_FULL: u32 = 0;
+    /// A lifecycle event could not be reserved in the ring buffer.
+    pub const LIFECYCLE_RINGBUF_FULL: u32 = 1;
+    /// CPU nanoseconds that could not be recorded because of `TGID_MAP_FULL`.
+    pub const LOST_CPU_NS: u32 = 2;
+    /// Number of `STATS` slots.
+    pub const COUNT: u32 = 16;
+}
+
+/// What happened to a process.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LifecycleKind {
+    /// A new process (thread group) was created; thread creation is not reported.
+    Fork = 1,
+    /// A process replaced its image.
+    Exec = 2,
+    /// A process's leader thread exited.
+    Exit = 3,
+}
+
+impl LifecycleKind {
+    pub fn from_u32(v: u32) -> Option<Self> {
+        match v {
+            1 => Some(Self::Fork),
+            2 => Some(Self::Exec),
+            3 => Some(Self::Exit),
+            _ => None,
+        }
+    }
+}
+
+/// One process lifecycle event, as written to the `LIFECYCLE` ring buffer.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct LifecycleEvent {
+    /// A [`LifecycleKind`] as u32.
+    pub kind: u32,
+    /// The process (tgid) the event is about: the child for a fork.
+    pub tgid: u32,
+    /// The parent's tgid (fork), or 0 when not known.
+    pub parent_tgid: u32,
+    pub uid: u32,
+    pub gid: u32,
+    /// Exit: the task's `exit_code` (wait status encoding). Exec: the tgid before exec.
+    pub code: i32,
+    pub cgroup_id: u64,
+    /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) when the event happened.
+    pub ts_ns: u64,
+    pub comm: [u8; COMM_LEN],
+    /// Exec: the file name passed to exec, NUL-terminated (truncated if longer).
+    pub filename: [u8; FILENAME_LEN],
+}
+
+/// Names of the eBPF globals that userspace fills in from the kernel's BTF before loading.
+pub mod globals {
+    /// `offsetof(struct task_struct, pid)`.
+    pub const TASK_PID_OFF: &str = "TASK_PID_OFF";
+    /// `offsetof(struct task_struct, tgid)`.
+    pub const TASK_TGID_OFF: &str = "TASK_TGID_OFF";
+    /// `offsetof(struct task_struct, exit_code)`.
+    pub const TASK_EXIT_CODE_OFF: &str = "TASK_EXIT_CODE_OFF";
+    /// `offsetof(struct linux_binprm, filename)`.
+    pub const BINPRM_FILENAME_OFF: &str = "BINPRM_FILENAME_OFF";
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: plain-old-data, `#[repr(C)]`, every bit pattern valid.
+    unsafe impl aya::Pod for super::TgidCpu {}
+    unsafe impl aya::Pod for super::LifecycleEvent {}
+}
