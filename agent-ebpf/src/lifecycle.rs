@@ -15,6 +15,7 @@ use aya_ebpf::{
     maps::RingBuf,
     programs::BtfTracePointContext,
 };
+use aya_log_ebpf::warn;
 use carbon_agent_common::{COMM_LEN, FILENAME_LEN, LifecycleEvent, LifecycleKind, stat};
 
 use crate::stats;
@@ -40,9 +41,11 @@ unsafe fn read_at<T: Copy>(base: *const u8, off: u32) -> Option<T> {
 
 /// Reserves an event, fills the fields every kind has, and lets `fill` do the rest.
 #[inline(always)]
-fn emit(kind: LifecycleKind, tgid: u32, fill: impl FnOnce(&mut LifecycleEvent)) {
+fn emit(ctx: &BtfTracePointContext, kind: LifecycleKind, tgid: u32, fill: impl FnOnce(&mut LifecycleEvent)) {
     let Some(mut slot) = LIFECYCLE.reserve::<LifecycleEvent>(0) else {
         stats::add(stat::LIFECYCLE_RINGBUF_FULL, 1);
+        // Off the hot path: only when events are already being lost.
+        warn!(ctx, "lifecycle ring buffer full: event {} of tgid {} dropped", kind as u32, tgid);
         return;
     };
     let uid_gid = bpf_get_current_uid_gid();
@@ -76,7 +79,7 @@ pub fn sched_process_fork(ctx: BtfTracePointContext) -> i32 {
         return 0;
     }
     let parent_tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    emit(LifecycleKind::Fork, tgid as u32, |ev| ev.parent_tgid = parent_tgid);
+    emit(&ctx, LifecycleKind::Fork, tgid as u32, |ev| ev.parent_tgid = parent_tgid);
     0
 }
 
@@ -87,7 +90,7 @@ pub fn sched_process_exec(ctx: BtfTracePointContext) -> i32 {
     let old_pid: i32 = ctx.arg(1);
     let bprm: *const u8 = ctx.arg(2);
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    emit(LifecycleKind::Exec, tgid, |ev| {
+    emit(&ctx, LifecycleKind::Exec, tgid, |ev| {
         ev.code = old_pid;
         if let Some(name) = unsafe { read_at::<*const u8>(bprm, BINPRM_FILENAME_OFF.load()) } {
             let _ = unsafe { bpf_probe_read_kernel_str_bytes(name, &mut ev.filename) };
@@ -106,7 +109,7 @@ pub fn sched_process_exit(ctx: BtfTracePointContext) -> i32 {
         return 0;
     }
     let task: *const u8 = ctx.arg(0);
-    emit(LifecycleKind::Exit, tgid, |ev| {
+    emit(&ctx, LifecycleKind::Exit, tgid, |ev| {
         ev.code = unsafe { read_at::<i32>(task, TASK_EXIT_CODE_OFF.load()) }.unwrap_or(0);
     });
     0

@@ -1,3 +1,16 @@
 //! carbon-agent: energy and carbon per process tree, and wasted I/O, from in-kernel accounting.
+//!
+//! The pipeline, in the order data flows (see `docs/architecture.md`):
+//! [`probes`] (eBPF programs and their maps) → [`session`] (one pass per interval) →
+//! [`usage`] (CPU time per process per interval) with [`process`] (the process table and its
+//! trees) → [`output`] (live view, JSON Lines, `run` summary).
+pub mod cli;
+pub mod doctor;
+pub mod host;
+pub mod output;
 pub mod probes;
+pub mod process;
+pub mod procfs;
+pub mod run;
+pub mod session;
 pub mod usage;

@@ -1,5 +1,248 @@
 //! Kernel side: loading and attaching the eBPF programs, reading their maps.
+//!
+//! [`Probes::load`] checks privileges, mounts tracefs when missing, reads the struct offsets
+//! the programs need from the kernel's BTF, loads the embedded object and attaches:
+//! `sched_switch` as a BTF tracepoint (the classic tracepoint where the kernel has no BTF) and
+//! the lifecycle programs (fork, exec, exit).
+
 pub mod btf;
+pub mod cpu;
+pub mod lifecycle;
+pub mod privileges;
+pub mod tracefs;
+
+use std::path::Path;
+
+use anyhow::{Context as _, anyhow, bail};
+use aya::{
+    Btf, Ebpf, EbpfLoader,
+    maps::{MapData, PerCpuArray, PerCpuHashMap, RingBuf},
+    programs::{BtfTracePoint, TracePoint},
+};
+use carbon_agent_common::{globals, stat};
+
+use self::{btf::KernelBtf, cpu::CpuCounters};
 
 /// The eBPF object built by `build.rs` from `agent-ebpf`.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/agent-ebpf"));
+
+/// Capacities of the kernel-side maps.
+#[derive(Clone, Debug)]
+pub struct LoadOptions {
+    /// Entries of the per-tgid CPU map: processes alive (or exited within an interval) at once.
+    pub max_processes: u32,
+    /// Bytes of the lifecycle ring buffer (power of two, at least a page).
+    pub lifecycle_ring_bytes: u32,
+    /// Use the classic `sched:sched_switch` tracepoint even when BTF is there (for comparison).
+    pub force_classic_sched: bool,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        LoadOptions { max_processes: 32768, lifecycle_ring_bytes: 4 << 20, force_classic_sched: false }
+    }
+}
+
+/// How `sched_switch` is hooked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SchedHook {
+    BtfTracepoint,
+    ClassicTracepoint,
+}
+
+/// Counters of what the kernel side lost for lack of capacity, cumulative since load.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct KernelLosses {
+    /// Inserts into the per-tgid CPU map that failed because it was full.
+    pub cpu_map_full: u64,
+    /// CPU nanoseconds that could not be recorded because of those failures.
+    pub lost_cpu_ns: u64,
+    /// Lifecycle events dropped because the ring buffer was full.
+    pub lifecycle_dropped: u64,
+}
+
+/// The loaded and attached programs, and the maps userspace reads.
+pub struct Probes {
+    pub ebpf: Ebpf,
+    pub sched_hook: SchedHook,
+    /// Whether tracefs had to be mounted by the agent.
+    pub tracefs_mounted_by_agent: bool,
+    pub cpu: CpuCounters,
+    /// Lifecycle events; `None` where the kernel has no BTF (processes then come from /proc).
+    pub lifecycle: Option<RingBuf<MapData>>,
+    /// Log records from the programs' cold paths (aya-log); poll with `flush`.
+    pub logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
+    stats: PerCpuArray<MapData, u64>,
+}
+
+impl Probes {
+    /// Checks privileges, then loads and attaches everything.
+    pub fn load(opts: &LoadOptions) -> anyhow::Result<Self> {
+        if let Some(msg) = privileges::check() {
+            bail!(msg);
+        }
+        bump_memlock_rlimit();
+        let kernel_btf = KernelBtf::from_sysfs(Path::new("/sys")).ok();
+        let aya_btf = Btf::from_sys_fs().ok();
+
+        let offsets = match &kernel_btf {
+            Some(btf) => Some(StructOffsets::read(btf)?),
+            None => None,
+        };
+        let mut loader = EbpfLoader::new();
+        loader.btf(aya_btf.as_ref());
+        loader.map_max_entries("TGID_CPU", opts.max_processes);
+        loader.map_max_entries("LIFECYCLE", opts.lifecycle_ring_bytes);
+        if let Some(o) = &offsets {
+            o.set_globals(&mut loader);
+        }
+        let mut ebpf = loader.load(EBPF_OBJECT).context("loading the eBPF object into the kernel")?;
+        let logger = aya_log::EbpfLogger::init(&mut ebpf).ok();
+
+        let mut tracefs_mounted_by_agent = false;
+        let sched_hook = match &aya_btf {
+            Some(btf) if !opts.force_classic_sched => {
+                attach_btf(&mut ebpf, "sched_switch_btf", "sched_switch", btf)?;
+                SchedHook::BtfTracepoint
+            }
+            _ => {
+                tracefs_mounted_by_agent = tracefs::ensure_mounted().map_err(|e| anyhow!(e))?
+                    == tracefs::Tracefs::MountedByAgent;
+                let prog: &mut TracePoint = program(&mut ebpf, "sched_switch_tp")?.try_into()?;
+                prog.load().context("loading sched_switch (classic tracepoint)")?;
+                prog.attach("sched", "sched_switch").context("attaching sched:sched_switch")?;
+                SchedHook::ClassicTracepoint
+            }
+        };
+
+        let lifecycle = match (&aya_btf, &offsets) {
+            (Some(btf), Some(_)) => {
+                for (prog, tp) in [
+                    ("sched_process_fork", "sched_process_fork"),
+                    ("sched_process_exec", "sched_process_exec"),
+                    ("sched_process_exit", "sched_process_exit"),
+                ] {
+                    attach_btf(&mut ebpf, prog, tp, btf)?;
+                }
+                Some(RingBuf::try_from(take_map(&mut ebpf, "LIFECYCLE")?)?)
+            }
+            _ => None,
+        };
+        let cpu = CpuCounters::new(PerCpuHashMap::try_from(take_map(&mut ebpf, "TGID_CPU")?)?);
+        let stats = PerCpuArray::try_from(take_map(&mut ebpf, "STATS")?)?;
+        Ok(Probes { ebpf, sched_hook, tracefs_mounted_by_agent, cpu, lifecycle, logger, stats })
+    }
+
+    /// Loss counters summed over CPUs.
+    pub fn losses(&self) -> KernelLosses {
+        KernelLosses {
+            cpu_map_full: self.stat(stat::TGID_MAP_FULL),
+            lost_cpu_ns: self.stat(stat::LOST_CPU_NS),
+            lifecycle_dropped: self.stat(stat::LIFECYCLE_RINGBUF_FULL),
+        }
+    }
+
+    /// One `STATS` counter summed over CPUs (0 if unreadable).
+    pub fn stat(&self, index: u32) -> u64 {
+        self.stats.get(&index, 0).map(|v| v.iter().sum()).unwrap_or(0)
+    }
+}
+
+/// Kernel struct field offsets the lifecycle programs read, from BTF.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StructOffsets {
+    pub task_pid: u32,
+    pub task_tgid: u32,
+    pub task_exit_code: u32,
+    pub binprm_filename: u32,
+}
+
+impl StructOffsets {
+    pub fn read(btf: &KernelBtf) -> anyhow::Result<Self> {
+        Ok(StructOffsets {
+            task_pid: btf.member_offset("task_struct", "pid")?,
+            task_tgid: btf.member_offset("task_struct", "tgid")?,
+            task_exit_code: btf.member_offset("task_struct", "exit_code")?,
+            binprm_filename: btf.member_offset("linux_binprm", "filename")?,
+        })
+    }
+
+    /// Writes the offsets into the programs' globals.
+    pub fn set_globals<'a>(&'a self, loader: &mut EbpfLoader<'a>) {
+        loader.override_global(globals::TASK_PID_OFF, &self.task_pid, true);
+        loader.override_global(globals::TASK_TGID_OFF, &self.task_tgid, true);
+        loader.override_global(globals::TASK_EXIT_CODE_OFF, &self.task_exit_code, true);
+        loader.override_global(globals::BINPRM_FILENAME_OFF, &self.binprm_filename, true);
+    }
+}
+
+fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut aya::programs::Program> {
+    ebpf.program_mut(name).ok_or_else(|| anyhow!("the eBPF object has no program {name} (build mismatch)"))
+}
+
+fn take_map(ebpf: &mut Ebpf, name: &str) -> anyhow::Result<aya::maps::Map> {
+    ebpf.take_map(name).ok_or_else(|| anyhow!("the eBPF object has no map {name} (build mismatch)"))
+}
+
+/// Loads and attaches the BTF tracepoint program `prog` to `tracepoint`.
+pub fn attach_btf(ebpf: &mut Ebpf, prog: &str, tracepoint: &str, btf: &Btf) -> anyhow::Result<()> {
+    let p: &mut BtfTracePoint = program(ebpf, prog)?.try_into()?;
+    p.load(tracepoint, btf).with_context(|| format!("loading {prog} for tp_btf/{tracepoint}"))?;
+    p.attach().with_context(|| format!("attaching tp_btf/{tracepoint}"))?;
+    Ok(())
+}
+
+/// Older kernels charge BPF maps to RLIMIT_MEMLOCK; raise it so the maps fit.
+fn bump_memlock_rlimit() {
+    let rlim = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
+    // SAFETY: valid pointer to a rlimit. Failure only matters on pre-5.11 kernels.
+    unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &rlim) };
+}
+
+/// Result of trying one hook, for `carbon-agent doctor`.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct HookProbe {
+    /// e.g. `tp_btf/sched_switch`.
+    pub hook: String,
+    pub ok: bool,
+    /// The error when it failed.
+    pub error: Option<String>,
+}
+
+/// Loads the object and tries to attach each program on its own, then detaches everything.
+pub fn probe_hooks() -> anyhow::Result<Vec<HookProbe>> {
+    let btf = Btf::from_sys_fs().ok();
+    let offsets = KernelBtf::from_sysfs(Path::new("/sys")).ok().and_then(|b| StructOffsets::read(&b).ok());
+    let mut loader = EbpfLoader::new();
+    loader.btf(btf.as_ref());
+    if let Some(o) = &offsets {
+        o.set_globals(&mut loader);
+    }
+    let mut ebpf = loader.load(EBPF_OBJECT).context("loading the eBPF object into the kernel")?;
+    let mut out = Vec::new();
+    let mut record = |hook: &str, r: anyhow::Result<()>| {
+        out.push(HookProbe { hook: hook.into(), ok: r.is_ok(), error: r.err().map(|e| format!("{e:#}")) })
+    };
+    for (prog, tp) in [
+        ("sched_switch_btf", "sched_switch"),
+        ("sched_process_fork", "sched_process_fork"),
+        ("sched_process_exec", "sched_process_exec"),
+        ("sched_process_exit", "sched_process_exit"),
+    ] {
+        let r = match &btf {
+            Some(btf) => attach_btf(&mut ebpf, prog, tp, btf),
+            None => Err(anyhow!("no kernel BTF")),
+        };
+        record(&format!("tp_btf/{tp}"), r);
+    }
+    let classic = (|| -> anyhow::Result<()> {
+        tracefs::ensure_mounted().map_err(|e| anyhow!(e))?;
+        let prog: &mut TracePoint = program(&mut ebpf, "sched_switch_tp")?.try_into()?;
+        prog.load()?;
+        prog.attach("sched", "sched_switch")?;
+        Ok(())
+    })();
+    record("tracepoint/sched/sched_switch", classic);
+    Ok(out)
+}

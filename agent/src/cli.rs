@@ -1,0 +1,143 @@
+//! The command line.
+
+use std::{path::PathBuf, time::Duration};
+
+use clap::{Args, Parser, Subcommand};
+
+/// Energy, carbon and wasted I/O per process tree, measured in the kernel with eBPF.
+///
+/// With no subcommand: a live, top-like view of process trees on a terminal (quit with q or
+/// Ctrl-C), or one line per interval when stdout is not a terminal, or JSON Lines with --json.
+/// Needs root, or CAP_BPF and CAP_PERFMON.
+#[derive(Debug, Parser)]
+#[command(name = "carbon-agent", version, about, long_about, after_help = AFTER_HELP)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
+    #[command(flatten)]
+    pub watch: WatchArgs,
+
+    #[command(flatten)]
+    pub agent: AgentArgs,
+}
+
+const AFTER_HELP: &str = "Examples:
+  sudo carbon-agent                         live view of every process tree
+  sudo carbon-agent --json --duration 10s   ten JSON lines, one per second
+  sudo carbon-agent run -- python train.py  follow one command's tree, then summarize
+  sudo carbon-agent doctor                  what this machine offers, and what to fix";
+
+/// Options of the live view / interval output (no subcommand).
+#[derive(Debug, Args)]
+pub struct WatchArgs {
+    /// Print one JSON object per interval (JSON Lines) instead of the live view.
+    #[arg(long)]
+    pub json: bool,
+
+    /// Stop after this long (e.g. 30s, 5m); default: run until interrupted.
+    #[arg(long, value_parser = parse_duration)]
+    pub duration: Option<Duration>,
+}
+
+/// Options every mode shares.
+#[derive(Debug, Args, Clone)]
+pub struct AgentArgs {
+    /// Length of one accounting interval (e.g. 1s, 500ms).
+    #[arg(long, global = true, default_value = "1s", value_parser = parse_interval)]
+    pub interval: Duration,
+
+    /// Capacity of the kernel's per-process CPU map (processes alive at once).
+    #[arg(long, global = true, default_value_t = 32768, value_parser = clap::value_parser!(u32).range(1024..=4_194_304))]
+    pub max_processes: u32,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a command, follow its whole process tree, and summarize what it cost.
+    ///
+    /// Exits with the command's exit code. Started through sudo, the command runs as the
+    /// invoking user (SUDO_UID/SUDO_GID).
+    Run(RunArgs),
+    /// Show what this machine offers (BTF, tracefs, program types, privileges, meters), what
+    /// the agent will use, and how to fix what is missing.
+    Doctor(DoctorArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Also write the summary as one JSON document to FILE.
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
+
+    /// How many of the largest processes the summary lists.
+    #[arg(long, default_value_t = 10)]
+    pub top: usize,
+
+    /// The command and its arguments (after --).
+    #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true, value_name = "CMD")]
+    pub command: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct DoctorArgs {
+    /// Print the findings as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let d = match s.parse::<f64>() {
+        Ok(secs) if secs.is_finite() && secs >= 0.0 => Duration::from_secs_f64(secs),
+        Ok(_) => return Err(format!("{s:?} is not a positive duration")),
+        Err(_) => humantime::parse_duration(s)
+            .map_err(|e| format!("{s:?} is not a duration ({e}); use e.g. 1s, 500ms, 2m"))?,
+    };
+    if d.is_zero() {
+        return Err("the duration must be longer than zero".into());
+    }
+    Ok(d)
+}
+
+fn parse_interval(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    if d < Duration::from_millis(50) {
+        return Err(format!("an interval of {s} is too short: use at least 50ms"));
+    }
+    Ok(d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("1.5").unwrap(), Duration::from_millis(1500));
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert!(parse_duration("soon").unwrap_err().contains("not a duration"));
+        assert!(parse_duration("0").is_err());
+        assert!(parse_interval("10ms").unwrap_err().contains("too short"));
+    }
+
+    #[test]
+    fn run_takes_everything_after_the_separator() {
+        let cli = Cli::try_parse_from(["carbon-agent", "run", "--json", "o.json", "--", "ls", "-la", "--color"]).unwrap();
+        let Some(Command::Run(run)) = cli.command else { panic!("not run") };
+        assert_eq!(run.command, ["ls", "-la", "--color"]);
+        assert_eq!(run.json.unwrap(), PathBuf::from("o.json"));
+    }
+
+    #[test]
+    fn bad_flags_are_rejected() {
+        assert!(Cli::try_parse_from(["carbon-agent", "--interval", "fast"]).is_err());
+        assert!(Cli::try_parse_from(["carbon-agent", "--frobnicate"]).is_err());
+        assert!(Cli::try_parse_from(["carbon-agent", "run"]).is_err());
+    }
+}

@@ -1,0 +1,131 @@
+//! `carbon-agent doctor`: what this machine offers, what the agent will use, how to fix the rest.
+
+use std::path::Path;
+
+use serde::Serialize;
+
+use crate::probes::{self, StructOffsets, btf::KernelBtf, privileges, tracefs};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Ok,
+    Warn,
+    Missing,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Check {
+    pub name: String,
+    pub status: Status,
+    pub detail: String,
+    /// How to fix it, when it is not ok.
+    pub fix: Option<String>,
+}
+
+fn check(name: &str, status: Status, detail: impl Into<String>, fix: Option<&str>) -> Check {
+    Check { name: name.into(), status, detail: detail.into(), fix: fix.map(Into::into) }
+}
+
+/// Runs every check. Loading programs needs privileges; without them those checks say so.
+pub fn checks() -> Vec<Check> {
+    let mut out = Vec::new();
+    let privileged = match privileges::check() {
+        None => {
+            out.push(check("privileges", Status::Ok, "root or CAP_BPF + CAP_PERFMON", None));
+            true
+        }
+        Some(msg) => {
+            out.push(check("privileges", Status::Missing, msg, Some("run as root (sudo carbon-agent doctor)")));
+            false
+        }
+    };
+    match KernelBtf::from_sysfs(Path::new("/sys")) {
+        Ok(btf) => match StructOffsets::read(&btf) {
+            Ok(o) => out.push(check(
+                "kernel BTF",
+                Status::Ok,
+                format!(
+                    "/sys/kernel/btf/vmlinux: task_struct.pid@{} tgid@{} exit_code@{}, linux_binprm.filename@{}",
+                    o.task_pid, o.task_tgid, o.task_exit_code, o.binprm_filename
+                ),
+                None,
+            )),
+            Err(e) => out.push(check("kernel BTF", Status::Warn, format!("{e:#}"), Some("lifecycle events need these fields; processes will be discovered from /proc instead"))),
+        },
+        Err(e) => out.push(check(
+            "kernel BTF",
+            Status::Missing,
+            e.to_string(),
+            Some("use a kernel built with CONFIG_DEBUG_INFO_BTF=y; without it sched_switch falls back to the classic tracepoint and lifecycle events are off"),
+        )),
+    }
+    out.push(if tracefs::is_mounted() {
+        check("tracefs", Status::Ok, format!("mounted at {}", tracefs::TRACEFS), None)
+    } else {
+        check(
+            "tracefs",
+            Status::Warn,
+            format!("not mounted at {}", tracefs::TRACEFS),
+            Some("the agent mounts it when it needs a classic tracepoint (mount -t tracefs nodev /sys/kernel/tracing)"),
+        )
+    });
+    if Path::new("/sys/fs/cgroup/cgroup.controllers").exists() || Path::new("/sys/fs/cgroup/unified").is_dir() {
+        out.push(check("cgroup v2", Status::Ok, "mounted (per-cgroup roll-ups available)", None));
+    } else {
+        out.push(check("cgroup v2", Status::Warn, "not found", Some("mount cgroup2 for per-container roll-ups")));
+    }
+    if privileged {
+        match probes::probe_hooks() {
+            Ok(hooks) => {
+                for h in hooks {
+                    out.push(match h.error {
+                        None => check(&h.hook, Status::Ok, "loads and attaches", None),
+                        Some(e) => check(&h.hook, Status::Missing, e, None),
+                    });
+                }
+            }
+            Err(e) => out.push(check("eBPF programs", Status::Missing, format!("{e:#}"), Some("check dmesg and the kernel's BPF support (CONFIG_BPF_SYSCALL)"))),
+        }
+    }
+    out
+}
+
+/// What the agent will use, given the checks.
+pub fn plan(checks: &[Check]) -> Vec<String> {
+    let ok = |name: &str| checks.iter().any(|c| c.name == name && c.status == Status::Ok);
+    let mut plan = Vec::new();
+    if ok("tp_btf/sched_switch") {
+        plan.push("on-CPU time: tp_btf/sched_switch (per-tgid, per-CPU hash)".to_string());
+    } else if ok("tracepoint/sched/sched_switch") {
+        plan.push("on-CPU time: classic tracepoint sched:sched_switch (no BTF)".to_string());
+    } else {
+        plan.push("on-CPU time: UNAVAILABLE (see above)".to_string());
+    }
+    if ok("tp_btf/sched_process_fork") && ok("tp_btf/sched_process_exec") && ok("tp_btf/sched_process_exit") {
+        plan.push("process lifecycle: tp_btf sched_process_{fork,exec,exit} ring buffer".to_string());
+    } else {
+        plan.push("process lifecycle: /proc look-ups only (short-lived processes may be named '?')".to_string());
+    }
+    plan
+}
+
+pub fn render_text(checks: &[Check]) -> String {
+    let mut s = String::from("carbon-agent doctor\n\n");
+    for c in checks {
+        let mark = match c.status {
+            Status::Ok => "ok  ",
+            Status::Warn => "warn",
+            Status::Missing => "FAIL",
+        };
+        s.push_str(&format!("[{mark}] {:<32} {}\n", c.name, c.detail));
+        if let Some(fix) = &c.fix {
+            s.push_str(&format!("       fix: {fix}\n"));
+        }
+    }
+    s.push_str("\nThe agent will use:\n");
+    for p in plan(checks) {
+        s.push_str(&format!("  - {p}\n"));
+    }
+    s
+}

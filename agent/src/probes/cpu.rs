@@ -1,0 +1,105 @@
+//! Draining the per-tgid on-CPU counters once per interval.
+
+use std::collections::{BTreeMap, HashMap};
+
+use aya::maps::{MapData, PerCpuHashMap};
+use carbon_agent_common::TgidCpu;
+
+use crate::{process::Pid, usage::ProcessCpu};
+
+/// Cumulative counters as last read, per tgid: the interval's delta is `now - last`.
+#[derive(Debug, Default)]
+pub struct CounterDeltas {
+    last: HashMap<Pid, ProcessCpu>,
+}
+
+impl CounterDeltas {
+    /// Turns cumulative readings into deltas since the previous call. A key whose counter went
+    /// down was deleted and re-created (pid reuse): its whole value is new.
+    pub fn update(&mut self, cumulative: &BTreeMap<Pid, ProcessCpu>) -> BTreeMap<Pid, ProcessCpu> {
+        let mut out = BTreeMap::new();
+        for (&tgid, now) in cumulative {
+            let before = self.last.insert(tgid, *now).unwrap_or_default();
+            let delta = if now.cpu_ns >= before.cpu_ns {
+                ProcessCpu { cpu_ns: now.cpu_ns - before.cpu_ns, switches: now.switches.saturating_sub(before.switches) }
+            } else {
+                *now
+            };
+            if delta.cpu_ns > 0 {
+                out.insert(tgid, delta);
+            }
+        }
+        out
+    }
+
+    /// Forgets a tgid whose map entry was deleted.
+    pub fn forget(&mut self, tgid: Pid) {
+        self.last.remove(&tgid);
+    }
+}
+
+/// The `TGID_CPU` map and the deltas computed from it.
+pub struct CpuCounters {
+    map: PerCpuHashMap<MapData, u32, TgidCpu>,
+    deltas: CounterDeltas,
+}
+
+impl CpuCounters {
+    pub fn new(map: PerCpuHashMap<MapData, u32, TgidCpu>) -> Self {
+        CpuCounters { map, deltas: CounterDeltas::default() }
+    }
+
+    /// Reads every tgid's counters (one pass over the map) and returns the deltas since the
+    /// previous drain.
+    pub fn drain(&mut self) -> BTreeMap<Pid, ProcessCpu> {
+        let mut cumulative = BTreeMap::new();
+        for item in self.map.iter() {
+            // An entry deleted during the walk ends that item with an error: skip it.
+            let Ok((tgid, per_cpu)) = item else { continue };
+            let mut sum = ProcessCpu::default();
+            for v in per_cpu.iter() {
+                sum.cpu_ns += v.on_cpu_ns;
+                sum.switches += v.switches;
+            }
+            cumulative.insert(tgid, sum);
+        }
+        self.deltas.update(&cumulative)
+    }
+
+    /// Deletes the entries of processes that are gone, after their final drain.
+    pub fn forget(&mut self, tgids: &[Pid]) {
+        for &tgid in tgids {
+            let _ = self.map.remove(&tgid);
+            self.deltas.forget(tgid);
+        }
+    }
+
+    /// Entries in the map now (bounded by its max_entries).
+    pub fn len(&self) -> usize {
+        self.map.keys().count()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn m(v: &[(Pid, u64)]) -> BTreeMap<Pid, ProcessCpu> {
+        v.iter().map(|&(p, c)| (p, ProcessCpu { cpu_ns: c, switches: c / 10 })).collect()
+    }
+
+    #[test]
+    fn deltas_between_readings() {
+        let mut d = CounterDeltas::default();
+        assert_eq!(d.update(&m(&[(1, 100), (2, 50)])), m(&[(1, 100), (2, 50)]));
+        assert_eq!(d.update(&m(&[(1, 150), (2, 50)])), m(&[(1, 50)]));
+        // Recreated entry with a smaller value: all new.
+        assert_eq!(d.update(&m(&[(1, 20)])), m(&[(1, 20)]));
+        d.forget(1);
+        assert_eq!(d.update(&m(&[(1, 30)])), m(&[(1, 30)]));
+    }
+}

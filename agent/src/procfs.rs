@@ -1,0 +1,218 @@
+//! Reading `/proc` (and `/etc/passwd`): processes that existed before the agent, names of
+//! users, the machine's CPU count. Rooted at a path so that tests can use fake trees.
+
+use std::{
+    collections::HashMap,
+    fs,
+    path::{Path, PathBuf},
+};
+
+use crate::process::{Pid, ProcInfo, ProcLookup, ProcessKind};
+
+/// `PF_KTHREAD` in `/proc/<pid>/stat`'s flags field.
+const PF_KTHREAD: u64 = 0x0020_0000;
+
+/// A `/proc` tree.
+#[derive(Clone, Debug)]
+pub struct ProcFs {
+    root: PathBuf,
+    /// Clock ticks per second, for `starttime`.
+    ticks_per_s: u64,
+}
+
+impl Default for ProcFs {
+    fn default() -> Self {
+        Self::new("/proc")
+    }
+}
+
+impl ProcFs {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        // SAFETY: sysconf has no preconditions.
+        let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+        ProcFs { root: root.into(), ticks_per_s: if ticks > 0 { ticks as u64 } else { 100 } }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Parses `/proc/<pid>/stat` and `/proc/<pid>/status`. `None` when the process is gone.
+    pub fn process(&self, pid: Pid) -> Option<ProcInfo> {
+        let dir = self.root.join(pid.to_string());
+        let stat = fs::read_to_string(dir.join("stat")).ok()?;
+        let parsed = parse_stat(&stat)?;
+        let status = fs::read_to_string(dir.join("status")).unwrap_or_default();
+        let uid = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Uid:"))
+            .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
+            .unwrap_or(u32::MAX);
+        let kind = if parsed.flags & PF_KTHREAD != 0 || pid == crate::process::KTHREADD {
+            ProcessKind::Kernel
+        } else {
+            ProcessKind::User
+        };
+        Some(ProcInfo {
+            pid,
+            ppid: parsed.ppid,
+            uid,
+            comm: parsed.comm,
+            kind,
+            start_ns: Some(parsed.start_ticks * 1_000_000_000 / self.ticks_per_s),
+        })
+    }
+
+    /// Every process (thread group) now in `/proc`.
+    pub fn scan(&self) -> Vec<ProcInfo> {
+        let Ok(entries) = fs::read_dir(&self.root) else { return Vec::new() };
+        entries
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<Pid>().ok())
+            .filter_map(|pid| self.process(pid))
+            .collect()
+    }
+
+    /// Whether `/proc/<pid>` still exists (a zombie still counts).
+    pub fn exists(&self, pid: Pid) -> bool {
+        self.root.join(pid.to_string()).exists()
+    }
+
+    /// The kernel's own on-CPU nanoseconds for a process (first field of `schedstat`).
+    pub fn schedstat_ns(&self, pid: Pid) -> Option<u64> {
+        let s = fs::read_to_string(self.root.join(pid.to_string()).join("schedstat")).ok()?;
+        s.split_whitespace().next()?.parse().ok()
+    }
+
+    /// The `model name` of the first CPU in `/proc/cpuinfo`.
+    pub fn cpu_model(&self) -> Option<String> {
+        let s = fs::read_to_string(self.root.join("cpuinfo")).ok()?;
+        s.lines()
+            .find_map(|l| l.strip_prefix("model name"))
+            .and_then(|rest| rest.split_once(':'))
+            .map(|(_, v)| v.trim().to_owned())
+    }
+
+    /// `MemTotal` in bytes.
+    pub fn mem_total_bytes(&self) -> Option<u64> {
+        let s = fs::read_to_string(self.root.join("meminfo")).ok()?;
+        let kb: u64 = s.lines().find_map(|l| l.strip_prefix("MemTotal:"))?.split_whitespace().next()?.parse().ok()?;
+        Some(kb * 1024)
+    }
+}
+
+impl ProcLookup for ProcFs {
+    fn lookup(&self, pid: Pid) -> Option<ProcInfo> {
+        self.process(pid)
+    }
+}
+
+struct Stat {
+    comm: String,
+    ppid: Pid,
+    flags: u64,
+    start_ticks: u64,
+}
+
+/// Parses `/proc/<pid>/stat`. The comm is between the first `(` and the LAST `)`, since it
+/// may itself contain parentheses and spaces.
+fn parse_stat(s: &str) -> Option<Stat> {
+    let open = s.find('(')?;
+    let close = s.rfind(')')?;
+    let comm = s.get(open + 1..close)?.to_owned();
+    let rest: Vec<&str> = s.get(close + 1..)?.split_whitespace().collect();
+    // rest[0] is field 3 (state); ppid is field 4, flags field 9, starttime field 22.
+    Some(Stat {
+        comm,
+        ppid: rest.get(1)?.parse().ok()?,
+        flags: rest.get(6)?.parse().ok()?,
+        start_ticks: rest.get(19)?.parse().ok()?,
+    })
+}
+
+/// Number of online CPUs.
+pub fn online_cpus() -> u32 {
+    aya::util::online_cpus().map(|c| c.len() as u32).unwrap_or_else(|_| {
+        std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1)
+    })
+}
+
+/// User names by uid, from an `/etc/passwd`-format file; unknown uids print as numbers.
+#[derive(Clone, Debug, Default)]
+pub struct Users {
+    names: HashMap<u32, String>,
+}
+
+impl Users {
+    pub fn load(passwd: &Path) -> Self {
+        let text = fs::read_to_string(passwd).unwrap_or_default();
+        Self::parse(&text)
+    }
+
+    pub fn parse(text: &str) -> Self {
+        let names = text
+            .lines()
+            .filter_map(|l| {
+                let mut f = l.split(':');
+                let name = f.next()?;
+                let uid = f.nth(1)?.parse().ok()?;
+                Some((uid, name.to_owned()))
+            })
+            .collect();
+        Users { names }
+    }
+
+    pub fn name(&self, uid: u32) -> String {
+        match self.names.get(&uid) {
+            Some(n) => n.clone(),
+            None if uid == u32::MAX => "?".into(),
+            None => uid.to_string(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stat_with_parentheses_in_comm() {
+        let line = "1234 (a (b) c) S 42 1234 1234 0 -1 4194560 100 0 0 0 5 6 0 0 20 0 1 0 98765 1000 10 18446744073709551615";
+        let s = parse_stat(line).unwrap();
+        assert_eq!(s.comm, "a (b) c");
+        assert_eq!(s.ppid, 42);
+        assert_eq!(s.flags, 4194560);
+        assert_eq!(s.start_ticks, 98765);
+        assert!(parse_stat("garbage").is_none());
+    }
+
+    #[test]
+    fn fake_proc_tree() {
+        let dir = std::env::temp_dir().join(format!("ca-procfs-{}", std::process::id()));
+        let p = dir.join("77");
+        fs::create_dir_all(&p).unwrap();
+        fs::write(p.join("stat"), "77 (kworker/0:1) I 2 0 0 0 -1 69238880 0 0 0 0 0 0 0 0 20 0 1 0 5 0 0").unwrap();
+        fs::write(p.join("status"), "Name:\tkworker\nUid:\t0\t0\t0\t0\n").unwrap();
+        fs::write(p.join("schedstat"), "123456 0 7\n").unwrap();
+        fs::write(dir.join("cpuinfo"), "processor\t: 0\nmodel name\t: Intel(R) Xeon(R) Platinum 8375C CPU @ 2.90GHz\n").unwrap();
+        fs::write(dir.join("meminfo"), "MemTotal:       2048 kB\n").unwrap();
+        let fs_ = ProcFs::new(&dir);
+        let info = fs_.process(77).unwrap();
+        assert_eq!(info.kind, ProcessKind::Kernel);
+        assert_eq!(info.ppid, 2);
+        assert_eq!(info.uid, 0);
+        assert_eq!(fs_.schedstat_ns(77), Some(123456));
+        assert_eq!(fs_.scan().len(), 1);
+        assert_eq!(fs_.cpu_model().unwrap(), "Intel(R) Xeon(R) Platinum 8375C CPU @ 2.90GHz");
+        assert_eq!(fs_.mem_total_bytes(), Some(2048 * 1024));
+        assert!(fs_.process(78).is_none());
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn user_names() {
+        let u = Users::parse("root:x:0:0:root:/root:/bin/bash\nalice:x:1000:1000::/home/alice:/bin/sh\nbroken\n");
+        assert_eq!(u.name(0), "root");
+        assert_eq!(u.name(1000), "alice");
+        assert_eq!(u.name(5), "5");
+    }
+}
