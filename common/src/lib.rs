@@ -96,6 +96,10 @@ pub mod globals {
     pub const TASK_TGID_OFF: &str = "TASK_TGID_OFF";
     /// `offsetof(struct task_struct, exit_code)`.
     pub const TASK_EXIT_CODE_OFF: &str = "TASK_EXIT_CODE_OFF";
+    /// `offsetof(struct task_struct, se) + offsetof(struct sched_entity, sum_exec_runtime)`.
+    pub const TASK_SUM_EXEC_RUNTIME_OFF: &str = "TASK_SUM_EXEC_RUNTIME_OFF";
+    /// `offsetof(struct task_struct, pid)`, for the scheduler program.
+    pub const SCHED_TASK_PID_OFF: &str = "SCHED_TASK_PID_OFF";
     /// `offsetof(struct linux_binprm, filename)`.
     pub const BINPRM_FILENAME_OFF: &str = "BINPRM_FILENAME_OFF";
 }

@@ -156,6 +156,8 @@ pub struct StructOffsets {
     pub task_tgid: u32,
     pub task_exit_code: u32,
     pub binprm_filename: u32,
+    /// `task_struct.se.sum_exec_runtime`.
+    pub task_sum_exec_runtime: u32,
 }
 
 impl StructOffsets {
@@ -165,6 +167,8 @@ impl StructOffsets {
             task_tgid: btf.member_offset("task_struct", "tgid")?,
             task_exit_code: btf.member_offset("task_struct", "exit_code")?,
             binprm_filename: btf.member_offset("linux_binprm", "filename")?,
+            task_sum_exec_runtime: btf.member_offset("task_struct", "se")?
+                + btf.member_offset("sched_entity", "sum_exec_runtime")?,
         })
     }
 
@@ -174,6 +178,8 @@ impl StructOffsets {
         loader.override_global(globals::TASK_TGID_OFF, &self.task_tgid, true);
         loader.override_global(globals::TASK_EXIT_CODE_OFF, &self.task_exit_code, true);
         loader.override_global(globals::BINPRM_FILENAME_OFF, &self.binprm_filename, true);
+        loader.override_global(globals::TASK_SUM_EXEC_RUNTIME_OFF, &self.task_sum_exec_runtime, true);
+        loader.override_global(globals::SCHED_TASK_PID_OFF, &self.task_pid, true);
     }
 }
 

@@ -1,0 +1,75 @@
+//! Deterministic workloads for the kernel tests.
+//!
+//! - `burn MS`: burn MS milliseconds of this thread's CPU time, then exit.
+//! - `threads N MS`: N threads each burn MS ms of CPU time.
+//! - `fork-storm N MS`: fork N children that each burn MS ms of CPU and exit; wait for all,
+//!   then print `{"children_cpu_ns": ...}` from getrusage(RUSAGE_CHILDREN).
+//! - `exit CODE`: exit with CODE.
+use std::time::Duration;
+
+fn thread_cpu_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: valid pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+fn burn(ms: u64) {
+    let end = thread_cpu_ns() + ms * 1_000_000;
+    let mut x = 0u64;
+    while thread_cpu_ns() < end {
+        for i in 0..1000u64 {
+            x = x.wrapping_mul(6364136223846793005).wrapping_add(i);
+        }
+        std::hint::black_box(x);
+    }
+}
+
+fn arg(args: &[String], i: usize) -> u64 {
+    args.get(i).and_then(|a| a.parse().ok()).unwrap_or_else(|| {
+        eprintln!("workload: argument {i} must be a number");
+        std::process::exit(2)
+    })
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    match args.get(1).map(String::as_str) {
+        Some("burn") => burn(arg(&args, 2)),
+        Some("threads") => {
+            let ms = arg(&args, 3);
+            let handles: Vec<_> = (0..arg(&args, 2)).map(|_| std::thread::spawn(move || burn(ms))).collect();
+            handles.into_iter().for_each(|h| h.join().unwrap());
+        }
+        Some("fork-storm") => {
+            let (n, ms) = (arg(&args, 2), arg(&args, 3));
+            for _ in 0..n {
+                // SAFETY: single-threaded here; the child only burns CPU and _exits.
+                match unsafe { libc::fork() } {
+                    0 => {
+                        burn(ms);
+                        unsafe { libc::_exit(0) };
+                    }
+                    -1 => {
+                        eprintln!("workload: fork failed: {}", std::io::Error::last_os_error());
+                        std::process::exit(1);
+                    }
+                    _ => {}
+                }
+            }
+            let mut status = 0;
+            // SAFETY: plain waits for our own children.
+            while unsafe { libc::wait(&mut status) } > 0 {}
+            let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+            unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru) };
+            let ns = |tv: libc::timeval| tv.tv_sec as u64 * 1_000_000_000 + tv.tv_usec as u64 * 1000;
+            println!("{{\"children_cpu_ns\": {}}}", ns(ru.ru_utime) + ns(ru.ru_stime));
+        }
+        Some("sleep") => std::thread::sleep(Duration::from_millis(arg(&args, 2))),
+        Some("exit") => std::process::exit(arg(&args, 2) as i32),
+        _ => {
+            eprintln!("usage: workload burn MS | threads N MS | fork-storm N MS | sleep MS | exit CODE");
+            std::process::exit(2);
+        }
+    }
+}
