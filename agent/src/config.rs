@@ -252,22 +252,12 @@ impl Config {
             ));
         }
         if let Some(country) = &c.country {
-            crate::carbon::tables::lookup_country(country).map_err(|err| {
-                bad(
-                    "carbon.country",
-                    format!("{country:?}"),
-                    err.hint.trim_start_matches("expected "),
-                )
-            })?;
+            crate::carbon::tables::lookup_country(country)
+                .map_err(|err| bad("carbon.country", format!("{country:?}"), &err.hint))?;
         }
         if let Some(region) = &c.region {
-            crate::carbon::tables::lookup_region(region).map_err(|err| {
-                bad(
-                    "carbon.region",
-                    format!("{region:?}"),
-                    err.hint.trim_start_matches("expected "),
-                )
-            })?;
+            crate::carbon::tables::lookup_region(region)
+                .map_err(|err| bad("carbon.region", format!("{region:?}"), &err.hint))?;
         }
         if let Some(url) = &c.provider.base_url
             && !(url.starts_with("http://") || url.starts_with("https://"))

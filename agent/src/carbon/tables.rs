@@ -197,7 +197,7 @@ pub fn world() -> &'static GridEntry {
 /// Error for a location code no table has.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[error(
-    "unknown {what} {code:?}: {hint}. Run `carbon-agent locations` (or see docs/carbon.md) for \
+    "unknown {what} {code:?}: expected {hint}. Run `carbon-agent locations` (or see docs/carbon.md) for \
      the valid codes, or give the intensity directly with --intensity G_PER_KWH"
 )]
 pub struct UnknownLocation {
@@ -218,7 +218,7 @@ pub fn lookup_country(code: &str) -> Result<&'static GridEntry, UnknownLocation>
     found.ok_or_else(|| UnknownLocation {
         what: "country",
         code: code.to_string(),
-        hint: "expected an ISO 3166-1 code such as FRA or FR, or a sub-national code such as \
+        hint: "an ISO 3166-1 code such as FRA or FR, or a sub-national code such as \
                US-CA, CA-QC or SE-SE3"
             .to_string(),
     })
@@ -238,7 +238,7 @@ pub fn lookup_region(code: &str) -> Result<&'static GridEntry, UnknownLocation> 
         return Err(UnknownLocation {
             what: "region",
             code: code.to_string(),
-            hint: "expected provider:region, such as aws:eu-west-3, gcp:europe-west1 or \
+            hint: "provider:region, such as aws:eu-west-3, gcp:europe-west1 or \
                    azure:francecentral, or a sub-national code such as US-CA"
                 .to_string(),
         });
@@ -352,7 +352,7 @@ mod tests {
         assert!(e.contains("carbon-agent locations"), "{e}");
         let e = lookup_region("aws:mars-north-1").unwrap_err().to_string();
         assert!(
-            e.contains("one of the 22 aws regions in the tables, e.g. aws:"),
+            e.contains("expected one of the 25 aws regions in the tables, e.g. aws:"),
             "{e}"
         );
         let e = lookup_region("nimbus:x").unwrap_err().to_string();
@@ -361,7 +361,7 @@ mod tests {
             "{e}"
         );
         let e = lookup_region("eu-west-3").unwrap_err().to_string();
-        assert!(e.contains("expected provider:region"), "{e}");
+        assert!(e.contains(": expected provider:region"), "{e}");
     }
 
     #[test]
