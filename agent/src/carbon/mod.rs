@@ -364,6 +364,78 @@ mod tests {
         assert!(e.starts_with("unknown country \"ZZZ\""), "{e}");
     }
 
+    fn live_accountant(responses: Vec<Option<(u16, &'static str)>>) -> CarbonAccountant {
+        let (base, _) = provider::tests::serve(responses);
+        let config = CarbonConfig {
+            country: Some("FRA".into()),
+            provider: ProviderConfig {
+                base_url: Some(base),
+                timeout_s: Some(0.5),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let o = CarbonOptions::merge(&config, &CarbonArgs::default(), "c.toml").unwrap();
+        o.accountant(&HostHardware::default(), Some("tok".into()))
+            .unwrap()
+    }
+
+    #[test]
+    fn live_provider_answers_for_the_country_zone() {
+        let mut acc = live_accountant(vec![Some((
+            200,
+            r#"{"zone":"FR","carbonIntensity":20,"datetime":"2026-11-28T23:00:00Z"}"#,
+        ))]);
+        let one = [ConsumerEnergy {
+            it_energy_j: 3.6e6,
+            static_share: 1.0,
+        }];
+        let r = acc.account(std::time::SystemTime::now(), 1.0, &one);
+        assert_eq!(
+            (r.intensity.kind, r.intensity.g_per_kwh),
+            (SourceKind::Provider, 20.0)
+        );
+        let info = acc.info();
+        assert_eq!(info.source, "Electricity Maps live, zone FR");
+        assert_eq!(
+            (info.location.as_deref(), info.year),
+            (Some("FR"), Some(2026))
+        );
+        assert!((r.total.operational - 1.58 * 20.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn live_provider_failures_fall_back_to_tables_and_say_so() {
+        for (response, said) in [
+            (Some((401, "{}")), "Electricity Maps unavailable (HTTP 401"),
+            (
+                Some((200, "not json")),
+                "Electricity Maps unavailable (bad answer",
+            ),
+            (None, "Electricity Maps unavailable (no answer within"),
+        ] {
+            let mut acc = live_accountant(vec![response]);
+            let one = [ConsumerEnergy {
+                it_energy_j: 1000.0,
+                static_share: 1.0,
+            }];
+            let r = acc.account(std::time::SystemTime::now(), 1.0, &one);
+            assert_eq!(
+                (r.intensity.kind, r.intensity.g_per_kwh),
+                (SourceKind::Table, 56.039)
+            );
+            let json = serde_json::to_value(acc.info()).unwrap();
+            let warning = json["warnings"][0].as_str().unwrap();
+            assert!(
+                warning.starts_with(said)
+                    && warning.ends_with("falling back to the offline tables"),
+                "{warning}"
+            );
+            assert_eq!(json["location"], "FRA");
+            assert_eq!(json["year"], 2023);
+        }
+    }
+
     #[test]
     fn listing_filters() {
         let l = locations_listing(Some("france"));

@@ -196,7 +196,7 @@ impl LiveIntensity for ElectricityMaps {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::io::{Read, Write};
     use std::net::TcpListener;
@@ -205,7 +205,9 @@ mod tests {
     /// A local HTTP server answering each connection with the next canned response (or
     /// sleeping past the client's timeout for `None`). Returns its base URL and the request
     /// heads it saw.
-    fn serve(responses: Vec<Option<(u16, &'static str)>>) -> (String, Arc<Mutex<Vec<String>>>) {
+    pub(crate) fn serve(
+        responses: Vec<Option<(u16, &'static str)>>,
+    ) -> (String, Arc<Mutex<Vec<String>>>) {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         let seen = Arc::new(Mutex::new(Vec::new()));
