@@ -4,13 +4,16 @@
 //! [`probes`] (eBPF programs and their maps) → [`session`] (one pass per interval) →
 //! [`usage`] (CPU time per process per interval) with [`process`] (the process table and its
 //! trees) → [`output`] (live view, JSON Lines, `run` summary).
+pub mod carbon;
 pub mod cli;
+pub mod config;
 pub mod doctor;
 pub mod host;
 pub mod output;
 pub mod probes;
 pub mod process;
 pub mod procfs;
+pub mod report;
 pub mod run;
 pub mod session;
 pub mod usage;

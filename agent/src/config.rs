@@ -1,0 +1,444 @@
+//! The TOML config file (`--config FILE`, default `/etc/carbon-agent/config.toml` when it
+//! exists). Every key is optional; flags override it (see [`crate::carbon::CarbonOptions::merge`]
+//! for carbon; the energy settings are merged by the caller the same way: flag, else config,
+//! else default). Unknown keys, wrong types and bad values are errors that name the key and
+//! what is expected, and the agent does not start.
+//!
+//! ```toml
+//! [carbon]
+//! pue = 1.2
+//! country = "FRA"            # or region = "aws:eu-west-3", or intensity = 56
+//! intensity_csv = "/var/lib/grid/fr-2024.csv"
+//!
+//! [carbon.provider]          # Electricity Maps; token from ELECTRICITYMAPS_TOKEN
+//! enabled = true
+//! zone = "FR"
+//! timeout_s = 5
+//! cache_s = 900
+//!
+//! [carbon.embodied]
+//! server_kgco2e = 1500
+//! server_lifetime_years = 5
+//! gpu_kgco2e = 150
+//!
+//! [energy]
+//! sysfs_root = "/sys"
+//! static_share = "proportional"   # or "equal", "none"
+//! cpu_idle_watts = 20
+//! cpu_max_watts = 120
+//! dram_watts_per_gb = 0.3725
+//! [energy.idle_watts]
+//! cpu = 15
+//! dram = 3
+//! gpu = 40
+//! ```
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::carbon::EmbodiedOverrides;
+
+/// The default config path, read when it exists and no `--config` is given.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/carbon-agent/config.toml";
+
+/// The `--config` flag; the CLI flattens this into its top level.
+#[derive(Clone, Debug, Default, PartialEq, clap::Args)]
+pub struct ConfigArgs {
+    /// TOML config file [default: /etc/carbon-agent/config.toml when present]
+    #[arg(long, value_name = "FILE", global = true)]
+    pub config: Option<PathBuf>,
+}
+
+/// The whole config file.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub carbon: CarbonConfig,
+    #[serde(default)]
+    pub energy: EnergyConfig,
+}
+
+/// `[carbon]`.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CarbonConfig {
+    pub pue: Option<f64>,
+    pub country: Option<String>,
+    pub region: Option<String>,
+    /// gCO2e/kWh for the whole run.
+    pub intensity: Option<f64>,
+    pub intensity_csv: Option<PathBuf>,
+    #[serde(default)]
+    pub provider: ProviderConfig,
+    #[serde(default)]
+    pub embodied: EmbodiedOverrides,
+}
+
+/// `[carbon.provider]`: the live intensity provider (Electricity Maps).
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderConfig {
+    /// Ask the provider when a token is set (default true).
+    pub enabled: Option<bool>,
+    /// API base URL [default: https://api.electricitymap.org/v3].
+    pub base_url: Option<String>,
+    /// Electricity Maps zone (default: derived from country/region).
+    pub zone: Option<String>,
+    /// Request timeout, seconds [default: 5].
+    pub timeout_s: Option<f64>,
+    /// How long a reading is reused, seconds [default: 900].
+    pub cache_s: Option<f64>,
+}
+
+/// How static (idle) energy is shared among process trees.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StaticSharePolicy {
+    /// In proportion to busy CPU time (default).
+    Proportional,
+    /// Equally among active processes.
+    Equal,
+    /// Not to processes: all to the idle bucket.
+    None,
+}
+
+/// `[energy.idle_watts]`: static power per domain, watts.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdleWatts {
+    pub cpu: Option<f64>,
+    pub dram: Option<f64>,
+    pub gpu: Option<f64>,
+}
+
+/// `[energy]`: settings of the energy meters and attribution.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnergyConfig {
+    pub sysfs_root: Option<PathBuf>,
+    pub static_share: Option<StaticSharePolicy>,
+    #[serde(default)]
+    pub idle_watts: IdleWatts,
+    /// Estimation model: CPU power at idle and at full load, watts (whole machine).
+    pub cpu_idle_watts: Option<f64>,
+    pub cpu_max_watts: Option<f64>,
+    /// Estimation model: DRAM watts per GB installed.
+    pub dram_watts_per_gb: Option<f64>,
+}
+
+/// A config file that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    Syntax { path: String, message: String },
+    #[error("config file {path}: {key} = {value}: expected {expected}")]
+    Value {
+        path: String,
+        key: String,
+        value: String,
+        expected: String,
+    },
+}
+
+impl Config {
+    /// Loads `path`, or the default path when it exists, or the empty config. Returns the
+    /// file actually read.
+    pub fn load(path: Option<&Path>) -> Result<(Self, Option<PathBuf>), ConfigError> {
+        let path = match path {
+            Some(p) => p.to_path_buf(),
+            None => {
+                let d = PathBuf::from(DEFAULT_CONFIG_PATH);
+                if !d.exists() {
+                    return Ok((Self::default(), None));
+                }
+                d
+            }
+        };
+        let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Io {
+            path: path.display().to_string(),
+            source,
+        })?;
+        let config = Self::parse(&text, &path.display().to_string())?;
+        Ok((config, Some(path)))
+    }
+
+    /// Parses and checks config text; `origin` names the file in errors.
+    pub fn parse(text: &str, origin: &str) -> Result<Self, ConfigError> {
+        let config: Self = toml::from_str(text).map_err(|e| ConfigError::Syntax {
+            path: origin.to_string(),
+            message: e.to_string().trim_end().replace('\n', "\n  "),
+        })?;
+        config.validate(origin)?;
+        Ok(config)
+    }
+
+    fn validate(&self, origin: &str) -> Result<(), ConfigError> {
+        let bad = |key: &str, value: String, expected: &str| ConfigError::Value {
+            path: origin.to_string(),
+            key: key.to_string(),
+            value,
+            expected: expected.to_string(),
+        };
+        let check = |key: &str, v: Option<f64>, ok: fn(f64) -> bool, expected: &str| match v {
+            Some(v) if !(v.is_finite() && ok(v)) => Err(bad(key, v.to_string(), expected)),
+            _ => Ok(()),
+        };
+        let c = &self.carbon;
+        check(
+            "carbon.pue",
+            c.pue,
+            |v| v >= 1.0,
+            "a number ≥ 1.0 (facility energy / IT energy)",
+        )?;
+        check(
+            "carbon.intensity",
+            c.intensity,
+            |v| v >= 0.0,
+            "gCO2e/kWh, a number ≥ 0",
+        )?;
+        check(
+            "carbon.provider.timeout_s",
+            c.provider.timeout_s,
+            |v| v > 0.0,
+            "seconds, a number > 0",
+        )?;
+        check(
+            "carbon.provider.cache_s",
+            c.provider.cache_s,
+            |v| v >= 0.0,
+            "seconds, a number ≥ 0",
+        )?;
+        let e = &c.embodied;
+        check(
+            "carbon.embodied.server_kgco2e",
+            e.server_kgco2e,
+            |v| v >= 0.0,
+            "kgCO2e, a number ≥ 0",
+        )?;
+        check(
+            "carbon.embodied.gpu_kgco2e",
+            e.gpu_kgco2e,
+            |v| v >= 0.0,
+            "kgCO2e, a number ≥ 0",
+        )?;
+        check(
+            "carbon.embodied.server_lifetime_years",
+            e.server_lifetime_years,
+            |v| v > 0.0,
+            "years, a number > 0",
+        )?;
+        check(
+            "carbon.embodied.gpu_lifetime_years",
+            e.gpu_lifetime_years,
+            |v| v > 0.0,
+            "years, a number > 0",
+        )?;
+        if c.country.is_some() && c.region.is_some() {
+            return Err(bad(
+                "carbon.country",
+                format!(
+                    "{:?} with carbon.region = {:?}",
+                    c.country.as_deref().unwrap_or(""),
+                    c.region.as_deref().unwrap_or("")
+                ),
+                "only one of carbon.country and carbon.region",
+            ));
+        }
+        if let Some(country) = &c.country {
+            crate::carbon::tables::lookup_country(country)
+                .map_err(|err| bad("carbon.country", format!("{country:?}"), &err.hint))?;
+        }
+        if let Some(region) = &c.region {
+            crate::carbon::tables::lookup_region(region)
+                .map_err(|err| bad("carbon.region", format!("{region:?}"), &err.hint))?;
+        }
+        if let Some(url) = &c.provider.base_url
+            && !(url.starts_with("http://") || url.starts_with("https://"))
+        {
+            return Err(bad(
+                "carbon.provider.base_url",
+                format!("{url:?}"),
+                "an http:// or https:// URL",
+            ));
+        }
+        let en = &self.energy;
+        let watts = "watts, a number ≥ 0";
+        check(
+            "energy.idle_watts.cpu",
+            en.idle_watts.cpu,
+            |v| v >= 0.0,
+            watts,
+        )?;
+        check(
+            "energy.idle_watts.dram",
+            en.idle_watts.dram,
+            |v| v >= 0.0,
+            watts,
+        )?;
+        check(
+            "energy.idle_watts.gpu",
+            en.idle_watts.gpu,
+            |v| v >= 0.0,
+            watts,
+        )?;
+        check(
+            "energy.cpu_idle_watts",
+            en.cpu_idle_watts,
+            |v| v >= 0.0,
+            watts,
+        )?;
+        check(
+            "energy.cpu_max_watts",
+            en.cpu_max_watts,
+            |v| v > 0.0,
+            "watts, a number > 0",
+        )?;
+        check(
+            "energy.dram_watts_per_gb",
+            en.dram_watts_per_gb,
+            |v| v >= 0.0,
+            "watts per GB, a number ≥ 0",
+        )?;
+        if let (Some(idle), Some(max)) = (en.cpu_idle_watts, en.cpu_max_watts)
+            && idle > max
+        {
+            return Err(bad(
+                "energy.cpu_idle_watts",
+                idle.to_string(),
+                "at most energy.cpu_max_watts",
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(text: &str) -> String {
+        Config::parse(text, "c.toml").unwrap_err().to_string()
+    }
+
+    #[test]
+    fn full_example_parses() {
+        let c = Config::parse(
+            r#"
+            [carbon]
+            pue = 1.2
+            country = "FRA"
+            intensity_csv = "/var/lib/grid.csv"
+            [carbon.provider]
+            zone = "FR"
+            timeout_s = 2.5
+            [carbon.embodied]
+            server_kgco2e = 1500
+            server_lifetime_years = 5
+            [energy]
+            sysfs_root = "/tmp/sys"
+            static_share = "equal"
+            cpu_idle_watts = 20
+            cpu_max_watts = 120
+            [energy.idle_watts]
+            cpu = 15
+            "#,
+            "c.toml",
+        )
+        .unwrap();
+        assert_eq!(c.carbon.pue, Some(1.2));
+        assert_eq!(c.carbon.provider.timeout_s, Some(2.5));
+        assert_eq!(c.carbon.embodied.server_kgco2e, Some(1500.0));
+        assert_eq!(c.energy.static_share, Some(StaticSharePolicy::Equal));
+        assert_eq!(c.energy.idle_watts.cpu, Some(15.0));
+        assert_eq!(Config::parse("", "c.toml").unwrap(), Config::default());
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let e = err("[carbon]\npeu = 1.2\n");
+        assert!(e.starts_with("config file c.toml:"), "{e}");
+        assert!(
+            e.contains("unknown field `peu`") && e.contains("`pue`"),
+            "{e}"
+        );
+        let e = err("[carbon.embodied]\nserver_kg = 3\n");
+        assert!(e.contains("unknown field `server_kg`"), "{e}");
+        let e = err("[carbn]\n");
+        assert!(e.contains("unknown field `carbn`"), "{e}");
+    }
+
+    #[test]
+    fn wrong_type_is_named() {
+        let e = err("[carbon]\npue = \"high\"\n");
+        assert!(e.contains("pue") && e.contains("line 2"), "{e}");
+        let e = err("[energy]\nstatic_share = \"fair\"\n");
+        assert!(
+            e.contains("unknown variant `fair`") && e.contains("proportional"),
+            "{e}"
+        );
+        assert!(err("[carbon\n").contains("config file c.toml:"));
+    }
+
+    #[test]
+    fn bad_values_name_key_and_expectation() {
+        assert_eq!(
+            err("[carbon]\npue = 0.9\n"),
+            "config file c.toml: carbon.pue = 0.9: expected a number ≥ 1.0 (facility energy / IT energy)"
+        );
+        assert!(
+            err("[carbon]\nintensity = -1\n").contains("carbon.intensity = -1: expected gCO2e/kWh")
+        );
+        let e = err("[carbon]\ncountry = \"Atlantis\"\n");
+        assert!(
+            e.contains("carbon.country = \"Atlantis\": expected an ISO 3166-1 code"),
+            "{e}"
+        );
+        let e = err("[carbon]\nregion = \"aws:nowhere-1\"\n");
+        assert!(
+            e.contains("carbon.region = \"aws:nowhere-1\"") && e.contains("aws regions"),
+            "{e}"
+        );
+        assert!(
+            err("[carbon]\ncountry = \"FRA\"\nregion = \"aws:eu-west-3\"\n")
+                .contains("only one of")
+        );
+        assert!(
+            err("[carbon.embodied]\nserver_lifetime_years = 0\n").contains("years, a number > 0")
+        );
+        assert!(
+            err("[carbon.provider]\nbase_url = \"ftp://x\"\n")
+                .contains("an http:// or https:// URL")
+        );
+        assert!(
+            err("[energy]\ncpu_idle_watts = 200\ncpu_max_watts = 100\n")
+                .contains("at most energy.cpu_max_watts")
+        );
+        assert!(err("[energy.idle_watts]\ngpu = -5\n").contains("energy.idle_watts.gpu = -5"));
+    }
+
+    #[test]
+    fn load_reports_missing_file_and_reads_real_one() {
+        let e = Config::load(Some(Path::new("/nonexistent/c.toml")))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("cannot read config file /nonexistent/c.toml"),
+            "{e}"
+        );
+        let p = std::env::temp_dir().join(format!("carbon-config-{}.toml", std::process::id()));
+        std::fs::write(&p, "[carbon]\npue = 1.3\n").unwrap();
+        let (c, used) = Config::load(Some(&p)).unwrap();
+        assert_eq!(
+            (c.carbon.pue, used.as_deref()),
+            (Some(1.3), Some(p.as_path()))
+        );
+        std::fs::remove_file(&p).unwrap();
+    }
+}
