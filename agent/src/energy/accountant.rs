@@ -459,6 +459,13 @@ mod tests {
     }
 
     #[test]
+    fn accountant_can_move_between_threads() {
+        fn send<T: Send>() {}
+        send::<EnergyAccountant>();
+        send::<IntervalEnergy>();
+    }
+
+    #[test]
     fn no_meter_at_all_is_an_error_naming_each_reason() {
         let tmp = tempfile::tempdir().unwrap();
         let err = EnergyAccountant::with_backends(cfg(tmp.path()), backends(vec![]))

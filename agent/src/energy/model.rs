@@ -622,6 +622,13 @@ mod tests {
     }
 
     #[test]
+    fn opens_on_this_machines_real_proc() {
+        let m =
+            ModelMeter::open(Path::new("/proc"), &FsReader, &ModelOverrides::default()).unwrap();
+        assert!(m.cpu_figures().max_w > m.cpu_figures().idle_w && m.dram_watts() > 0.0);
+    }
+
+    #[test]
     fn model_rejects_bad_figures_and_files() {
         let tmp = tempfile::tempdir().unwrap();
         write(tmp.path(), "cpuinfo", "processor : 0\n");
