@@ -458,6 +458,48 @@ mod tests {
         assert_eq!(e.per_tgid[&10].static_, 0.0);
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(48))]
+        /// Through the whole pipeline: a powercap counter that wraps (100 J range), processes
+        /// that appear and exit between intervals, intervals where nothing ran; every interval
+        /// conserves and the meter reports exactly the counter's advance.
+        #[test]
+        fn pipeline_conserves_through_wraps_and_process_churn(
+            steps in proptest::collection::vec(
+                (0u64..50_000_000, proptest::collection::btree_map(1u32..8, 0u64..2_000_000_000, 0..5), 0u64..100_000_000),
+                1..8),
+            policy in proptest::prop_oneof![
+                proptest::strategy::Just(StaticShare::Proportional),
+                proptest::strategy::Just(StaticShare::Equal),
+                proptest::strategy::Just(StaticShare::None)],
+        ) {
+            let tmp = tempfile::tempdir().unwrap();
+            let root = tmp.path();
+            fake_proc(root);
+            let dir = "sys/class/powercap/intel-rapl:0";
+            write(root, &format!("{dir}/name"), "package-0\n");
+            write(root, &format!("{dir}/max_energy_range_uj"), "100000000\n");
+            write(root, &format!("{dir}/constraint_0_max_power_uw"), "50000000\n");
+            let mut raw = 99_000_000u64;
+            write(root, &format!("{dir}/energy_uj"), &format!("{raw}\n"));
+            let mut c = cfg(root);
+            c.static_share = policy;
+            let mut acc = EnergyAccountant::with_backends(c, backends(vec![])).unwrap();
+            for (inc, procs, kernel) in steps {
+                raw = (raw + inc) % 100_000_000;
+                write(root, &format!("{dir}/energy_uj"), &format!("{raw}\n"));
+                let procs: Vec<(u32, u64)> = procs.into_iter().collect();
+                let e = acc.interval(&usage(&procs, kernel, 1.0));
+                proptest::prop_assert!((e.meter.energy_j.cpu - inc as f64 / 1e6).abs() < 1e-9);
+                proptest::prop_assert!(e.meter.warnings.is_empty(), "{:?}", e.meter.warnings);
+                conserved(&e);
+                for (pid, _) in &procs {
+                    proptest::prop_assert!(e.per_tgid.contains_key(pid));
+                }
+            }
+        }
+    }
+
     #[test]
     fn accountant_can_move_between_threads() {
         fn send<T: Send>() {}
