@@ -17,3 +17,5 @@ pub mod report;
 pub mod run;
 pub mod session;
 pub mod usage;
+pub mod attribution;
+pub mod energy;
