@@ -10,7 +10,8 @@ use std::sync::Mutex;
 
 use carbon_agent::io::{self, IoConfig, IoInterval, IoProbes};
 use carbon_agent::waste::{
-    Coefficients, Finding, FindingKind, IntervalEnergy, ProcessInfo, Thresholds, WasteTracker, hash::FsHasher,
+    Coefficients, Finding, FindingKind, IntervalEnergy, ProcessInfo, Thresholds, WasteTracker,
+    hash::{ContentHasher, FsHasher},
 };
 
 /// The tests share the syscall tracepoints; run them one at a time.
@@ -56,9 +57,6 @@ fn write_random(path: &Path, len: usize, seed: u64) {
     std::fs::write(path, buf).unwrap();
 }
 
-fn drop_caches() {
-    std::fs::write("/proc/sys/vm/drop_caches", "3").expect("drop caches");
-}
 
 /// Parent of a process from /proc, 0 when gone.
 fn ppid(pid: u32) -> u32 {
@@ -104,41 +102,6 @@ fn comm(pid: u32) -> String {
 }
 
 const ENERGY: IntervalEnergy = IntervalEnergy { cpu_j_per_cpu_s: 10.0, g_per_kwh: 100.0 };
-
-/// Runs `script` under `sh`, draining every 100 ms while it runs; the tgids seen get their
-/// tree from /proc while alive, or are attributed to the shell's tree when their parent was
-/// the shell or one of its children seen before (recorded via a pid list the script writes).
-fn run_script(p: &mut Probes, tracker: &mut WasteTracker, script: &str, uid: Option<u32>) -> u32 {
-    let mut cmd = Command::new("/bin/sh");
-    cmd.arg("-c").arg(script);
-    if let Some(u) = uid {
-        use std::os::unix::process::CommandExt;
-        cmd.uid(u).gid(u);
-    }
-    let mut child = cmd.spawn().unwrap();
-    let root = child.id();
-    let trees = Trees { roots: Mutex::new(BTreeMap::new()) };
-    let mut ivs = Vec::new();
-    loop {
-        std::thread::sleep(std::time::Duration::from_millis(20));
-        let iv = p.io.drain();
-        // Learn trees now, while the processes exist.
-        for t in iv.processes.keys().chain(iv.files.iter().map(|f| &f.tgid)).chain(iv.copies.iter().map(|c| &c.tgid)) {
-            trees.info(*t, root);
-        }
-        ivs.push(iv);
-        if child.try_wait().unwrap().is_some() {
-            break;
-        }
-    }
-    let iv = p.io.drain();
-    ivs.push(iv);
-    for iv in &ivs {
-        tracker.observe(iv, ENERGY, &|t| trees.info(t, root));
-    }
-    assert!(child.wait().unwrap().success(), "workload failed: {script}");
-    root
-}
 
 fn tracker() -> WasteTracker {
     WasteTracker::new(Thresholds::default(), Coefficients::default(), 100_000)
@@ -220,5 +183,172 @@ fn byte_counts_match_proc_io() {
     let f = iv.files.iter().find(|f| f.tgid == pid as u32 && f.path.as_deref() == Some(path.as_path()));
     let f = f.unwrap_or_else(|| panic!("no file activity for {path:?}: {:?}", iv.files));
     assert_eq!(f.read_ranges.covered(), 4 << 20);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+fn python() -> String {
+    for p in ["/usr/bin/python3", "/usr/local/bin/python3"] {
+        if Path::new(p).exists() {
+            return p.into();
+        }
+    }
+    "python3".into()
+}
+
+/// Runs a single command as its own tree; returns the findings of that tree.
+fn findings_of(p: &mut Probes, tracker: &mut WasteTracker, args: &[&str], uid: Option<u32>) -> u32 {
+    let mut cmd = Command::new(args[0]);
+    cmd.args(&args[1..]).stdout(std::process::Stdio::null());
+    if let Some(u) = uid {
+        use std::os::unix::process::CommandExt;
+        cmd.uid(u).gid(u);
+    }
+    let mut child = cmd.spawn().unwrap();
+    let root = child.id();
+    let trees = Trees { roots: Mutex::new(BTreeMap::new()) };
+    let mut ivs: Vec<IoInterval> = Vec::new();
+    loop {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        ivs.push(p.io.drain());
+        if child.try_wait().unwrap().is_some() {
+            break;
+        }
+    }
+    ivs.push(p.io.drain());
+    for iv in &ivs {
+        tracker.observe(iv, ENERGY, &|t| trees.info(t, root));
+    }
+    assert!(child.wait().unwrap().success(), "workload failed: {args:?}");
+    root
+}
+
+fn within(a: u64, b: u64, tol: f64) -> bool {
+    (a as f64 - b as f64).abs() <= tol * b as f64
+}
+
+#[test]
+fn reread_of_a_64mib_file_five_times() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut p = attach();
+    let dir = scratch("reread");
+    let data = dir.join("dataset.bin");
+    write_random(&data, 64 << 20, 2);
+    let mut t = tracker();
+    let script = format!(
+        "f='{}'\nfor _ in range(5):\n    with open(f, 'rb') as h:\n        while h.read(1 << 20): pass\n",
+        data.display()
+    );
+    let root = findings_of(&mut p, &mut t, &[&python(), "-c", &script], None);
+    let mut h = FsHasher::new(0);
+    let all = t.findings(&mut h);
+    let mine = of_root(&all, root);
+    eprintln!("{mine:#?}");
+    let rereads: Vec<_> = mine.iter().filter(|f| f.kind == FindingKind::Reread).collect();
+    assert_eq!(rereads.len(), 1, "{mine:#?}");
+    let f = rereads[0];
+    assert!(within(f.bytes, 256 << 20, 0.02), "redundant bytes {}", f.bytes);
+    assert_eq!(f.paths, vec![data.display().to_string()]);
+    assert_eq!(f.count, 5);
+    assert!(f.energy_j > 0.0 && f.emissions_g > 0.0 && !f.suggestion.is_empty());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn cp_of_32mib_is_one_copy() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut p = attach();
+    let dir = scratch("cp");
+    let (src, dst) = (dir.join("src.bin"), dir.join("dst.bin"));
+    write_random(&src, 32 << 20, 3);
+    let mut t = tracker();
+    let root = findings_of(&mut p, &mut t, &["cp", src.to_str().unwrap(), dst.to_str().unwrap()], None);
+    let mut h = FsHasher::new(256 << 20);
+    let all = t.findings(&mut h);
+    let mine = of_root(&all, root);
+    eprintln!("{mine:#?}");
+    assert_eq!(mine.len(), 1, "{mine:#?}");
+    assert_eq!(mine[0].kind, FindingKind::Copy);
+    assert!(within(mine[0].bytes, 32 << 20, 0.01), "copied bytes {}", mine[0].bytes);
+    assert_eq!(mine[0].paths, vec![src.display().to_string(), dst.display().to_string()]);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn file_written_and_deleted_unread() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut p = attach();
+    let dir = scratch("wtd");
+    let tmp = dir.join("scratch.tmp");
+    let mut t = tracker();
+    let script = format!(
+        "import os\nf='{}'\nwith open(f, 'wb') as h:\n    for _ in range(16): h.write(os.urandom(1 << 20))\nos.remove(f)\n",
+        tmp.display()
+    );
+    let root = findings_of(&mut p, &mut t, &[&python(), "-c", &script], None);
+    let mut h = FsHasher::new(0);
+    let all = t.findings(&mut h);
+    let mine = of_root(&all, root);
+    eprintln!("{mine:#?}");
+    assert_eq!(mine.len(), 1, "{mine:#?}");
+    assert_eq!(mine[0].kind, FindingKind::WriteThenDelete);
+    assert_eq!(mine[0].bytes, 16 << 20);
+    assert_eq!(mine[0].paths, vec![tmp.display().to_string()]);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn two_users_reading_identical_copies_is_one_duplicate() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut p = attach();
+    let dir = scratch("dup");
+    let mut paths = Vec::new();
+    for uid in [4101u32, 4102] {
+        let d = dir.join(format!("u{uid}"));
+        std::fs::create_dir_all(&d).unwrap();
+        let f = d.join("corpus.bin");
+        write_random(&f, 16 << 20, 4);
+        std::os::unix::fs::chown(&f, Some(uid), Some(uid)).unwrap();
+        paths.push((uid, f));
+    }
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut t = tracker();
+    for (uid, f) in &paths {
+        findings_of(&mut p, &mut t, &["cat", f.to_str().unwrap()], Some(*uid));
+    }
+    let mut h = FsHasher::new(256 << 20);
+    let all = t.findings(&mut h);
+    let dups: Vec<_> = all.iter().filter(|f| f.kind == FindingKind::Duplicate).collect();
+    eprintln!("{all:#?}");
+    assert_eq!(dups.len(), 1, "{all:#?}");
+    let mut got = dups[0].paths.clone();
+    got.sort();
+    assert_eq!(got, paths.iter().map(|p| p.1.display().to_string()).collect::<Vec<_>>());
+    assert_eq!(dups[0].bytes, 16 << 20);
+    assert_eq!(dups[0].count, 2);
+    assert_eq!(h.bytes_read(), 32 << 20, "the agent's own hashing reads are reported");
+    assert!(all.iter().all(|f| f.kind == FindingKind::Duplicate), "{all:#?}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn pipeline_of_distinct_inputs_and_outputs_has_no_findings() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut p = attach();
+    let dir = scratch("pipeline");
+    for i in 0..3 {
+        write_random(&dir.join(format!("in{i}.bin")), 8 << 20, 10 + i);
+    }
+    let mut t = tracker();
+    // Same sizes in and out (a transform), so the copy detector must check content.
+    let script = format!(
+        "d='{}'\nfor i in range(3):\n    with open(f'{{d}}/in{{i}}.bin','rb') as h, open(f'{{d}}/out{{i}}.bin','wb') as o:\n        while True:\n            b = h.read(1 << 16)\n            if not b: break\n            o.write(bytes(x ^ 0x5a for x in b))\n",
+        dir.display()
+    );
+    let root = findings_of(&mut p, &mut t, &[&python(), "-c", &script], None);
+    let mut h = FsHasher::new(256 << 20);
+    let all = t.findings(&mut h);
+    let mine = of_root(&all, root);
+    assert!(mine.is_empty(), "{mine:#?}");
     std::fs::remove_dir_all(&dir).unwrap();
 }

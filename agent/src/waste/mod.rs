@@ -117,7 +117,14 @@ struct TreeFile {
     /// CPU energy of the syscalls on this file (J) and its emissions (g).
     cpu_j: f64,
     cpu_g: f64,
+    /// Observed intervals (sequence numbers) of the first and last read, and of writes
+    /// (at most `MAX_WRITE_INTERVALS` kept: then the last slot stands for all later ones).
+    first_read: Option<u64>,
+    last_read: u64,
+    write_intervals: Vec<u64>,
 }
+
+const MAX_WRITE_INTERVALS: usize = 64;
 
 #[derive(Clone, Debug, Default)]
 struct CopyAcc {
@@ -198,6 +205,16 @@ impl WasteTracker {
             t.write_ranges.union(&f.write_ranges);
             t.cache_bytes += f.cache_miss_bytes;
             t.cache_ranges.union(&f.cache_ranges);
+            if f.read_bytes > 0 {
+                t.first_read.get_or_insert(self.intervals);
+                t.last_read = self.intervals;
+            }
+            if f.write_bytes > 0 && t.write_intervals.last() != Some(&self.intervals) {
+                if t.write_intervals.len() == MAX_WRITE_INTERVALS {
+                    t.write_intervals.pop();
+                }
+                t.write_intervals.push(self.intervals);
+            }
             let j = f.io_ns as f64 / 1e9 * energy.cpu_j_per_cpu_s;
             t.cpu_j += j;
             t.cpu_g += g_of(j, energy.g_per_kwh);
@@ -265,12 +282,14 @@ impl WasteTracker {
         let path_str = |p: &Option<PathBuf>| p.as_ref().map_or_else(|| "(unresolved)".to_string(), |p| p.display().to_string());
         let top = |t: &TreeFile| t.by_tgid.iter().max_by_key(|(_, b)| **b).map_or(0, |(p, _)| *p);
 
-        // Files written (anywhere) in the window, per file: their written ranges.
-        let mut written: HashMap<FileId, RangeSet> = HashMap::new();
+        // Files written (anywhere) in the window, per file: their written ranges and intervals.
+        let mut written: HashMap<FileId, (RangeSet, Vec<u64>)> = HashMap::new();
         let mut read_anywhere: BTreeSet<FileId> = BTreeSet::new();
         for ((_, id), t) in &self.files {
             if t.write_bytes > 0 {
-                written.entry(*id).or_default().union(&t.write_ranges);
+                let w = written.entry(*id).or_default();
+                w.0.union(&t.write_ranges);
+                w.1.extend(&t.write_intervals);
             }
             if t.read_bytes > 0 {
                 read_anywhere.insert(*id);
@@ -283,8 +302,13 @@ impl WasteTracker {
             if distinct == 0 || t.read_bytes < distinct {
                 continue;
             }
-            // Data rewritten in place between reads is new data, not a re-read.
-            if written.get(id).is_some_and(|w| w.overlap(&t.read_ranges) > 0) {
+            // Data rewritten in place between reads (in an interval after the first read and
+            // before the last) is new data, not a re-read. Writes in the same interval as a
+            // read cannot be ordered and are not held against it.
+            let first = t.first_read.unwrap_or(0);
+            if written.get(id).is_some_and(|(ranges, when)| {
+                ranges.overlap(&t.read_ranges) > 0 && when.iter().any(|w| *w > first && *w < t.last_read)
+            }) {
                 continue;
             }
             let redundant = t.read_bytes - distinct;
