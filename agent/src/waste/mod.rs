@@ -280,7 +280,9 @@ impl WasteTracker {
         let co = self.coefficients;
         let mut out = Vec::new();
         let path_str = |p: &Option<PathBuf>| p.as_ref().map_or_else(|| "(unresolved)".to_string(), |p| p.display().to_string());
-        let top = |t: &TreeFile| t.by_tgid.iter().max_by_key(|(_, b)| **b).map_or(0, |(p, _)| *p);
+        let top = |t: &TreeFile| {
+            t.by_tgid.iter().max_by_key(|(p, b)| (**b, std::cmp::Reverse(**p))).map_or(0, |(p, _)| *p)
+        };
 
         // Files written (anywhere) in the window, per file: their written ranges and intervals.
         let mut written: HashMap<FileId, (RangeSet, Vec<u64>)> = HashMap::new();
