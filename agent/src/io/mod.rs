@@ -23,8 +23,8 @@ use aya::{
 };
 pub use carbon_agent_common::io::IoOffsets;
 use carbon_agent_common::io::{
-    BlockIo, BlockKey, CopyIo, CopyKey, Extent, FileIo, FileKey, IO_OFFSETS_GLOBAL as OFFSETS_NAME, PAGE_SIZE,
-    PathEvent, Run, TgidIo, extent_kind, file_kind, maps as names, path_kind,
+    BlockIo, BlockKey, CopyIo, CopyKey, Extent, FileIo, FileKey, IO_OFFSETS_GLOBAL as OFFSETS_NAME,
+    PAGE_SIZE, PathEvent, Run, TgidIo, extent_kind, file_kind, maps as names, path_kind,
 };
 use serde::Serialize;
 
@@ -36,19 +36,43 @@ pub const IO_OFFSETS_GLOBAL: &str = OFFSETS_NAME;
 
 /// The I/O loss counters in the shared `STATS` array (index, name), for the lead's report.
 pub const IO_STATS: &[(u32, &str)] = &[
-    (carbon_agent_common::stat::IO_TGID_MAP_FULL, "io_tgid_map_full"),
-    (carbon_agent_common::stat::IO_FILE_MAP_FULL, "io_file_map_full"),
-    (carbon_agent_common::stat::IO_COPY_BLOCK_MAP_FULL, "io_copy_block_map_full"),
-    (carbon_agent_common::stat::IO_EXTENTS_FULL, "io_extents_ringbuf_full"),
-    (carbon_agent_common::stat::IO_PATHS_FULL, "io_paths_ringbuf_full"),
-    (carbon_agent_common::stat::IO_ENTER_MISSING, "io_syscall_enter_missing"),
-    (carbon_agent_common::stat::IO_FD_UNRESOLVED, "io_fd_unresolved"),
+    (
+        carbon_agent_common::stat::IO_TGID_MAP_FULL,
+        "io_tgid_map_full",
+    ),
+    (
+        carbon_agent_common::stat::IO_FILE_MAP_FULL,
+        "io_file_map_full",
+    ),
+    (
+        carbon_agent_common::stat::IO_COPY_BLOCK_MAP_FULL,
+        "io_copy_block_map_full",
+    ),
+    (
+        carbon_agent_common::stat::IO_EXTENTS_FULL,
+        "io_extents_ringbuf_full",
+    ),
+    (
+        carbon_agent_common::stat::IO_PATHS_FULL,
+        "io_paths_ringbuf_full",
+    ),
+    (
+        carbon_agent_common::stat::IO_ENTER_MISSING,
+        "io_syscall_enter_missing",
+    ),
+    (
+        carbon_agent_common::stat::IO_FD_UNRESOLVED,
+        "io_fd_unresolved",
+    ),
 ];
 
 /// Reads the offsets the I/O programs need from the running kernel's BTF.
 pub fn offsets_from_kernel() -> Result<IoOffsets> {
     if !cfg!(target_arch = "x86_64") {
-        bail!("the I/O probes use x86_64 syscall numbers and pt_regs; this is {}", std::env::consts::ARCH);
+        bail!(
+            "the I/O probes use x86_64 syscall numbers and pt_regs; this is {}",
+            std::env::consts::ARCH
+        );
     }
     let btf = btf::Btf::from_sys().context("I/O probes need the kernel BTF")?;
     Ok(offsets::io_offsets(&btf)?)
@@ -74,7 +98,11 @@ pub struct IoConfig {
 
 impl Default for IoConfig {
     fn default() -> Self {
-        Self { page_cache_reads: false, path_table_capacity: 65536, max_ranges_per_file: 1024 }
+        Self {
+            page_cache_reads: false,
+            path_table_capacity: 65536,
+            max_ranges_per_file: 1024,
+        }
     }
 }
 
@@ -291,7 +319,10 @@ pub struct IoProbes {
 }
 
 fn map_data(ebpf: &mut Ebpf, name: &str) -> Result<MapData> {
-    match ebpf.take_map(name).with_context(|| format!("eBPF object has no map `{name}`"))? {
+    match ebpf
+        .take_map(name)
+        .with_context(|| format!("eBPF object has no map `{name}`"))?
+    {
         Map::HashMap(d) | Map::PerCpuHashMap(d) | Map::LruHashMap(d) => Ok(d),
         _ => bail!("map `{name}` has an unexpected type"),
     }
@@ -307,7 +338,10 @@ pub fn ensure_tracefs() -> Result<()> {
     // SAFETY: valid NUL-terminated strings.
     let r = unsafe { libc::mount(src.as_ptr(), dst.as_ptr(), fs.as_ptr(), 0, std::ptr::null()) };
     if r != 0 {
-        bail!("mounting tracefs at /sys/kernel/tracing: {}", std::io::Error::last_os_error());
+        bail!(
+            "mounting tracefs at /sys/kernel/tracing: {}",
+            std::io::Error::last_os_error()
+        );
     }
     Ok(())
 }
@@ -318,10 +352,13 @@ pub fn attach(ebpf: &mut Ebpf, config: IoConfig) -> Result<IoProbes> {
     ensure_tracefs()?;
     let mut programs = Vec::new();
     for (name, tp) in [("io_sys_enter", "sys_enter"), ("io_sys_exit", "sys_exit")] {
-        let p: &mut RawTracePoint =
-            ebpf.program_mut(name).with_context(|| format!("no program {name}"))?.try_into()?;
+        let p: &mut RawTracePoint = ebpf
+            .program_mut(name)
+            .with_context(|| format!("no program {name}"))?
+            .try_into()?;
         p.load().with_context(|| format!("loading {name}"))?;
-        p.attach(tp).with_context(|| format!("attaching {name} to raw tracepoint {tp}"))?;
+        p.attach(tp)
+            .with_context(|| format!("attaching {name} to raw tracepoint {tp}"))?;
         programs.push(name);
     }
     let mut classic = vec![
@@ -335,12 +372,18 @@ pub fn attach(ebpf: &mut Ebpf, config: IoConfig) -> Result<IoProbes> {
         classic.push(("io_cache_get", "filemap", "mm_filemap_get_pages"));
     }
     for (name, cat, tp) in classic {
-        let p: &mut TracePoint = ebpf.program_mut(name).with_context(|| format!("no program {name}"))?.try_into()?;
+        let p: &mut TracePoint = ebpf
+            .program_mut(name)
+            .with_context(|| format!("no program {name}"))?
+            .try_into()?;
         p.load().with_context(|| format!("loading {name}"))?;
-        p.attach(cat, tp).with_context(|| format!("attaching {name} to tracepoint {cat}:{tp}"))?;
+        p.attach(cat, tp)
+            .with_context(|| format!("attaching {name} to tracepoint {cat}:{tp}"))?;
         programs.push(name);
     }
-    let mounts = paths::parse_mountinfo(&std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default());
+    let mounts = paths::parse_mountinfo(
+        &std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default(),
+    );
     Ok(IoProbes {
         tgid_io: map_data(ebpf, names::TGID_IO)?,
         file_io: map_data(ebpf, names::FILE_IO)?,
@@ -358,7 +401,9 @@ pub fn attach(ebpf: &mut Ebpf, config: IoConfig) -> Result<IoProbes> {
 }
 
 fn ring(ebpf: &mut Ebpf, name: &str) -> Result<RingBuf<MapData>> {
-    let map = ebpf.take_map(name).with_context(|| format!("eBPF object has no map `{name}`"))?;
+    let map = ebpf
+        .take_map(name)
+        .with_context(|| format!("eBPF object has no map `{name}`"))?;
     RingBuf::try_from(map).with_context(|| format!("map `{name}` is not a ring buffer"))
 }
 
@@ -375,18 +420,24 @@ impl IoProbes {
         self.drain_paths(&mut out);
         let max = self.config.max_ranges_per_file;
         let mut files: BTreeMap<FileKey, FileActivity> = BTreeMap::new();
-        let entry = |files: &mut BTreeMap<FileKey, FileActivity>, k: FileKey| -> *mut FileActivity {
-            files.entry(k).or_insert_with(|| FileActivity {
-                tgid: k.tgid,
-                file: FileId { dev: k.dev, ino: k.ino },
-                read_ranges: RangeSet::with_limit(max),
-                write_ranges: RangeSet::with_limit(max),
-                cache_ranges: RangeSet::with_limit(max),
-                ..Default::default()
-            }) as *mut _
-        };
+        let entry =
+            |files: &mut BTreeMap<FileKey, FileActivity>, k: FileKey| -> *mut FileActivity {
+                files.entry(k).or_insert_with(|| FileActivity {
+                    tgid: k.tgid,
+                    file: FileId {
+                        dev: k.dev,
+                        ino: k.ino,
+                    },
+                    read_ranges: RangeSet::with_limit(max),
+                    write_ranges: RangeSet::with_limit(max),
+                    cache_ranges: RangeSet::with_limit(max),
+                    ..Default::default()
+                }) as *mut _
+            };
         while let Some(item) = self.extents.next() {
-            let Some(e) = read_pod::<Extent>(&item) else { continue };
+            let Some(e) = read_pod::<Extent>(&item) else {
+                continue;
+            };
             // SAFETY: pointer into `files`, used before any other insertion.
             let f = unsafe { &mut *entry(&mut files, e.key) };
             add_run(f, e.kind, e.run);
@@ -409,7 +460,16 @@ impl IoProbes {
             out.processes.insert(k, ProcessIo::from_kernel(&v));
         }
         for (k, v) in maps::take_all::<CopyKey, CopyIo>(self.copy_io.fd().as_fd()) {
-            let (src, dst) = (FileId { dev: k.src_dev, ino: k.src_ino }, FileId { dev: k.dst_dev, ino: k.dst_ino });
+            let (src, dst) = (
+                FileId {
+                    dev: k.src_dev,
+                    ino: k.src_ino,
+                },
+                FileId {
+                    dev: k.dst_dev,
+                    ino: k.dst_ino,
+                },
+            );
             out.copies.push(KernelCopy {
                 tgid: k.tgid,
                 src,
@@ -424,8 +484,14 @@ impl IoProbes {
             });
         }
         let mut block: BTreeMap<u32, BlockDeviceIo> = BTreeMap::new();
-        for (k, v) in maps::take_all_per_cpu::<BlockKey, BlockIo>(self.block_io.fd().as_fd(), self.ncpus) {
-            let b = block.entry(k.dev).or_insert(BlockDeviceIo { major: k.dev >> 20, minor: k.dev & 0xf_ffff, ..Default::default() });
+        for (k, v) in
+            maps::take_all_per_cpu::<BlockKey, BlockIo>(self.block_io.fd().as_fd(), self.ncpus)
+        {
+            let b = block.entry(k.dev).or_insert(BlockDeviceIo {
+                major: k.dev >> 20,
+                minor: k.dev & 0xf_ffff,
+                ..Default::default()
+            });
             let bytes: u64 = v.iter().map(|x| x.bytes).sum();
             b.requests += v.iter().map(|x| x.requests).sum::<u64>();
             match k.dir {
@@ -438,14 +504,19 @@ impl IoProbes {
         let mut proc_fd_cache: HashMap<u32, HashMap<FileId, PathBuf>> = HashMap::new();
         for (_, mut f) in files {
             f.path = self.paths.get(&f.file).cloned().or_else(|| {
-                proc_fd_cache.entry(f.tgid).or_insert_with(|| proc_fd_paths(f.tgid)).get(&f.file).cloned()
+                proc_fd_cache
+                    .entry(f.tgid)
+                    .or_insert_with(|| proc_fd_paths(f.tgid))
+                    .get(&f.file)
+                    .cloned()
             });
             if let Some(p) = &f.path {
                 self.paths.insert(f.file, p.clone());
             } else {
                 out.losses.unresolved_paths += 1;
             }
-            out.losses.ranges_coarsened += f.read_ranges.coarsened + f.write_ranges.coarsened + f.cache_ranges.coarsened;
+            out.losses.ranges_coarsened +=
+                f.read_ranges.coarsened + f.write_ranges.coarsened + f.cache_ranges.coarsened;
             out.files.push(f);
         }
         out.losses.path_table_evicted = self.paths.evicted;
@@ -454,11 +525,16 @@ impl IoProbes {
 
     fn drain_paths(&mut self, out: &mut IoInterval) {
         while let Some(item) = self.paths_rb.next() {
-            let Some(ev) = read_pod::<PathEvent>(&item) else { continue };
+            let Some(ev) = read_pod::<PathEvent>(&item) else {
+                continue;
+            };
             match ev.kind {
                 path_kind::OPEN => {
                     if let Some(p) = paths::event_dir_path(&ev, &self.mounts) {
-                        let id = FileId { dev: ev.dev, ino: ev.ino };
+                        let id = FileId {
+                            dev: ev.dev,
+                            ino: ev.ino,
+                        };
                         self.paths.insert(id, p.clone());
                         if self.by_path.len() >= self.config.path_table_capacity {
                             self.by_path.clear();
@@ -472,7 +548,13 @@ impl IoProbes {
                         out.losses.unresolved_unlinks += 1;
                     }
                     let file = path.as_ref().and_then(|p| self.by_path.remove(p));
-                    out.unlinks.push(Unlink { tgid: ev.tgid, uid: ev.uid, path, file, ts_ns: ev.ts_ns });
+                    out.unlinks.push(Unlink {
+                        tgid: ev.tgid,
+                        uid: ev.uid,
+                        path,
+                        file,
+                        ts_ns: ev.ts_ns,
+                    });
                 }
                 _ => {}
             }
@@ -497,11 +579,22 @@ fn add_run(f: &mut FileActivity, kind: u32, run: Run) {
 fn proc_fd_paths(tgid: u32) -> HashMap<FileId, PathBuf> {
     use std::os::unix::fs::MetadataExt;
     let mut out = HashMap::new();
-    let Ok(dir) = std::fs::read_dir(format!("/proc/{tgid}/fd")) else { return out };
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{tgid}/fd")) else {
+        return out;
+    };
     for e in dir.flatten().take(4096) {
-        let (Ok(target), Ok(meta)) = (std::fs::read_link(e.path()), std::fs::metadata(e.path())) else { continue };
+        let (Ok(target), Ok(meta)) = (std::fs::read_link(e.path()), std::fs::metadata(e.path()))
+        else {
+            continue;
+        };
         if meta.is_file() {
-            out.insert(FileId { dev: paths::udev_to_kdev(meta.dev()), ino: meta.ino() }, target);
+            out.insert(
+                FileId {
+                    dev: paths::udev_to_kdev(meta.dev()),
+                    ino: meta.ino(),
+                },
+                target,
+            );
         }
     }
     out

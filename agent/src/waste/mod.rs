@@ -64,7 +64,10 @@ pub struct Coefficients {
 
 impl Default for Coefficients {
     fn default() -> Self {
-        Self { memory_j_per_byte: 0.5e-9, storage_j_per_byte: 2.5e-9 }
+        Self {
+            memory_j_per_byte: 0.5e-9,
+            storage_j_per_byte: 2.5e-9,
+        }
     }
 }
 
@@ -81,7 +84,11 @@ pub struct Thresholds {
 
 impl Default for Thresholds {
     fn default() -> Self {
-        Self { reread_factor: 2.0, min_bytes: 1 << 20, copy_size_tolerance: 0.01 }
+        Self {
+            reread_factor: 2.0,
+            min_bytes: 1 << 20,
+            copy_size_tolerance: 0.01,
+        }
     }
 }
 
@@ -176,7 +183,12 @@ impl WasteTracker {
     }
 
     /// Adds one interval. `process` tells each tgid's tree root and command name.
-    pub fn observe(&mut self, iv: &IoInterval, energy: IntervalEnergy, process: &dyn Fn(u32) -> ProcessInfo) {
+    pub fn observe(
+        &mut self,
+        iv: &IoInterval,
+        energy: IntervalEnergy,
+        process: &dyn Fn(u32) -> ProcessInfo,
+    ) {
         self.intervals += 1;
         self.g_per_kwh_sum += energy.g_per_kwh;
         let info = |tgid: u32, comms: &mut HashMap<u32, String>| {
@@ -194,7 +206,8 @@ impl WasteTracker {
                 continue;
             }
             let t = self.files.entry(key).or_default();
-            *t.by_tgid.entry(f.tgid).or_default() += f.read_bytes + f.write_bytes + f.cache_miss_bytes;
+            *t.by_tgid.entry(f.tgid).or_default() +=
+                f.read_bytes + f.write_bytes + f.cache_miss_bytes;
             t.uids.insert(f.uid);
             if f.path.is_some() {
                 t.path = f.path.clone();
@@ -244,7 +257,11 @@ impl WasteTracker {
     }
 
     fn mean_g_per_kwh(&self) -> f64 {
-        if self.intervals == 0 { 0.0 } else { self.g_per_kwh_sum / self.intervals as f64 }
+        if self.intervals == 0 {
+            0.0
+        } else {
+            self.g_per_kwh_sum / self.intervals as f64
+        }
     }
 
     fn finding(
@@ -279,9 +296,15 @@ impl WasteTracker {
         let th = self.thresholds;
         let co = self.coefficients;
         let mut out = Vec::new();
-        let path_str = |p: &Option<PathBuf>| p.as_ref().map_or_else(|| "(unresolved)".to_string(), |p| p.display().to_string());
+        let path_str = |p: &Option<PathBuf>| {
+            p.as_ref()
+                .map_or_else(|| "(unresolved)".to_string(), |p| p.display().to_string())
+        };
         let top = |t: &TreeFile| {
-            t.by_tgid.iter().max_by_key(|(p, b)| (**b, std::cmp::Reverse(**p))).map_or(0, |(p, _)| *p)
+            t.by_tgid
+                .iter()
+                .max_by_key(|(p, b)| (**b, std::cmp::Reverse(**p)))
+                .map_or(0, |(p, _)| *p)
         };
 
         // Files written (anywhere) in the window, per file: their written ranges and intervals.
@@ -309,12 +332,15 @@ impl WasteTracker {
             // read cannot be ordered and are not held against it.
             let first = t.first_read.unwrap_or(0);
             if written.get(id).is_some_and(|(ranges, when)| {
-                ranges.overlap(&t.read_ranges) > 0 && when.iter().any(|w| *w > first && *w < t.last_read)
+                ranges.overlap(&t.read_ranges) > 0
+                    && when.iter().any(|w| *w > first && *w < t.last_read)
             }) {
                 continue;
             }
             let redundant = t.read_bytes - distinct;
-            if (t.read_bytes as f64) < th.reread_factor * distinct as f64 || redundant < th.min_bytes {
+            if (t.read_bytes as f64) < th.reread_factor * distinct as f64
+                || redundant < th.min_bytes
+            {
                 continue;
             }
             let share = redundant as f64 / t.read_bytes as f64;
@@ -332,12 +358,15 @@ impl WasteTracker {
         }
 
         // Re-fetch from storage: per file over all trees.
-        let mut cache: BTreeMap<FileId, (u64, RangeSet, u32, u32, u64, Option<PathBuf>)> = BTreeMap::new();
+        let mut cache: BTreeMap<FileId, (u64, RangeSet, u32, u32, u64, Option<PathBuf>)> =
+            BTreeMap::new();
         for ((root, id), t) in &self.files {
             if t.cache_bytes == 0 {
                 continue;
             }
-            let e = cache.entry(*id).or_insert_with(|| (0, RangeSet::default(), *root, top(t), 0, None));
+            let e = cache
+                .entry(*id)
+                .or_insert_with(|| (0, RangeSet::default(), *root, top(t), 0, None));
             e.0 += t.cache_bytes;
             e.1.union(&t.cache_ranges);
             if t.cache_bytes > e.4 {
@@ -394,7 +423,10 @@ impl WasteTracker {
         }
         for (root, files) in &by_root {
             let mut used = BTreeSet::new();
-            for (dst_id, dst) in files.iter().filter(|(_, t)| t.write_bytes >= th.min_bytes && t.read_bytes == 0) {
+            for (dst_id, dst) in files
+                .iter()
+                .filter(|(_, t)| t.write_bytes >= th.min_bytes && t.read_bytes == 0)
+            {
                 let size = dst.write_ranges.covered();
                 let best = files
                     .iter()
@@ -437,7 +469,9 @@ impl WasteTracker {
             if t.write_bytes < th.min_bytes || read_anywhere.contains(id) {
                 continue;
             }
-            let Some((_, path)) = self.unlinked.get(id) else { continue };
+            let Some((_, path)) = self.unlinked.get(id) else {
+                continue;
+            };
             out.push(self.finding(
                 FindingKind::WriteThenDelete,
                 *root,
@@ -452,10 +486,15 @@ impl WasteTracker {
         }
 
         // Duplicate datasets: different inodes, same content, read by different users or trees.
-        let mut readers: BTreeMap<FileId, (BTreeSet<(u32, u32)>, PathBuf, u32, u32, f64, f64)> = BTreeMap::new();
+        let mut readers: BTreeMap<FileId, (BTreeSet<(u32, u32)>, PathBuf, u32, u32, f64, f64)> =
+            BTreeMap::new();
         for ((root, id), t) in &self.files {
-            let (Some(path), true) = (&t.path, t.read_bytes > 0) else { continue };
-            let e = readers.entry(*id).or_insert_with(|| (BTreeSet::new(), path.clone(), *root, top(t), 0.0, 0.0));
+            let (Some(path), true) = (&t.path, t.read_bytes > 0) else {
+                continue;
+            };
+            let e = readers
+                .entry(*id)
+                .or_insert_with(|| (BTreeSet::new(), path.clone(), *root, top(t), 0.0, 0.0));
             for uid in &t.uids {
                 e.0.insert((*uid, *root));
             }
@@ -476,14 +515,19 @@ impl WasteTracker {
                 }
             }
             for group in by_content.into_values().filter(|g| g.len() > 1) {
-                let who: BTreeSet<(u32, u32)> = group.iter().flat_map(|id| readers[id].0.iter().copied()).collect();
+                let who: BTreeSet<(u32, u32)> = group
+                    .iter()
+                    .flat_map(|id| readers[id].0.iter().copied())
+                    .collect();
                 let users: BTreeSet<u32> = who.iter().map(|w| w.0).collect();
                 let trees: BTreeSet<u32> = who.iter().map(|w| w.1).collect();
                 if users.len() < 2 && trees.len() < 2 {
                     continue;
                 }
                 let first = &readers[&group[0]];
-                let (cpu_j, cpu_g) = group.iter().skip(1).fold((0.0, 0.0), |a, id| (a.0 + readers[id].4, a.1 + readers[id].5));
+                let (cpu_j, cpu_g) = group.iter().skip(1).fold((0.0, 0.0), |a, id| {
+                    (a.0 + readers[id].4, a.1 + readers[id].5)
+                });
                 let n = group.len() as u64;
                 out.push(self.finding(
                     FindingKind::Duplicate,
