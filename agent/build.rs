@@ -8,11 +8,7 @@ fn main() -> anyhow::Result<()> {
     let root = root.canonicalize()?;
     let root = root.to_str().expect("utf-8 path");
     aya_build::build_ebpf(
-        [aya_build::Package {
-            name: "agent-ebpf",
-            root_dir: root,
-            ..Default::default()
-        }],
+        [aya_build::Package { name: "agent-ebpf", root_dir: root, ..Default::default() }],
         aya_build::Toolchain::default(),
     )
 }
