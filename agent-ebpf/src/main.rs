@@ -9,6 +9,7 @@
 #![no_std]
 #![no_main]
 
+mod io;
 mod lifecycle;
 mod sched;
 mod stats;

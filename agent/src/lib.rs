@@ -4,11 +4,14 @@
 //! [`probes`] (eBPF programs and their maps) → [`session`] (one pass per interval) →
 //! [`usage`] (CPU time per process per interval) with [`process`] (the process table and its
 //! trees) → [`output`] (live view, JSON Lines, `run` summary).
+pub mod attribution;
 pub mod carbon;
 pub mod cli;
 pub mod config;
 pub mod doctor;
+pub mod energy;
 pub mod host;
+pub mod io;
 pub mod output;
 pub mod probes;
 pub mod process;
@@ -17,5 +20,4 @@ pub mod report;
 pub mod run;
 pub mod session;
 pub mod usage;
-pub mod attribution;
-pub mod energy;
+pub mod waste;

@@ -5,6 +5,8 @@
 //! the `aya::Pod` impls needed to read the types out of maps.
 #![no_std]
 
+pub mod io;
+
 /// Length of a task's `comm` in the kernel (`TASK_COMM_LEN`).
 pub const COMM_LEN: usize = 16;
 /// How many bytes of an exec'd filename are kept.
@@ -39,6 +41,21 @@ pub mod stat {
     pub const LIFECYCLE_RINGBUF_FULL: u32 = 1;
     /// CPU nanoseconds that could not be recorded because of `TGID_MAP_FULL`.
     pub const LOST_CPU_NS: u32 = 2;
+    /// I/O: the per-tgid `TGID_IO` map was full; that tgid's I/O of the event is lost.
+    pub const IO_TGID_MAP_FULL: u32 = 3;
+    /// I/O: the per-file `FILE_IO` map was full; that file's activity of the event is lost.
+    pub const IO_FILE_MAP_FULL: u32 = 4;
+    /// I/O: the `COPY_IO` or `BLOCK_IO` map was full.
+    pub const IO_COPY_BLOCK_MAP_FULL: u32 = 5;
+    /// I/O: an extent could not be reserved in `IO_EXTENTS` (that range is lost; the bytes stay counted).
+    pub const IO_EXTENTS_FULL: u32 = 6;
+    /// I/O: a path event could not be reserved in `IO_PATHS`.
+    pub const IO_PATHS_FULL: u32 = 7;
+    /// I/O: a syscall exit without its enter timestamp (the `IO_ENTER` LRU evicted it, or the
+    /// programs were attached mid-call): its time is not counted.
+    pub const IO_ENTER_MISSING: u32 = 8;
+    /// I/O: a file descriptor could not be resolved to a file (its bytes count, not per file).
+    pub const IO_FD_UNRESOLVED: u32 = 9;
     /// Number of `STATS` slots.
     pub const COUNT: u32 = 16;
 }
@@ -109,4 +126,14 @@ mod pod {
     // SAFETY: plain-old-data, `#[repr(C)]`, every bit pattern valid.
     unsafe impl aya::Pod for super::TgidCpu {}
     unsafe impl aya::Pod for super::LifecycleEvent {}
+    unsafe impl aya::Pod for super::io::TgidIo {}
+    unsafe impl aya::Pod for super::io::FileKey {}
+    unsafe impl aya::Pod for super::io::FileIo {}
+    unsafe impl aya::Pod for super::io::Extent {}
+    unsafe impl aya::Pod for super::io::CopyKey {}
+    unsafe impl aya::Pod for super::io::CopyIo {}
+    unsafe impl aya::Pod for super::io::BlockKey {}
+    unsafe impl aya::Pod for super::io::BlockIo {}
+    unsafe impl aya::Pod for super::io::PathEvent {}
+    unsafe impl aya::Pod for super::io::IoOffsets {}
 }

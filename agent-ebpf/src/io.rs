@@ -1,0 +1,713 @@
+//! I/O per tgid and per file: syscall bytes, in-kernel copies, time in I/O syscalls, page
+//! cache misses and dirtied folios, socket bytes, block-layer bytes per device, and the paths
+//! of opened and unlinked files.
+//!
+//! Hooks (see `docs/io.md` for the measurements behind the choice):
+//! - raw tracepoints `sys_enter` / `sys_exit`: one program each for every syscall, filtering
+//!   on the syscall number first. Cheaper than the per-syscall `syscalls:sys_*_*` tracepoints,
+//!   which run on top of the same raw tracepoint and add the perf record set-up. The exit
+//!   handler reads the arguments back from `pt_regs` (still intact at exit) and resolves the
+//!   file descriptor through `current->files` to (dev, inode, kind, position).
+//! - classic tracepoints for the page cache, writeback, sockets and the block layer: their
+//!   record offsets come from the kernel's BTF (`trace_event_raw_*`).
+//!
+//! Every struct offset comes from the `IO_OFFSETS` global that userspace fills in from BTF.
+//! x86_64 syscall numbers (userspace refuses to attach on other architectures).
+
+use aya_ebpf::{
+    Global,
+    helpers::{
+        bpf_get_current_pid_tgid, bpf_get_current_task, bpf_get_current_uid_gid, bpf_ktime_get_ns,
+        bpf_probe_read_kernel, bpf_probe_read_kernel_str_bytes, bpf_probe_read_user_str_bytes,
+    },
+    macros::{map, raw_tracepoint, tracepoint},
+    maps::{HashMap, LruHashMap, PerCpuHashMap, RingBuf},
+    programs::{RawTracePointContext, TracePointContext},
+};
+use carbon_agent_common::{
+    io::{
+        BlockIo, BlockKey, CopyIo, CopyKey, Extent, FileIo, FileKey, IoOffsets, NAME_LEN, PATH_DEPTH,
+        PathEvent, Run, TgidIo, extent_kind, file_kind, path_flag, path_kind,
+    },
+    stat,
+};
+
+use crate::stats;
+
+#[unsafe(no_mangle)]
+static IO_OFFSETS: Global<IoOffsets> = Global::new(IoOffsets {
+    regs_di: 0,
+    regs_si: 0,
+    regs_dx: 0,
+    regs_r10: 0,
+    regs_orig_ax: 0,
+    task_files: 0,
+    task_fs: 0,
+    files_fdt: 0,
+    fdt_max_fds: 0,
+    fdt_fd: 0,
+    file_inode: 0,
+    file_pos: 0,
+    file_dentry: 0,
+    inode_ino: 0,
+    inode_mode: 0,
+    inode_sb: 0,
+    sb_dev: 0,
+    fs_pwd_dentry: 0,
+    dentry_parent: 0,
+    dentry_name: 0,
+    dentry_sb: 0,
+    tp_fm_add_ino: 0,
+    tp_fm_add_index: 0,
+    tp_fm_add_dev: 0,
+    tp_fm_add_order: 0,
+    tp_fm_get_index: 0,
+    tp_fm_get_last_index: 0,
+    tp_sock_ret: 0,
+    tp_sock_flags: 0,
+    tp_blk_dev: 0,
+    tp_blk_nr_sector: 0,
+    tp_blk_rwbs: 0,
+    ready: 0,
+});
+
+// x86_64 syscall numbers.
+const NR_READ: u64 = 0;
+const NR_WRITE: u64 = 1;
+const NR_OPEN: u64 = 2;
+const NR_PREAD64: u64 = 17;
+const NR_PWRITE64: u64 = 18;
+const NR_READV: u64 = 19;
+const NR_WRITEV: u64 = 20;
+const NR_SENDFILE: u64 = 40;
+const NR_UNLINK: u64 = 87;
+const NR_CREAT: u64 = 85;
+const NR_OPENAT: u64 = 257;
+const NR_UNLINKAT: u64 = 263;
+const NR_SPLICE: u64 = 275;
+const NR_PREADV: u64 = 295;
+const NR_PWRITEV: u64 = 296;
+const NR_COPY_FILE_RANGE: u64 = 326;
+const NR_PREADV2: u64 = 327;
+const NR_PWRITEV2: u64 = 328;
+const NR_OPENAT2: u64 = 437;
+
+const AT_FDCWD: i64 = -100;
+const S_IFMT: u32 = 0o170000;
+const S_IFREG: u32 = 0o100000;
+const S_IFIFO: u32 = 0o010000;
+const S_IFSOCK: u32 = 0o140000;
+const MSG_PEEK: i32 = 2;
+
+/// Per-tgid totals, per CPU. Taken (read and deleted) by userspace every interval.
+#[map]
+static TGID_IO: PerCpuHashMap<u32, TgidIo> = PerCpuHashMap::with_max_entries(16384, 0);
+
+/// Per (tgid, regular file) activity and current sequential runs. Taken every interval.
+#[map]
+static FILE_IO: HashMap<FileKey, FileIo> = HashMap::with_max_entries(65536, 0);
+
+/// In-kernel copies per (tgid, source, destination). Taken every interval.
+#[map]
+static COPY_IO: HashMap<CopyKey, CopyIo> = HashMap::with_max_entries(8192, 0);
+
+/// Completed block requests per (device, direction), per CPU. Taken every interval.
+#[map]
+static BLOCK_IO: PerCpuHashMap<BlockKey, BlockIo> = PerCpuHashMap::with_max_entries(256, 0);
+
+/// Finished sequential runs (file offsets read, written, cached).
+#[map]
+static IO_EXTENTS: RingBuf = RingBuf::with_byte_size(1 << 22, 0);
+
+/// Paths of opened regular files and of unlinked paths.
+#[map]
+static IO_PATHS: RingBuf = RingBuf::with_byte_size(1 << 22, 0);
+
+/// Per thread: the enter time and number of the I/O syscall in progress. An LRU, so that
+/// threads that died mid-syscall do not fill it.
+#[map]
+static IO_ENTER: LruHashMap<u32, Enter> = LruHashMap::with_max_entries(16384, 0);
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Enter {
+    ts: u64,
+    nr: u64,
+}
+
+/// What a file descriptor resolves to.
+#[derive(Clone, Copy)]
+struct Fd {
+    file: *const u8,
+    dev: u32,
+    kind: u32,
+    ino: u64,
+}
+
+/// `*p += n`. Not atomic (the BPF target lacks 64-bit atomic add in core here): two threads
+/// of one process updating the same shared entry on two CPUs at the same instant can lose one
+/// increment. Per-CPU maps are used where this matters most (per-tgid totals).
+#[inline(always)]
+unsafe fn add(p: *mut u64, n: u64) {
+    unsafe { *p += n };
+}
+
+#[inline(always)]
+fn offs() -> IoOffsets {
+    IO_OFFSETS.load()
+}
+
+#[inline(always)]
+unsafe fn rd<T: Copy>(base: *const u8, off: u32) -> Option<T> {
+    // SAFETY: bpf_probe_read_kernel copes with any address.
+    unsafe { bpf_probe_read_kernel(base.add(off as usize) as *const T).ok() }
+}
+
+#[inline(always)]
+fn is_io(nr: u64) -> bool {
+    matches!(
+        nr,
+        NR_READ
+            | NR_WRITE
+            | NR_PREAD64
+            | NR_PWRITE64
+            | NR_READV
+            | NR_WRITEV
+            | NR_PREADV
+            | NR_PWRITEV
+            | NR_PREADV2
+            | NR_PWRITEV2
+            | NR_SENDFILE
+            | NR_SPLICE
+            | NR_COPY_FILE_RANGE
+    )
+}
+
+/// `sys_enter(struct pt_regs *regs, long id)`: remember when an I/O syscall started; report
+/// unlinks with their path.
+#[raw_tracepoint(tracepoint = "sys_enter")]
+pub fn io_sys_enter(ctx: RawTracePointContext) -> i32 {
+    let nr: u64 = ctx.arg(1);
+    if is_io(nr) {
+        let tid = bpf_get_current_pid_tgid() as u32;
+        // SAFETY: bpf helper without preconditions.
+        let ts = unsafe { bpf_ktime_get_ns() };
+        if let Some(e) = IO_ENTER.get_ptr_mut(&tid) {
+            // SAFETY: map value pointer, only this thread uses its entry.
+            unsafe { *e = Enter { ts, nr } };
+        } else {
+            let _ = IO_ENTER.insert(&tid, &Enter { ts, nr }, 0);
+        }
+    } else if nr == NR_UNLINK || nr == NR_UNLINKAT {
+        let regs: *const u8 = ctx.arg(0);
+        on_unlink(regs, nr);
+    }
+    0
+}
+
+/// `sys_exit(struct pt_regs *regs, long ret)`.
+#[raw_tracepoint(tracepoint = "sys_exit")]
+pub fn io_sys_exit(ctx: RawTracePointContext) -> i32 {
+    let o = offs();
+    if o.ready == 0 {
+        return 0;
+    }
+    let regs: *const u8 = ctx.arg(0);
+    let Some(nr) = (unsafe { rd::<u64>(regs, o.regs_orig_ax) }) else {
+        return 0;
+    };
+    let ret: i64 = ctx.arg(1);
+    if is_io(nr) {
+        on_io_exit(&o, regs, nr, ret);
+    } else if (nr == NR_OPENAT || nr == NR_OPEN || nr == NR_OPENAT2 || nr == NR_CREAT) && ret >= 0 {
+        on_open_exit(&o, ret);
+    }
+    0
+}
+
+#[inline(always)]
+fn on_io_exit(o: &IoOffsets, regs: *const u8, nr: u64, ret: i64) {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let (tid, tgid) = (pid_tgid as u32, (pid_tgid >> 32) as u32);
+    // SAFETY: bpf helper without preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let mut ns = 0u64;
+    match IO_ENTER.get_ptr_mut(&tid) {
+        // SAFETY: map value pointer of this thread.
+        Some(e) => unsafe {
+            if (*e).nr == nr && (*e).ts != 0 && now > (*e).ts {
+                ns = now - (*e).ts;
+            } else {
+                stats::add(stat::IO_ENTER_MISSING, 1);
+            }
+            (*e).ts = 0;
+        },
+        None => stats::add(stat::IO_ENTER_MISSING, 1),
+    }
+    let bytes = if ret > 0 { ret as u64 } else { 0 };
+    let Some(fd) = (unsafe { rd::<u64>(regs, o.regs_di) }) else {
+        return;
+    };
+    let Some(t) = tgid_entry(tgid) else {
+        return;
+    };
+    let t = unsafe { &mut *t };
+    t.io_ns += ns;
+
+    if nr == NR_SENDFILE || nr == NR_SPLICE || nr == NR_COPY_FILE_RANGE {
+        t.copy_calls += 1;
+        t.copy_bytes += bytes;
+        if bytes == 0 {
+            return;
+        }
+        // sendfile(out_fd, in_fd, ...); splice / copy_file_range(in_fd, off_in, out_fd, ...).
+        let other = if nr == NR_SENDFILE { o.regs_si } else { o.regs_dx };
+        let Some(other) = (unsafe { rd::<u64>(regs, other) }) else {
+            return;
+        };
+        let (src, dst) = if nr == NR_SENDFILE { (other, fd) } else { (fd, other) };
+        let (Some(s), Some(d)) = (resolve_fd(o, src as i64), resolve_fd(o, dst as i64)) else {
+            stats::add(stat::IO_FD_UNRESOLVED, 1);
+            return;
+        };
+        let key = CopyKey {
+            tgid,
+            src_dev: s.dev,
+            src_ino: s.ino,
+            dst_dev: d.dev,
+            src_kind: s.kind as u16,
+            dst_kind: d.kind as u16,
+            dst_ino: d.ino,
+        };
+        if let Some(c) = COPY_IO.get_ptr_mut(&key) {
+            unsafe {
+                add(&raw mut (*c).bytes, bytes);
+                add(&raw mut (*c).calls, 1);
+                add(&raw mut (*c).io_ns, ns);
+            }
+        } else if COPY_IO.insert(&key, &CopyIo { bytes, calls: 1, io_ns: ns }, 0).is_err() {
+            stats::add(stat::IO_COPY_BLOCK_MAP_FULL, 1);
+        }
+        return;
+    }
+
+    let is_read = matches!(nr, NR_READ | NR_PREAD64 | NR_READV | NR_PREADV | NR_PREADV2);
+    if is_read {
+        t.read_calls += 1;
+        t.read_bytes += bytes;
+    } else {
+        t.write_calls += 1;
+        t.write_bytes += bytes;
+    }
+    let Some(f) = resolve_fd(o, fd as i64) else {
+        stats::add(stat::IO_FD_UNRESOLVED, 1);
+        return;
+    };
+    match (f.kind, is_read) {
+        (file_kind::REG, true) => t.read_file_bytes += bytes,
+        (file_kind::REG, false) => t.write_file_bytes += bytes,
+        (file_kind::PIPE, true) => t.read_pipe_bytes += bytes,
+        (file_kind::PIPE, false) => t.write_pipe_bytes += bytes,
+        (file_kind::SOCK, true) => t.read_sock_bytes += bytes,
+        (file_kind::SOCK, false) => t.write_sock_bytes += bytes,
+        _ => {}
+    }
+    if f.kind != file_kind::REG {
+        return;
+    }
+    // Where the bytes were: pread/pwrite(v)(2) give the offset (arg 3; -1 for v2 means the
+    // file position); the others used and advanced f_pos.
+    let explicit = matches!(nr, NR_PREAD64 | NR_PWRITE64 | NR_PREADV | NR_PWRITEV | NR_PREADV2 | NR_PWRITEV2);
+    let mut start = 0u64;
+    let mut have_pos = false;
+    if explicit {
+        if let Some(p) = unsafe { rd::<i64>(regs, o.regs_r10) } {
+            if p >= 0 {
+                start = p as u64;
+                have_pos = true;
+            }
+        }
+    }
+    if !have_pos {
+        if let Some(p) = unsafe { rd::<i64>(f.file, o.file_pos) } {
+            if p >= bytes as i64 {
+                start = p as u64 - bytes;
+            }
+        }
+    }
+    let key = FileKey { tgid, dev: f.dev, ino: f.ino };
+    let kind = if is_read { extent_kind::READ } else { extent_kind::WRITE };
+    let Some(e) = file_entry(&key) else {
+        return;
+    };
+    // SAFETY: map value pointer; concurrent updates of the same entry from threads of one
+    // process on other CPUs are possible, see [`add`].
+    unsafe {
+        add(&raw mut (*e).io_ns, ns);
+        if is_read {
+            add(&raw mut (*e).read_bytes, bytes);
+            add(&raw mut (*e).read_calls, 1);
+        } else {
+            add(&raw mut (*e).write_bytes, bytes);
+            add(&raw mut (*e).write_calls, 1);
+        }
+        if bytes > 0 {
+            let run = if is_read { &raw mut (*e).read_run } else { &raw mut (*e).write_run };
+            extend_run(&key, kind, &mut *run, start, start + bytes);
+        }
+    }
+}
+
+/// Extends `run` with `[start, end)` when it continues it; otherwise sends the old run as an
+/// extent and starts a new one.
+#[inline(always)]
+fn extend_run(key: &FileKey, kind: u32, run: &mut Run, start: u64, end: u64) {
+    if run.end == run.start {
+        *run = Run { start, end };
+        return;
+    }
+    if start == run.end {
+        run.end = end;
+        return;
+    }
+    match IO_EXTENTS.reserve::<Extent>(0) {
+        Some(mut slot) => {
+            slot.write(Extent { key: *key, kind, _pad: 0, run: *run });
+            slot.submit(0);
+        }
+        None => stats::add(stat::IO_EXTENTS_FULL, 1),
+    }
+    *run = Run { start, end };
+}
+
+#[inline(always)]
+fn tgid_entry(tgid: u32) -> Option<*mut TgidIo> {
+    if let Some(t) = TGID_IO.get_ptr_mut(&tgid) {
+        return Some(t);
+    }
+    let init = TgidIo { uid: bpf_get_current_uid_gid() as u32, ..TgidIo::default() };
+    if TGID_IO.insert(&tgid, &init, 0).is_err() {
+        stats::add(stat::IO_TGID_MAP_FULL, 1);
+        return None;
+    }
+    TGID_IO.get_ptr_mut(&tgid)
+}
+
+#[inline(always)]
+fn file_entry(key: &FileKey) -> Option<*mut FileIo> {
+    if let Some(e) = FILE_IO.get_ptr_mut(key) {
+        return Some(e);
+    }
+    let init = FileIo { uid: bpf_get_current_uid_gid() as u32, ..FileIo::default() };
+    // BPF_NOEXIST: another CPU may have created it meanwhile; then use that one.
+    let _ = FILE_IO.insert(key, &init, 1);
+    let e = FILE_IO.get_ptr_mut(key);
+    if e.is_none() {
+        stats::add(stat::IO_FILE_MAP_FULL, 1);
+    }
+    e
+}
+
+#[inline(always)]
+fn current_task() -> *const u8 {
+    // SAFETY: bpf helper without preconditions.
+    unsafe { bpf_get_current_task() as *const u8 }
+}
+
+/// `current->files->fdt->fd[fd]`.
+#[inline(always)]
+fn fd_file(o: &IoOffsets, fd: i64) -> Option<*const u8> {
+    if fd < 0 {
+        return None;
+    }
+    unsafe {
+        let files = rd::<*const u8>(current_task(), o.task_files)?;
+        let fdt = rd::<*const u8>(files, o.files_fdt)?;
+        let max = rd::<u32>(fdt, o.fdt_max_fds)?;
+        if fd as u64 >= max as u64 {
+            return None;
+        }
+        let arr = rd::<*const u8>(fdt, o.fdt_fd)?;
+        let file = rd::<*const u8>(arr, (fd as u32) * 8)?;
+        if file.is_null() { None } else { Some(file) }
+    }
+}
+
+#[inline(always)]
+fn resolve_fd(o: &IoOffsets, fd: i64) -> Option<Fd> {
+    let file = fd_file(o, fd)?;
+    unsafe {
+        let inode = rd::<*const u8>(file, o.file_inode)?;
+        let mode = rd::<u16>(inode, o.inode_mode)? as u32;
+        let ino = rd::<u64>(inode, o.inode_ino)?;
+        let sb = rd::<*const u8>(inode, o.inode_sb)?;
+        let dev = rd::<u32>(sb, o.sb_dev)?;
+        let kind = match mode & S_IFMT {
+            S_IFREG => file_kind::REG,
+            S_IFIFO => file_kind::PIPE,
+            S_IFSOCK => file_kind::SOCK,
+            _ => file_kind::OTHER,
+        };
+        Some(Fd { file, dev, kind, ino })
+    }
+}
+
+/// Fills `ev.components` walking `d_parent` from `dentry` up to the root of its file system.
+#[inline(always)]
+fn walk_dentry(o: &IoOffsets, mut dentry: *const u8, ev: &mut PathEvent) {
+    let mut depth = 0u32;
+    for i in 0..PATH_DEPTH {
+        let Some(parent) = (unsafe { rd::<*const u8>(dentry, o.dentry_parent) }) else {
+            break;
+        };
+        if parent == dentry || parent.is_null() {
+            ev.depth = depth;
+            return;
+        }
+        if let Some(name) = unsafe { rd::<*const u8>(dentry, o.dentry_name) } {
+            if let Ok(s) = unsafe { bpf_probe_read_kernel_str_bytes(name, &mut ev.components[i]) } {
+                if s.len() >= NAME_LEN - 1 {
+                    ev.flags |= path_flag::LONG_NAME;
+                }
+            }
+        }
+        depth += 1;
+        dentry = parent;
+    }
+    ev.depth = depth;
+    // Still not at the root after PATH_DEPTH components.
+    if let Some(parent) = unsafe { rd::<*const u8>(dentry, o.dentry_parent) } {
+        if parent != dentry {
+            ev.flags |= path_flag::DEEP;
+        }
+    }
+}
+
+#[inline(always)]
+fn new_path_event(kind: u32) -> Option<aya_ebpf::maps::ring_buf::RingBufEntry<PathEvent>> {
+    let Some(mut slot) = IO_PATHS.reserve::<PathEvent>(0) else {
+        stats::add(stat::IO_PATHS_FULL, 1);
+        return None;
+    };
+    let ev = unsafe { &mut *slot.as_mut_ptr() };
+    ev.kind = kind;
+    ev.tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    ev.uid = bpf_get_current_uid_gid() as u32;
+    ev.flags = 0;
+    ev.dev = 0;
+    ev.depth = 0;
+    ev.ino = 0;
+    // SAFETY: bpf helper without preconditions.
+    ev.ts_ns = unsafe { bpf_ktime_get_ns() };
+    // The components must be zeroed: the reserved memory holds old events.
+    for c in ev.components.iter_mut() {
+        c[0] = 0;
+    }
+    ev.user_path[0] = 0;
+    Some(slot)
+}
+
+#[inline(always)]
+fn on_open_exit(o: &IoOffsets, fd: i64) {
+    let Some(f) = resolve_fd(o, fd) else {
+        return;
+    };
+    if f.kind != file_kind::REG {
+        return;
+    }
+    let Some(dentry) = (unsafe { rd::<*const u8>(f.file, o.file_dentry) }) else {
+        return;
+    };
+    let Some(mut slot) = new_path_event(path_kind::OPEN) else {
+        return;
+    };
+    let ev = unsafe { &mut *slot.as_mut_ptr() };
+    ev.dev = f.dev;
+    ev.ino = f.ino;
+    walk_dentry(o, dentry, ev);
+    slot.submit(0);
+}
+
+#[inline(always)]
+fn on_unlink(regs: *const u8, nr: u64) {
+    let o = offs();
+    if o.ready == 0 {
+        return;
+    }
+    // unlink(path); unlinkat(dfd, path, flags).
+    let (dfd, path_off) = if nr == NR_UNLINK {
+        (AT_FDCWD, o.regs_di)
+    } else {
+        (unsafe { rd::<i64>(regs, o.regs_di) }.unwrap_or(AT_FDCWD) as i32 as i64, o.regs_si)
+    };
+    let Some(upath) = (unsafe { rd::<*const u8>(regs, path_off) }) else {
+        return;
+    };
+    let Some(mut slot) = new_path_event(path_kind::UNLINK) else {
+        return;
+    };
+    let ev = unsafe { &mut *slot.as_mut_ptr() };
+    if unsafe { bpf_probe_read_user_str_bytes(upath, &mut ev.user_path) }.is_err() {
+        slot.discard(0);
+        return;
+    }
+    if ev.user_path[0] != b'/' {
+        ev.flags |= path_flag::RELATIVE;
+        let base = if dfd == AT_FDCWD {
+            unsafe { rd::<*const u8>(current_task(), o.task_fs).and_then(|fs| rd::<*const u8>(fs, o.fs_pwd_dentry)) }
+        } else {
+            fd_file(&o, dfd).and_then(|f| unsafe { rd::<*const u8>(f, o.file_dentry) })
+        };
+        let dev = base.and_then(|d| unsafe { rd::<*const u8>(d, o.dentry_sb).and_then(|sb| rd::<u32>(sb, o.sb_dev)) });
+        match (base, dev) {
+            (Some(base), Some(dev)) => {
+                ev.dev = dev;
+                walk_dentry(&o, base, ev);
+            }
+            _ => ev.flags |= path_flag::NO_BASE,
+        }
+    }
+    slot.submit(0);
+}
+
+/// `filemap:mm_filemap_add_to_page_cache`: a folio inserted in the page cache (a miss), in
+/// the context of the task that caused the read.
+#[tracepoint(category = "filemap", name = "mm_filemap_add_to_page_cache")]
+pub fn io_cache_add(ctx: TracePointContext) -> i32 {
+    let o = offs();
+    if o.ready == 0 {
+        return 0;
+    }
+    let (Ok(ino), Ok(index), Ok(dev), Ok(order)) = (unsafe { ctx.read_at::<u64>(o.tp_fm_add_ino as usize) }, unsafe {
+        ctx.read_at::<u64>(o.tp_fm_add_index as usize)
+    }, unsafe { ctx.read_at::<u32>(o.tp_fm_add_dev as usize) }, unsafe {
+        ctx.read_at::<u8>(o.tp_fm_add_order as usize)
+    }) else {
+        return 0;
+    };
+    let pages = 1u64 << (order & 31);
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    if let Some(t) = tgid_entry(tgid) {
+        unsafe { (*t).cache_miss_pages += pages };
+    }
+    let key = FileKey { tgid, dev, ino };
+    if let Some(e) = file_entry(&key) {
+        unsafe {
+            add(&raw mut (*e).cache_miss_pages, pages);
+            let start = index * carbon_agent_common::io::PAGE_SIZE;
+            extend_run(
+                &key,
+                extent_kind::CACHE_ADD,
+                &mut (*e).cache_run,
+                start,
+                start + pages * carbon_agent_common::io::PAGE_SIZE,
+            );
+        }
+    }
+    0
+}
+
+/// `filemap:mm_filemap_get_pages`: pages a buffered read asked the page cache for (hits
+/// included). Optional (off by default): the syscall exit already gives exact bytes.
+#[tracepoint(category = "filemap", name = "mm_filemap_get_pages")]
+pub fn io_cache_get(ctx: TracePointContext) -> i32 {
+    let o = offs();
+    if o.ready == 0 {
+        return 0;
+    }
+    let (Ok(index), Ok(last)) = (unsafe { ctx.read_at::<u64>(o.tp_fm_get_index as usize) }, unsafe {
+        ctx.read_at::<u64>(o.tp_fm_get_last_index as usize)
+    }) else {
+        return 0;
+    };
+    if last < index {
+        return 0;
+    }
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    if let Some(t) = tgid_entry(tgid) {
+        unsafe { (*t).cache_read_pages += last - index + 1 };
+    }
+    0
+}
+
+/// `writeback:writeback_dirty_folio`: a folio dirtied, in the writer's context.
+#[tracepoint(category = "writeback", name = "writeback_dirty_folio")]
+pub fn io_dirty(_ctx: TracePointContext) -> i32 {
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    if let Some(t) = tgid_entry(tgid) {
+        unsafe { (*t).dirtied_folios += 1 };
+    }
+    0
+}
+
+#[inline(always)]
+fn sock_len(ctx: &TracePointContext, o: &IoOffsets) -> Option<u64> {
+    let ret = unsafe { ctx.read_at::<i32>(o.tp_sock_ret as usize) }.ok()?;
+    let flags = unsafe { ctx.read_at::<i32>(o.tp_sock_flags as usize) }.ok()?;
+    if ret <= 0 || flags & MSG_PEEK != 0 { None } else { Some(ret as u64) }
+}
+
+/// `sock:sock_send_length`: bytes sent by `sock_sendmsg` (any socket family).
+#[tracepoint(category = "sock", name = "sock_send_length")]
+pub fn io_sock_send(ctx: TracePointContext) -> i32 {
+    let o = offs();
+    if o.ready == 0 {
+        return 0;
+    }
+    if let Some(n) = sock_len(&ctx, &o) {
+        let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+        if let Some(t) = tgid_entry(tgid) {
+            unsafe { (*t).net_tx_bytes += n };
+        }
+    }
+    0
+}
+
+/// `sock:sock_recv_length`: bytes received by `sock_recvmsg` (MSG_PEEK not counted).
+#[tracepoint(category = "sock", name = "sock_recv_length")]
+pub fn io_sock_recv(ctx: TracePointContext) -> i32 {
+    let o = offs();
+    if o.ready == 0 {
+        return 0;
+    }
+    if let Some(n) = sock_len(&ctx, &o) {
+        let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+        if let Some(t) = tgid_entry(tgid) {
+            unsafe { (*t).net_rx_bytes += n };
+        }
+    }
+    0
+}
+
+/// `block:block_rq_complete`: bytes per device and direction (not per process: completion
+/// runs in interrupt context).
+#[tracepoint(category = "block", name = "block_rq_complete")]
+pub fn io_block_done(ctx: TracePointContext) -> i32 {
+    let o = offs();
+    if o.ready == 0 {
+        return 0;
+    }
+    let (Ok(dev), Ok(sectors), Ok(rwbs)) = (unsafe { ctx.read_at::<u32>(o.tp_blk_dev as usize) }, unsafe {
+        ctx.read_at::<u32>(o.tp_blk_nr_sector as usize)
+    }, unsafe { ctx.read_at::<[u8; 4]>(o.tp_blk_rwbs as usize) }) else {
+        return 0;
+    };
+    // rwbs: optional 'F' (flush) then 'R', 'W', 'D' (discard), 'N' (none), ...
+    let op = if rwbs[0] == b'F' { rwbs[1] } else { rwbs[0] };
+    let dir = match op {
+        b'R' => 0,
+        b'W' => 1,
+        _ => 2,
+    };
+    let bytes = sectors as u64 * 512;
+    let key = BlockKey { dev, dir };
+    if let Some(b) = BLOCK_IO.get_ptr_mut(&key) {
+        unsafe {
+            (*b).bytes += bytes;
+            (*b).requests += 1;
+        }
+    } else if BLOCK_IO.insert(&key, &BlockIo { bytes, requests: 1 }, 0).is_err() {
+        stats::add(stat::IO_COPY_BLOCK_MAP_FULL, 1);
+    }
+    0
+}

@@ -1,0 +1,601 @@
+//! I/O per process from the kernel: attaching the I/O programs of `agent-ebpf/src/io.rs` and
+//! draining their maps once per interval into an [`IoInterval`].
+//!
+//! Use: compute [`IoOffsets`] with [`offsets_from_kernel`], set them on the loader as the
+//! global [`IO_OFFSETS_GLOBAL`] (see [`configure_loader`]), load, then [`attach`]; call
+//! [`IoProbes::drain`] once per interval. See `docs/io.md`.
+
+pub mod bench;
+pub mod btf;
+mod maps;
+pub mod offsets;
+pub mod paths;
+
+use std::collections::{BTreeMap, HashMap};
+use std::os::fd::AsFd;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Map, MapData, RingBuf},
+    programs::{RawTracePoint, TracePoint},
+};
+pub use carbon_agent_common::io::IoOffsets;
+use carbon_agent_common::io::{
+    BlockIo, BlockKey, CopyIo, CopyKey, Extent, FileIo, FileKey, IO_OFFSETS_GLOBAL as OFFSETS_NAME,
+    PAGE_SIZE, PathEvent, Run, TgidIo, extent_kind, file_kind, maps as names, path_kind,
+};
+use serde::Serialize;
+
+use crate::waste::ranges::RangeSet;
+pub use paths::FileId;
+
+/// Name of the eBPF global that must hold the [`IoOffsets`] before loading.
+pub const IO_OFFSETS_GLOBAL: &str = OFFSETS_NAME;
+
+/// The I/O loss counters in the shared `STATS` array (index, name), for the lead's report.
+pub const IO_STATS: &[(u32, &str)] = &[
+    (
+        carbon_agent_common::stat::IO_TGID_MAP_FULL,
+        "io_tgid_map_full",
+    ),
+    (
+        carbon_agent_common::stat::IO_FILE_MAP_FULL,
+        "io_file_map_full",
+    ),
+    (
+        carbon_agent_common::stat::IO_COPY_BLOCK_MAP_FULL,
+        "io_copy_block_map_full",
+    ),
+    (
+        carbon_agent_common::stat::IO_EXTENTS_FULL,
+        "io_extents_ringbuf_full",
+    ),
+    (
+        carbon_agent_common::stat::IO_PATHS_FULL,
+        "io_paths_ringbuf_full",
+    ),
+    (
+        carbon_agent_common::stat::IO_ENTER_MISSING,
+        "io_syscall_enter_missing",
+    ),
+    (
+        carbon_agent_common::stat::IO_FD_UNRESOLVED,
+        "io_fd_unresolved",
+    ),
+];
+
+/// Reads the offsets the I/O programs need from the running kernel's BTF.
+pub fn offsets_from_kernel() -> Result<IoOffsets> {
+    if !cfg!(target_arch = "x86_64") {
+        bail!(
+            "the I/O probes use x86_64 syscall numbers and pt_regs; this is {}",
+            std::env::consts::ARCH
+        );
+    }
+    let btf = btf::Btf::from_sys().context("I/O probes need the kernel BTF")?;
+    Ok(offsets::io_offsets(&btf)?)
+}
+
+/// Sets the I/O global on a loader (the offsets must outlive the loader).
+pub fn configure_loader<'a>(loader: &mut EbpfLoader<'a>, offsets: &'a IoOffsets) {
+    loader.override_global(IO_OFFSETS_GLOBAL, offsets, true);
+}
+
+/// What to attach.
+#[derive(Clone, Debug)]
+pub struct IoConfig {
+    /// Also attach `filemap:mm_filemap_get_pages` (every buffered read, hits included) to
+    /// fill `page_cache_read_bytes`. Off by default: it costs one more program run per read
+    /// syscall and the syscall exit already gives exact per-file bytes.
+    pub page_cache_reads: bool,
+    /// Most (device, inode) → path entries kept in userspace.
+    pub path_table_capacity: usize,
+    /// Most ranges kept per file and kind per interval before neighbours are merged.
+    pub max_ranges_per_file: usize,
+}
+
+impl Default for IoConfig {
+    fn default() -> Self {
+        Self {
+            page_cache_reads: false,
+            path_table_capacity: 65536,
+            max_ranges_per_file: 1024,
+        }
+    }
+}
+
+/// One process's I/O in one interval.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct ProcessIo {
+    pub uid: u32,
+    /// Bytes returned by read-family syscalls (files, pipes, sockets, anything).
+    pub read_bytes: u64,
+    /// Bytes returned by write-family syscalls.
+    pub write_bytes: u64,
+    pub read_file_bytes: u64,
+    pub read_pipe_bytes: u64,
+    pub read_sock_bytes: u64,
+    pub write_file_bytes: u64,
+    pub write_pipe_bytes: u64,
+    pub write_sock_bytes: u64,
+    pub read_calls: u64,
+    pub write_calls: u64,
+    /// Bytes moved in the kernel by copy_file_range, sendfile, splice.
+    pub copied_bytes: u64,
+    pub copy_calls: u64,
+    /// Enter→exit time of all those syscalls, in ns (includes time blocked in them).
+    pub io_cpu_ns: u64,
+    pub net_tx_bytes: u64,
+    pub net_rx_bytes: u64,
+    /// Bytes (whole pages) this process brought into the page cache from storage.
+    pub page_cache_misses_bytes: u64,
+    /// Bytes (whole pages) buffered reads asked the page cache for; 0 unless enabled.
+    pub page_cache_read_bytes: u64,
+    /// Folios dirtied by its writes.
+    pub dirtied_folios: u64,
+}
+
+impl ProcessIo {
+    fn from_kernel(v: &[TgidIo]) -> Self {
+        let mut p = Self::default();
+        for c in v {
+            p.uid = if p.uid == 0 { c.uid } else { p.uid };
+            p.read_bytes += c.read_bytes;
+            p.write_bytes += c.write_bytes;
+            p.read_file_bytes += c.read_file_bytes;
+            p.read_pipe_bytes += c.read_pipe_bytes;
+            p.read_sock_bytes += c.read_sock_bytes;
+            p.write_file_bytes += c.write_file_bytes;
+            p.write_pipe_bytes += c.write_pipe_bytes;
+            p.write_sock_bytes += c.write_sock_bytes;
+            p.read_calls += c.read_calls;
+            p.write_calls += c.write_calls;
+            p.copied_bytes += c.copy_bytes;
+            p.copy_calls += c.copy_calls;
+            p.io_cpu_ns += c.io_ns;
+            p.net_tx_bytes += c.net_tx_bytes;
+            p.net_rx_bytes += c.net_rx_bytes;
+            p.page_cache_misses_bytes += c.cache_miss_pages * PAGE_SIZE;
+            p.page_cache_read_bytes += c.cache_read_pages * PAGE_SIZE;
+            p.dirtied_folios += c.dirtied_folios;
+        }
+        p
+    }
+
+    /// Adds another row (for roll-ups per tree, user, cgroup).
+    pub fn add(&mut self, o: &ProcessIo) {
+        self.read_bytes += o.read_bytes;
+        self.write_bytes += o.write_bytes;
+        self.read_file_bytes += o.read_file_bytes;
+        self.read_pipe_bytes += o.read_pipe_bytes;
+        self.read_sock_bytes += o.read_sock_bytes;
+        self.write_file_bytes += o.write_file_bytes;
+        self.write_pipe_bytes += o.write_pipe_bytes;
+        self.write_sock_bytes += o.write_sock_bytes;
+        self.read_calls += o.read_calls;
+        self.write_calls += o.write_calls;
+        self.copied_bytes += o.copied_bytes;
+        self.copy_calls += o.copy_calls;
+        self.io_cpu_ns += o.io_cpu_ns;
+        self.net_tx_bytes += o.net_tx_bytes;
+        self.net_rx_bytes += o.net_rx_bytes;
+        self.page_cache_misses_bytes += o.page_cache_misses_bytes;
+        self.page_cache_read_bytes += o.page_cache_read_bytes;
+        self.dirtied_folios += o.dirtied_folios;
+    }
+
+    /// The `io` JSON object of the output schema.
+    pub fn json(&self) -> IoJson {
+        IoJson {
+            read_bytes: self.read_bytes,
+            write_bytes: self.write_bytes,
+            copied_bytes: self.copied_bytes,
+            net_tx_bytes: self.net_tx_bytes,
+            net_rx_bytes: self.net_rx_bytes,
+            io_cpu_time_s: self.io_cpu_ns as f64 / 1e9,
+            page_cache_misses_bytes: self.page_cache_misses_bytes,
+        }
+    }
+}
+
+/// The `io` object of the JSON outputs, field names as in the issue.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+pub struct IoJson {
+    pub read_bytes: u64,
+    pub write_bytes: u64,
+    pub copied_bytes: u64,
+    pub net_tx_bytes: u64,
+    pub net_rx_bytes: u64,
+    pub io_cpu_time_s: f64,
+    pub page_cache_misses_bytes: u64,
+}
+
+/// What one process did to one regular file in one interval.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct FileActivity {
+    pub tgid: u32,
+    pub uid: u32,
+    pub file: FileId,
+    /// Last known path, `None` when it could not be resolved (see `IoInterval::unresolved`).
+    pub path: Option<PathBuf>,
+    pub read_bytes: u64,
+    pub write_bytes: u64,
+    pub read_calls: u64,
+    pub write_calls: u64,
+    /// Enter→exit ns of the syscalls on this file.
+    pub io_ns: u64,
+    /// Bytes (pages) of it brought into the page cache in this process's context.
+    pub cache_miss_bytes: u64,
+    /// Union of the byte ranges read / written / brought into the page cache.
+    pub read_ranges: RangeSet,
+    pub write_ranges: RangeSet,
+    pub cache_ranges: RangeSet,
+}
+
+/// A copy done in the kernel (copy_file_range, sendfile, splice).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct KernelCopy {
+    pub tgid: u32,
+    pub src: FileId,
+    pub dst: FileId,
+    /// `true` when the source / destination is a regular file (else a pipe, socket, ...).
+    pub src_is_file: bool,
+    pub dst_is_file: bool,
+    pub src_path: Option<PathBuf>,
+    pub dst_path: Option<PathBuf>,
+    pub bytes: u64,
+    pub calls: u64,
+    pub io_ns: u64,
+}
+
+/// An `unlink`/`unlinkat` call.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Unlink {
+    pub tgid: u32,
+    pub uid: u32,
+    /// Absolute path, `None` when its base directory could not be resolved.
+    pub path: Option<PathBuf>,
+    /// The file that was at that path, when the agent knew it.
+    pub file: Option<FileId>,
+    pub ts_ns: u64,
+}
+
+/// Block-layer bytes of one device in one interval.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct BlockDeviceIo {
+    pub major: u32,
+    pub minor: u32,
+    pub read_bytes: u64,
+    pub write_bytes: u64,
+    /// Discards, flushes and other requests.
+    pub other_bytes: u64,
+    pub requests: u64,
+}
+
+/// Userspace-side approximations and losses, per interval.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct IoLosses {
+    /// Files with activity whose path could not be resolved.
+    pub unresolved_paths: u64,
+    /// Unlinks whose path could not be resolved.
+    pub unresolved_unlinks: u64,
+    /// Path-table entries evicted for capacity (cumulative).
+    pub path_table_evicted: u64,
+    /// Range merges done to stay within `max_ranges_per_file` (distinct bytes over-estimated).
+    pub ranges_coarsened: u64,
+}
+
+/// Everything the I/O probes saw in one interval.
+#[derive(Clone, Debug, Default)]
+pub struct IoInterval {
+    /// Per tgid.
+    pub processes: BTreeMap<u32, ProcessIo>,
+    /// Per (tgid, regular file).
+    pub files: Vec<FileActivity>,
+    pub copies: Vec<KernelCopy>,
+    pub unlinks: Vec<Unlink>,
+    pub block: Vec<BlockDeviceIo>,
+    pub losses: IoLosses,
+}
+
+/// The attached I/O programs and their maps.
+pub struct IoProbes {
+    tgid_io: MapData,
+    file_io: MapData,
+    copy_io: MapData,
+    block_io: MapData,
+    extents: RingBuf<MapData>,
+    paths_rb: RingBuf<MapData>,
+    ncpus: usize,
+    config: IoConfig,
+    mounts: HashMap<u32, paths::Mount>,
+    paths: paths::PathTable,
+    /// Path → file last opened there (for unlinks).
+    by_path: HashMap<PathBuf, FileId>,
+    /// Names of the attached programs.
+    pub programs: Vec<&'static str>,
+}
+
+fn map_data(ebpf: &mut Ebpf, name: &str) -> Result<MapData> {
+    match ebpf
+        .take_map(name)
+        .with_context(|| format!("eBPF object has no map `{name}`"))?
+    {
+        Map::HashMap(d) | Map::PerCpuHashMap(d) | Map::LruHashMap(d) => Ok(d),
+        _ => bail!("map `{name}` has an unexpected type"),
+    }
+}
+
+/// Mounts tracefs at /sys/kernel/tracing when it is not mounted (classic tracepoints need it).
+pub fn ensure_tracefs() -> Result<()> {
+    if std::path::Path::new("/sys/kernel/tracing/events").exists() {
+        return Ok(());
+    }
+    let c = |s: &str| std::ffi::CString::new(s).unwrap();
+    let (src, dst, fs) = (c("nodev"), c("/sys/kernel/tracing"), c("tracefs"));
+    // SAFETY: valid NUL-terminated strings.
+    let r = unsafe { libc::mount(src.as_ptr(), dst.as_ptr(), fs.as_ptr(), 0, std::ptr::null()) };
+    if r != 0 {
+        bail!(
+            "mounting tracefs at /sys/kernel/tracing: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    Ok(())
+}
+
+/// Attaches the I/O programs of a loaded object (whose `IO_OFFSETS` global was set, see
+/// [`configure_loader`]) and takes the I/O maps out of it.
+pub fn attach(ebpf: &mut Ebpf, config: IoConfig) -> Result<IoProbes> {
+    ensure_tracefs()?;
+    let mut programs = Vec::new();
+    for (name, tp) in [("io_sys_enter", "sys_enter"), ("io_sys_exit", "sys_exit")] {
+        let p: &mut RawTracePoint = ebpf
+            .program_mut(name)
+            .with_context(|| format!("no program {name}"))?
+            .try_into()?;
+        p.load().with_context(|| format!("loading {name}"))?;
+        p.attach(tp)
+            .with_context(|| format!("attaching {name} to raw tracepoint {tp}"))?;
+        programs.push(name);
+    }
+    let mut classic = vec![
+        ("io_cache_add", "filemap", "mm_filemap_add_to_page_cache"),
+        ("io_dirty", "writeback", "writeback_dirty_folio"),
+        ("io_sock_send", "sock", "sock_send_length"),
+        ("io_sock_recv", "sock", "sock_recv_length"),
+        ("io_block_done", "block", "block_rq_complete"),
+    ];
+    if config.page_cache_reads {
+        classic.push(("io_cache_get", "filemap", "mm_filemap_get_pages"));
+    }
+    for (name, cat, tp) in classic {
+        let p: &mut TracePoint = ebpf
+            .program_mut(name)
+            .with_context(|| format!("no program {name}"))?
+            .try_into()?;
+        p.load().with_context(|| format!("loading {name}"))?;
+        p.attach(cat, tp)
+            .with_context(|| format!("attaching {name} to tracepoint {cat}:{tp}"))?;
+        programs.push(name);
+    }
+    let mounts = paths::parse_mountinfo(
+        &std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default(),
+    );
+    Ok(IoProbes {
+        tgid_io: map_data(ebpf, names::TGID_IO)?,
+        file_io: map_data(ebpf, names::FILE_IO)?,
+        copy_io: map_data(ebpf, names::COPY_IO)?,
+        block_io: map_data(ebpf, names::BLOCK_IO)?,
+        extents: ring(ebpf, names::IO_EXTENTS)?,
+        paths_rb: ring(ebpf, names::IO_PATHS)?,
+        ncpus: aya::util::nr_cpus().map_err(|(m, e)| anyhow::anyhow!("{m}: {e}"))?,
+        paths: paths::PathTable::new(config.path_table_capacity),
+        config,
+        mounts,
+        by_path: HashMap::new(),
+        programs,
+    })
+}
+
+fn ring(ebpf: &mut Ebpf, name: &str) -> Result<RingBuf<MapData>> {
+    let map = ebpf
+        .take_map(name)
+        .with_context(|| format!("eBPF object has no map `{name}`"))?;
+    RingBuf::try_from(map).with_context(|| format!("map `{name}` is not a ring buffer"))
+}
+
+fn read_pod<T: Copy>(bytes: &[u8]) -> Option<T> {
+    (bytes.len() >= std::mem::size_of::<T>())
+        // SAFETY: length checked; T is a #[repr(C)] plain-old-data type.
+        .then(|| unsafe { std::ptr::read_unaligned(bytes.as_ptr() as *const T) })
+}
+
+impl IoProbes {
+    /// Takes everything the kernel counted since the previous drain.
+    pub fn drain(&mut self) -> IoInterval {
+        let mut out = IoInterval::default();
+        self.drain_paths(&mut out);
+        let max = self.config.max_ranges_per_file;
+        let mut files: BTreeMap<FileKey, FileActivity> = BTreeMap::new();
+        let entry =
+            |files: &mut BTreeMap<FileKey, FileActivity>, k: FileKey| -> *mut FileActivity {
+                files.entry(k).or_insert_with(|| FileActivity {
+                    tgid: k.tgid,
+                    file: FileId {
+                        dev: k.dev,
+                        ino: k.ino,
+                    },
+                    read_ranges: RangeSet::with_limit(max),
+                    write_ranges: RangeSet::with_limit(max),
+                    cache_ranges: RangeSet::with_limit(max),
+                    ..Default::default()
+                }) as *mut _
+            };
+        while let Some(item) = self.extents.next() {
+            let Some(e) = read_pod::<Extent>(&item) else {
+                continue;
+            };
+            // SAFETY: pointer into `files`, used before any other insertion.
+            let f = unsafe { &mut *entry(&mut files, e.key) };
+            add_run(f, e.kind, e.run);
+        }
+        for (k, v) in maps::take_all::<FileKey, FileIo>(self.file_io.fd().as_fd()) {
+            // SAFETY: as above.
+            let f = unsafe { &mut *entry(&mut files, k) };
+            f.uid = v.uid;
+            f.read_bytes += v.read_bytes;
+            f.write_bytes += v.write_bytes;
+            f.read_calls += v.read_calls;
+            f.write_calls += v.write_calls;
+            f.io_ns += v.io_ns;
+            f.cache_miss_bytes += v.cache_miss_pages * PAGE_SIZE;
+            add_run(f, extent_kind::READ, v.read_run);
+            add_run(f, extent_kind::WRITE, v.write_run);
+            add_run(f, extent_kind::CACHE_ADD, v.cache_run);
+        }
+        for (k, v) in maps::take_all_per_cpu::<u32, TgidIo>(self.tgid_io.fd().as_fd(), self.ncpus) {
+            out.processes.insert(k, ProcessIo::from_kernel(&v));
+        }
+        for (k, v) in maps::take_all::<CopyKey, CopyIo>(self.copy_io.fd().as_fd()) {
+            let (src, dst) = (
+                FileId {
+                    dev: k.src_dev,
+                    ino: k.src_ino,
+                },
+                FileId {
+                    dev: k.dst_dev,
+                    ino: k.dst_ino,
+                },
+            );
+            out.copies.push(KernelCopy {
+                tgid: k.tgid,
+                src,
+                dst,
+                src_is_file: u32::from(k.src_kind) == file_kind::REG,
+                dst_is_file: u32::from(k.dst_kind) == file_kind::REG,
+                src_path: self.paths.get(&src).cloned(),
+                dst_path: self.paths.get(&dst).cloned(),
+                bytes: v.bytes,
+                calls: v.calls,
+                io_ns: v.io_ns,
+            });
+        }
+        let mut block: BTreeMap<u32, BlockDeviceIo> = BTreeMap::new();
+        for (k, v) in
+            maps::take_all_per_cpu::<BlockKey, BlockIo>(self.block_io.fd().as_fd(), self.ncpus)
+        {
+            let b = block.entry(k.dev).or_insert(BlockDeviceIo {
+                major: k.dev >> 20,
+                minor: k.dev & 0xf_ffff,
+                ..Default::default()
+            });
+            let bytes: u64 = v.iter().map(|x| x.bytes).sum();
+            b.requests += v.iter().map(|x| x.requests).sum::<u64>();
+            match k.dir {
+                0 => b.read_bytes += bytes,
+                1 => b.write_bytes += bytes,
+                _ => b.other_bytes += bytes,
+            }
+        }
+        out.block = block.into_values().collect();
+        let mut proc_fd_cache: HashMap<u32, HashMap<FileId, PathBuf>> = HashMap::new();
+        for (_, mut f) in files {
+            f.path = self.paths.get(&f.file).cloned().or_else(|| {
+                proc_fd_cache
+                    .entry(f.tgid)
+                    .or_insert_with(|| proc_fd_paths(f.tgid))
+                    .get(&f.file)
+                    .cloned()
+            });
+            if let Some(p) = &f.path {
+                self.paths.insert(f.file, p.clone());
+            } else {
+                out.losses.unresolved_paths += 1;
+            }
+            out.losses.ranges_coarsened +=
+                f.read_ranges.coarsened + f.write_ranges.coarsened + f.cache_ranges.coarsened;
+            out.files.push(f);
+        }
+        out.losses.path_table_evicted = self.paths.evicted;
+        out
+    }
+
+    fn drain_paths(&mut self, out: &mut IoInterval) {
+        while let Some(item) = self.paths_rb.next() {
+            let Some(ev) = read_pod::<PathEvent>(&item) else {
+                continue;
+            };
+            match ev.kind {
+                path_kind::OPEN => {
+                    if let Some(p) = paths::event_dir_path(&ev, &self.mounts) {
+                        let id = FileId {
+                            dev: ev.dev,
+                            ino: ev.ino,
+                        };
+                        self.paths.insert(id, p.clone());
+                        if self.by_path.len() >= self.config.path_table_capacity {
+                            self.by_path.clear();
+                        }
+                        self.by_path.insert(p, id);
+                    }
+                }
+                path_kind::UNLINK => {
+                    let path = paths::unlink_path(&ev, &self.mounts);
+                    if path.is_none() {
+                        out.losses.unresolved_unlinks += 1;
+                    }
+                    let file = path.as_ref().and_then(|p| self.by_path.remove(p));
+                    out.unlinks.push(Unlink {
+                        tgid: ev.tgid,
+                        uid: ev.uid,
+                        path,
+                        file,
+                        ts_ns: ev.ts_ns,
+                    });
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+fn add_run(f: &mut FileActivity, kind: u32, run: Run) {
+    if run.end <= run.start {
+        return;
+    }
+    match kind {
+        extent_kind::READ => f.read_ranges.insert(run.start, run.end),
+        extent_kind::WRITE => f.write_ranges.insert(run.start, run.end),
+        extent_kind::CACHE_ADD => f.cache_ranges.insert(run.start, run.end),
+        _ => {}
+    }
+}
+
+/// (dev, ino) → path of the open files of a live process, from `/proc/<tgid>/fd` (for files
+/// opened before the probes were attached). Empty when the process is gone.
+fn proc_fd_paths(tgid: u32) -> HashMap<FileId, PathBuf> {
+    use std::os::unix::fs::MetadataExt;
+    let mut out = HashMap::new();
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{tgid}/fd")) else {
+        return out;
+    };
+    for e in dir.flatten().take(4096) {
+        let (Ok(target), Ok(meta)) = (std::fs::read_link(e.path()), std::fs::metadata(e.path()))
+        else {
+            continue;
+        };
+        if meta.is_file() {
+            out.insert(
+                FileId {
+                    dev: paths::udev_to_kdev(meta.dev()),
+                    ino: meta.ino(),
+                },
+                target,
+            );
+        }
+    }
+    out
+}

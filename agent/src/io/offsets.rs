@@ -1,0 +1,80 @@
+//! The kernel struct and tracepoint-record offsets the I/O programs need, from BTF.
+
+use carbon_agent_common::io::IoOffsets;
+
+use super::btf::{Btf, BtfError};
+
+/// Reads every offset of [`IoOffsets`] from `btf` and marks them ready. Fails with the name of
+/// the first struct or member the kernel does not have.
+pub fn io_offsets(btf: &Btf) -> Result<IoOffsets, BtfError> {
+    let m = |s: &str, f: &str| btf.member_offset(s, f);
+    Ok(IoOffsets {
+        regs_di: m("pt_regs", "di")?,
+        regs_si: m("pt_regs", "si")?,
+        regs_dx: m("pt_regs", "dx")?,
+        regs_r10: m("pt_regs", "r10")?,
+        regs_orig_ax: m("pt_regs", "orig_ax")?,
+        task_files: m("task_struct", "files")?,
+        task_fs: m("task_struct", "fs")?,
+        files_fdt: m("files_struct", "fdt")?,
+        fdt_max_fds: m("fdtable", "max_fds")?,
+        fdt_fd: m("fdtable", "fd")?,
+        file_inode: m("file", "f_inode")?,
+        file_pos: m("file", "f_pos")?,
+        file_dentry: m("file", "f_path.dentry")?,
+        inode_ino: m("inode", "i_ino")?,
+        inode_mode: m("inode", "i_mode")?,
+        inode_sb: m("inode", "i_sb")?,
+        sb_dev: m("super_block", "s_dev")?,
+        fs_pwd_dentry: m("fs_struct", "pwd.dentry")?,
+        dentry_parent: m("dentry", "d_parent")?,
+        dentry_name: m("dentry", "d_name.name")?,
+        dentry_sb: m("dentry", "d_sb")?,
+        tp_fm_add_ino: m("trace_event_raw_mm_filemap_op_page_cache", "i_ino")?,
+        tp_fm_add_index: m("trace_event_raw_mm_filemap_op_page_cache", "index")?,
+        tp_fm_add_dev: m("trace_event_raw_mm_filemap_op_page_cache", "s_dev")?,
+        tp_fm_add_order: m("trace_event_raw_mm_filemap_op_page_cache", "order")?,
+        tp_fm_get_index: m("trace_event_raw_mm_filemap_op_page_cache_range", "index")?,
+        tp_fm_get_last_index: m(
+            "trace_event_raw_mm_filemap_op_page_cache_range",
+            "last_index",
+        )?,
+        tp_sock_ret: m("trace_event_raw_sock_msg_length", "ret")?,
+        tp_sock_flags: m("trace_event_raw_sock_msg_length", "flags")?,
+        tp_blk_dev: m("trace_event_raw_block_rq_completion", "dev")?,
+        tp_blk_nr_sector: m("trace_event_raw_block_rq_completion", "nr_sector")?,
+        tp_blk_rwbs: m("trace_event_raw_block_rq_completion", "rwbs")?,
+        ready: 1,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The record offsets from BTF must match what tracefs prints for the same tracepoints
+    /// (where both are available: this is a check of the BTF reader against the kernel).
+    #[test]
+    fn tracepoint_offsets_agree_with_tracefs_formats() {
+        let (Ok(btf), Ok(fmt)) = (
+            Btf::from_sys(),
+            std::fs::read_to_string(
+                "/sys/kernel/tracing/events/filemap/mm_filemap_add_to_page_cache/format",
+            ),
+        ) else {
+            return;
+        };
+        let o = io_offsets(&btf).unwrap();
+        assert!(
+            fmt.contains(&format!(
+                "unsigned long i_ino;\toffset:{};",
+                o.tp_fm_add_ino
+            )),
+            "{fmt}"
+        );
+        assert!(
+            fmt.contains(&format!("dev_t s_dev;\toffset:{};", o.tp_fm_add_dev)),
+            "{fmt}"
+        );
+    }
+}

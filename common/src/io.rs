@@ -1,0 +1,284 @@
+//! I/O accounting types shared by `agent-ebpf/src/io.rs` and `agent/src/io/`.
+//!
+//! The kernel aggregates in maps; userspace takes (reads and deletes) every entry once per
+//! interval, so each value is the activity since the previous drain and the maps only hold
+//! what happened in one interval. Sequential runs of file offsets are kept in the per-file
+//! entries; a run that breaks (a seek, a re-read from the start) is sent to userspace as an
+//! [`Extent`] through the `IO_EXTENTS` ring buffer.
+
+/// Page size the page-cache tracepoints count in (x86_64).
+pub const PAGE_SIZE: u64 = 4096;
+
+/// How many path components an [`PathEvent`] carries (deeper paths are marked truncated).
+pub const PATH_DEPTH: usize = 16;
+/// Bytes kept per path component (longer names are marked truncated).
+pub const NAME_LEN: usize = 64;
+/// Bytes kept of a path given to `unlink`/`unlinkat`.
+pub const USER_PATH_LEN: usize = 256;
+
+/// File kinds, from `inode.i_mode & S_IFMT`.
+pub mod file_kind {
+    /// Regular file.
+    pub const REG: u32 = 1;
+    /// Pipe or FIFO.
+    pub const PIPE: u32 = 2;
+    /// Socket.
+    pub const SOCK: u32 = 3;
+    /// Anything else (character device, directory, anonymous inode, unknown).
+    pub const OTHER: u32 = 4;
+}
+
+/// Per-tgid I/O totals (a per-CPU hash keyed by tgid; userspace sums the CPUs).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TgidIo {
+    /// Bytes returned by read, pread64, readv, preadv, preadv2 (all file kinds).
+    pub read_bytes: u64,
+    /// Bytes returned by write, pwrite64, writev, pwritev, pwritev2 (all file kinds).
+    pub write_bytes: u64,
+    /// Of `read_bytes`: from regular files, pipes, sockets.
+    pub read_file_bytes: u64,
+    pub read_pipe_bytes: u64,
+    pub read_sock_bytes: u64,
+    /// Of `write_bytes`: to regular files, pipes, sockets.
+    pub write_file_bytes: u64,
+    pub write_pipe_bytes: u64,
+    pub write_sock_bytes: u64,
+    /// Read-family and write-family syscalls that returned (successfully or not).
+    pub read_calls: u64,
+    pub write_calls: u64,
+    /// Bytes moved in the kernel by copy_file_range, sendfile, splice, and those calls.
+    pub copy_bytes: u64,
+    pub copy_calls: u64,
+    /// Nanoseconds between enter and exit of all those syscalls (its threads).
+    pub io_ns: u64,
+    /// Bytes sent / received on sockets (`sock:sock_send_length` / `sock_recv_length`).
+    pub net_tx_bytes: u64,
+    pub net_rx_bytes: u64,
+    /// Pages (4 KiB) inserted in the page cache in this tgid's context: misses.
+    pub cache_miss_pages: u64,
+    /// Pages requested from the page cache by buffered reads (`mm_filemap_get_pages`,
+    /// hits included); 0 unless that optional program is attached.
+    pub cache_read_pages: u64,
+    /// Folios dirtied in this tgid's context (`writeback:writeback_dirty_folio`).
+    pub dirtied_folios: u64,
+    /// Real uid of the thread that created the entry.
+    pub uid: u32,
+    pub _pad: u32,
+}
+
+/// Key of the per-file map: one regular file as used by one tgid.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FileKey {
+    pub tgid: u32,
+    /// `super_block.s_dev` (kernel encoding: major << 20 | minor).
+    pub dev: u32,
+    pub ino: u64,
+}
+
+/// A half-open byte range `[start, end)` of a file being extended sequentially.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Run {
+    pub start: u64,
+    pub end: u64,
+}
+
+/// What one tgid did to one regular file.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FileIo {
+    pub read_bytes: u64,
+    pub write_bytes: u64,
+    pub read_calls: u64,
+    pub write_calls: u64,
+    /// Enter→exit nanoseconds of the syscalls on this file.
+    pub io_ns: u64,
+    /// Pages of this file inserted in the page cache in this tgid's context.
+    pub cache_miss_pages: u64,
+    /// The current sequential runs (byte offsets; for the cache, page indices × 4096).
+    pub read_run: Run,
+    pub write_run: Run,
+    pub cache_run: Run,
+    /// Real uid of the thread that created the entry.
+    pub uid: u32,
+    pub _pad: u32,
+}
+
+/// Kinds of [`Extent`].
+pub mod extent_kind {
+    /// Bytes read with read-family syscalls.
+    pub const READ: u32 = 1;
+    /// Bytes written with write-family syscalls.
+    pub const WRITE: u32 = 2;
+    /// Pages inserted in the page cache (byte offsets, page aligned).
+    pub const CACHE_ADD: u32 = 3;
+}
+
+/// A finished run of offsets in a file, sent when the next access did not continue it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Extent {
+    pub key: FileKey,
+    /// One of [`extent_kind`].
+    pub kind: u32,
+    pub _pad: u32,
+    pub run: Run,
+}
+
+/// Key of the in-kernel copy map: `copy_file_range`, `sendfile` or `splice` by a tgid from
+/// one file to another.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct CopyKey {
+    pub tgid: u32,
+    pub src_dev: u32,
+    pub src_ino: u64,
+    pub dst_dev: u32,
+    /// [`file_kind`] of the source and destination.
+    pub src_kind: u16,
+    pub dst_kind: u16,
+    pub dst_ino: u64,
+}
+
+/// Bytes and calls of one [`CopyKey`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CopyIo {
+    pub bytes: u64,
+    pub calls: u64,
+    pub io_ns: u64,
+}
+
+/// Key of the block-layer map: a device and a direction.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct BlockKey {
+    /// Kernel `dev_t` (major << 20 | minor).
+    pub dev: u32,
+    /// 0 read, 1 write, 2 other (discard, flush, ...).
+    pub dir: u32,
+}
+
+/// Completed block requests of one [`BlockKey`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BlockIo {
+    pub bytes: u64,
+    pub requests: u64,
+}
+
+/// Kinds of [`PathEvent`].
+pub mod path_kind {
+    /// A regular file was opened: `dev`/`ino` identify it, the components are its path.
+    pub const OPEN: u32 = 1;
+    /// `unlink`/`unlinkat` was called: `user_path` as given, components are the directory it
+    /// is relative to (when it is relative).
+    pub const UNLINK: u32 = 2;
+}
+
+/// Flags of [`PathEvent`].
+pub mod path_flag {
+    /// More than `PATH_DEPTH` components: the path is cut at the top.
+    pub const DEEP: u32 = 1;
+    /// A component was longer than `NAME_LEN - 1` bytes and was cut.
+    pub const LONG_NAME: u32 = 2;
+    /// `user_path` is relative and its base directory is in the components.
+    pub const RELATIVE: u32 = 4;
+    /// The base directory of a relative `user_path` could not be read.
+    pub const NO_BASE: u32 = 8;
+}
+
+/// A path seen by the kernel, sent through the `IO_PATHS` ring buffer.
+///
+/// `components[0]` is the leaf, `components[depth-1]` the top-most directory below the root
+/// of the file system `dev` (userspace adds the mount point from `/proc/self/mountinfo`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct PathEvent {
+    /// One of [`path_kind`].
+    pub kind: u32,
+    pub tgid: u32,
+    pub uid: u32,
+    /// Bits of [`path_flag`].
+    pub flags: u32,
+    /// `dev` of the file system of the components.
+    pub dev: u32,
+    /// Number of valid `components`.
+    pub depth: u32,
+    /// Open: the inode opened.
+    pub ino: u64,
+    pub ts_ns: u64,
+    pub components: [[u8; NAME_LEN]; PATH_DEPTH],
+    /// Unlink: the path argument, NUL-terminated.
+    pub user_path: [u8; USER_PATH_LEN],
+}
+
+/// Kernel struct field offsets the I/O programs need, read from the kernel's BTF at start-up
+/// and set as the eBPF global `IO_OFFSETS` ([`IO_OFFSETS_GLOBAL`]). All in bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IoOffsets {
+    /// `pt_regs.di`, `.si`, `.dx`, `.r10`, `.orig_ax` (x86_64 syscall arguments 0, 1, 2, 3
+    /// and the syscall number).
+    pub regs_di: u32,
+    pub regs_si: u32,
+    pub regs_dx: u32,
+    pub regs_r10: u32,
+    pub regs_orig_ax: u32,
+    /// `task_struct.files`, `task_struct.fs`.
+    pub task_files: u32,
+    pub task_fs: u32,
+    /// `files_struct.fdt`; `fdtable.max_fds`, `fdtable.fd`.
+    pub files_fdt: u32,
+    pub fdt_max_fds: u32,
+    pub fdt_fd: u32,
+    /// `file.f_inode`, `file.f_pos`, `file.f_path` + `path.dentry`.
+    pub file_inode: u32,
+    pub file_pos: u32,
+    pub file_dentry: u32,
+    /// `inode.i_ino`, `inode.i_mode`, `inode.i_sb`; `super_block.s_dev`.
+    pub inode_ino: u32,
+    pub inode_mode: u32,
+    pub inode_sb: u32,
+    pub sb_dev: u32,
+    /// `fs_struct.pwd` + `path.dentry`.
+    pub fs_pwd_dentry: u32,
+    /// `dentry.d_parent`, `dentry.d_name` + `qstr.name`, `dentry.d_sb`.
+    pub dentry_parent: u32,
+    pub dentry_name: u32,
+    pub dentry_sb: u32,
+    /// Classic tracepoint records (`trace_event_raw_*`):
+    /// `mm_filemap_op_page_cache`: `i_ino`, `index`, `s_dev`, `order`.
+    pub tp_fm_add_ino: u32,
+    pub tp_fm_add_index: u32,
+    pub tp_fm_add_dev: u32,
+    pub tp_fm_add_order: u32,
+    /// `mm_filemap_op_page_cache_range`: `index`, `last_index`.
+    pub tp_fm_get_index: u32,
+    pub tp_fm_get_last_index: u32,
+    /// `sock_msg_length`: `ret`, `flags`.
+    pub tp_sock_ret: u32,
+    pub tp_sock_flags: u32,
+    /// `block_rq_completion`: `dev`, `nr_sector`, `rwbs`.
+    pub tp_blk_dev: u32,
+    pub tp_blk_nr_sector: u32,
+    pub tp_blk_rwbs: u32,
+    /// Set to 1 by userspace once the offsets are filled in; the programs do nothing before.
+    pub ready: u32,
+}
+
+/// Name of the eBPF global holding the [`IoOffsets`].
+pub const IO_OFFSETS_GLOBAL: &str = "IO_OFFSETS";
+
+/// Names of the I/O maps in the eBPF object.
+pub mod maps {
+    pub const TGID_IO: &str = "TGID_IO";
+    pub const FILE_IO: &str = "FILE_IO";
+    pub const COPY_IO: &str = "COPY_IO";
+    pub const BLOCK_IO: &str = "BLOCK_IO";
+    pub const IO_EXTENTS: &str = "IO_EXTENTS";
+    pub const IO_PATHS: &str = "IO_PATHS";
+    pub const IO_ENTER: &str = "IO_ENTER";
+}

@@ -1,0 +1,438 @@
+//! Kernel tests of the I/O probes and the waste detectors on real workloads. They need root
+//! (CI runs them as root) and fail loudly without it.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Mutex;
+
+use carbon_agent::io::{self, IoConfig, IoInterval, IoProbes};
+use carbon_agent::waste::{
+    Coefficients, Finding, FindingKind, IntervalEnergy, ProcessInfo, Thresholds, WasteTracker,
+    hash::{ContentHasher, FsHasher},
+};
+
+/// The tests share the syscall tracepoints; run them one at a time.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn require_root() {
+    // SAFETY: no preconditions.
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "the I/O kernel tests must run as root (they load eBPF programs)"
+    );
+}
+
+struct Probes {
+    _ebpf: aya::Ebpf,
+    io: IoProbes,
+}
+
+fn attach() -> Probes {
+    require_root();
+    let offsets = Box::leak(Box::new(
+        io::offsets_from_kernel().expect("offsets from BTF"),
+    ));
+    let mut loader = aya::EbpfLoader::new();
+    io::configure_loader(&mut loader, offsets);
+    let mut ebpf = loader
+        .load(carbon_agent::probes::EBPF_OBJECT)
+        .expect("load the eBPF object");
+    let io = io::attach(&mut ebpf, IoConfig::default()).expect("attach the I/O programs");
+    Probes { _ebpf: ebpf, io }
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let d = Path::new("/var/tmp").join(format!("carbon-io-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn write_random(path: &Path, len: usize, seed: u64) {
+    let mut x = seed | 1;
+    let mut buf = vec![0u8; len];
+    for chunk in buf.chunks_mut(8) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let b = x.to_le_bytes();
+        chunk.copy_from_slice(&b[..chunk.len()]);
+    }
+    std::fs::write(path, buf).unwrap();
+}
+
+/// Parent of a process from /proc, 0 when gone.
+fn ppid(pid: u32) -> u32 {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            s.rsplit_once(')')
+                .and_then(|(_, r)| r.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// A process tree from the lifecycle of the test: everything below `root` (a shell we start)
+/// maps to it; other tgids are their own tree. Short-lived children are gone by drain time,
+/// so the workloads run under a shell whose pid is the root and tgids are learned while they
+/// live (the lead's process tree does this from lifecycle events).
+struct Trees {
+    roots: Mutex<BTreeMap<u32, u32>>,
+}
+
+impl Trees {
+    fn info(&self, tgid: u32, root: u32) -> ProcessInfo {
+        let mut m = self.roots.lock().unwrap();
+        if let Some(r) = m.get(&tgid) {
+            return ProcessInfo {
+                root: *r,
+                comm: comm(tgid),
+            };
+        }
+        let mut p = tgid;
+        let mut r = tgid;
+        for _ in 0..64 {
+            if p == root {
+                r = root;
+                break;
+            }
+            p = ppid(p);
+            if p <= 1 {
+                break;
+            }
+        }
+        m.insert(tgid, r);
+        ProcessInfo {
+            root: r,
+            comm: comm(tgid),
+        }
+    }
+}
+
+fn comm(pid: u32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
+
+const ENERGY: IntervalEnergy = IntervalEnergy {
+    cpu_j_per_cpu_s: 10.0,
+    g_per_kwh: 100.0,
+};
+
+fn tracker() -> WasteTracker {
+    WasteTracker::new(Thresholds::default(), Coefficients::default(), 100_000)
+}
+
+fn of_root(findings: &[Finding], root: u32) -> Vec<&Finding> {
+    findings.iter().filter(|f| f.tree == root).collect()
+}
+
+#[test]
+fn byte_counts_match_proc_io() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut p = attach();
+    let dir = scratch("procio");
+    let path = dir.join("data");
+    write_random(&path, 4 << 20, 1);
+    let _ = p.io.drain();
+    // SAFETY: fork in a test; the child only does syscalls and exits.
+    let pid = unsafe { libc::fork() };
+    if pid == 0 {
+        let run = || -> std::io::Result<()> {
+            let mut f = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&path)?;
+            let mut buf = vec![0u8; 64 << 10];
+            // read
+            while f.read(&mut buf)? > 0 {}
+            // pread64
+            for i in 0..32 {
+                f.read_at(&mut buf, i * 65536)?;
+            }
+            // readv
+            let mut a = vec![0u8; 4096];
+            let mut b = vec![0u8; 8192];
+            let mut f2 = std::fs::File::open(&path)?;
+            for _ in 0..64 {
+                f2.read_vectored(&mut [
+                    std::io::IoSliceMut::new(&mut a),
+                    std::io::IoSliceMut::new(&mut b),
+                ])?;
+            }
+            let mut out = std::fs::File::create(path.with_extension("out"))?;
+            // write, writev, pwrite64
+            for _ in 0..64 {
+                out.write_all(&buf)?;
+            }
+            for _ in 0..64 {
+                out.write_vectored(&[std::io::IoSlice::new(&a), std::io::IoSlice::new(&b)])?;
+            }
+            for i in 0..32 {
+                out.write_at(&buf[..1000], i * 1000)?;
+            }
+            Ok(())
+        };
+        let code = if run().is_ok() { 0 } else { 1 };
+        // SAFETY: stop here so that the parent reads /proc/<pid>/io, then exit.
+        unsafe {
+            libc::raise(libc::SIGSTOP);
+            libc::_exit(code)
+        };
+    }
+    let mut status = 0;
+    // SAFETY: waiting for our child.
+    unsafe { libc::waitpid(pid, &mut status, libc::WUNTRACED) };
+    let procio = std::fs::read_to_string(format!("/proc/{pid}/io")).unwrap();
+    let field = |name: &str| -> u64 {
+        procio
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+            .unwrap()
+    };
+    let (rchar, wchar) = (field("rchar:"), field("wchar:"));
+    let iv = p.io.drain();
+    // SAFETY: our child.
+    unsafe {
+        libc::kill(pid, libc::SIGKILL);
+        libc::waitpid(pid, &mut status, 0);
+    }
+    let row = iv.processes.get(&(pid as u32)).copied().unwrap_or_default();
+    eprintln!("rchar {rchar} wchar {wchar} probes {row:?}");
+    assert!(
+        rchar > 4 << 20 && wchar > 4 << 20,
+        "workload too small: {procio}"
+    );
+    let close = |a: u64, b: u64| (a as f64 - b as f64).abs() <= 0.01 * b as f64;
+    assert!(
+        close(row.read_bytes, rchar),
+        "read_bytes {} vs rchar {rchar}",
+        row.read_bytes
+    );
+    assert!(
+        close(row.write_bytes, wchar),
+        "write_bytes {} vs wchar {wchar}",
+        row.write_bytes
+    );
+    assert!(
+        row.io_cpu_ns > 0 && row.read_calls > 100 && row.write_calls > 100,
+        "{row:?}"
+    );
+    // Per-file: the data file was read with distinct offsets covering it.
+    let f = iv
+        .files
+        .iter()
+        .find(|f| f.tgid == pid as u32 && f.path.as_deref() == Some(path.as_path()));
+    let f = f.unwrap_or_else(|| panic!("no file activity for {path:?}: {:?}", iv.files));
+    assert_eq!(f.read_ranges.covered(), 4 << 20);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+fn python() -> String {
+    for p in ["/usr/bin/python3", "/usr/local/bin/python3"] {
+        if Path::new(p).exists() {
+            return p.into();
+        }
+    }
+    "python3".into()
+}
+
+/// Runs a single command as its own tree; returns the findings of that tree.
+fn findings_of(p: &mut Probes, tracker: &mut WasteTracker, args: &[&str], uid: Option<u32>) -> u32 {
+    let mut cmd = Command::new(args[0]);
+    cmd.args(&args[1..]).stdout(std::process::Stdio::null());
+    if let Some(u) = uid {
+        use std::os::unix::process::CommandExt;
+        cmd.uid(u).gid(u);
+    }
+    let mut child = cmd.spawn().unwrap();
+    let root = child.id();
+    let trees = Trees {
+        roots: Mutex::new(BTreeMap::new()),
+    };
+    let mut ivs: Vec<IoInterval> = Vec::new();
+    loop {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        ivs.push(p.io.drain());
+        if child.try_wait().unwrap().is_some() {
+            break;
+        }
+    }
+    ivs.push(p.io.drain());
+    for iv in &ivs {
+        tracker.observe(iv, ENERGY, &|t| trees.info(t, root));
+    }
+    assert!(child.wait().unwrap().success(), "workload failed: {args:?}");
+    root
+}
+
+fn within(a: u64, b: u64, tol: f64) -> bool {
+    (a as f64 - b as f64).abs() <= tol * b as f64
+}
+
+#[test]
+fn reread_of_a_64mib_file_five_times() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut p = attach();
+    let dir = scratch("reread");
+    let data = dir.join("dataset.bin");
+    write_random(&data, 64 << 20, 2);
+    let mut t = tracker();
+    let script = format!(
+        "f='{}'\nfor _ in range(5):\n    with open(f, 'rb') as h:\n        while h.read(1 << 20): pass\n",
+        data.display()
+    );
+    let root = findings_of(&mut p, &mut t, &[&python(), "-c", &script], None);
+    let mut h = FsHasher::new(0);
+    let all = t.findings(&mut h);
+    let mine = of_root(&all, root);
+    eprintln!("{mine:#?}");
+    let rereads: Vec<_> = mine
+        .iter()
+        .filter(|f| f.kind == FindingKind::Reread)
+        .collect();
+    assert_eq!(rereads.len(), 1, "{mine:#?}");
+    let f = rereads[0];
+    assert!(
+        within(f.bytes, 256 << 20, 0.02),
+        "redundant bytes {}",
+        f.bytes
+    );
+    assert_eq!(f.paths, vec![data.display().to_string()]);
+    assert_eq!(f.count, 5);
+    assert!(f.energy_j > 0.0 && f.emissions_g > 0.0 && !f.suggestion.is_empty());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn cp_of_32mib_is_one_copy() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut p = attach();
+    let dir = scratch("cp");
+    let (src, dst) = (dir.join("src.bin"), dir.join("dst.bin"));
+    write_random(&src, 32 << 20, 3);
+    let mut t = tracker();
+    let root = findings_of(
+        &mut p,
+        &mut t,
+        &["cp", src.to_str().unwrap(), dst.to_str().unwrap()],
+        None,
+    );
+    let mut h = FsHasher::new(256 << 20);
+    let all = t.findings(&mut h);
+    let mine = of_root(&all, root);
+    eprintln!("{mine:#?}");
+    assert_eq!(mine.len(), 1, "{mine:#?}");
+    assert_eq!(mine[0].kind, FindingKind::Copy);
+    assert!(
+        within(mine[0].bytes, 32 << 20, 0.01),
+        "copied bytes {}",
+        mine[0].bytes
+    );
+    assert_eq!(
+        mine[0].paths,
+        vec![src.display().to_string(), dst.display().to_string()]
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn file_written_and_deleted_unread() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut p = attach();
+    let dir = scratch("wtd");
+    let tmp = dir.join("scratch.tmp");
+    let mut t = tracker();
+    let script = format!(
+        "import os\nf='{}'\nwith open(f, 'wb') as h:\n    for _ in range(16): h.write(os.urandom(1 << 20))\nos.remove(f)\n",
+        tmp.display()
+    );
+    let root = findings_of(&mut p, &mut t, &[&python(), "-c", &script], None);
+    let mut h = FsHasher::new(0);
+    let all = t.findings(&mut h);
+    let mine = of_root(&all, root);
+    eprintln!("{mine:#?}");
+    assert_eq!(mine.len(), 1, "{mine:#?}");
+    assert_eq!(mine[0].kind, FindingKind::WriteThenDelete);
+    assert_eq!(mine[0].bytes, 16 << 20);
+    assert_eq!(mine[0].paths, vec![tmp.display().to_string()]);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn two_users_reading_identical_copies_is_one_duplicate() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut p = attach();
+    let dir = scratch("dup");
+    let mut paths = Vec::new();
+    for uid in [4101u32, 4102] {
+        let d = dir.join(format!("u{uid}"));
+        std::fs::create_dir_all(&d).unwrap();
+        let f = d.join("corpus.bin");
+        write_random(&f, 16 << 20, 4);
+        std::os::unix::fs::chown(&f, Some(uid), Some(uid)).unwrap();
+        paths.push((uid, f));
+    }
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut t = tracker();
+    for (uid, f) in &paths {
+        findings_of(&mut p, &mut t, &["cat", f.to_str().unwrap()], Some(*uid));
+    }
+    let mut h = FsHasher::new(256 << 20);
+    let all = t.findings(&mut h);
+    let dups: Vec<_> = all
+        .iter()
+        .filter(|f| f.kind == FindingKind::Duplicate)
+        .collect();
+    eprintln!("{all:#?}");
+    assert_eq!(dups.len(), 1, "{all:#?}");
+    let mut got = dups[0].paths.clone();
+    got.sort();
+    assert_eq!(
+        got,
+        paths
+            .iter()
+            .map(|p| p.1.display().to_string())
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(dups[0].bytes, 16 << 20);
+    assert_eq!(dups[0].count, 2);
+    assert_eq!(
+        h.bytes_read(),
+        32 << 20,
+        "the agent's own hashing reads are reported"
+    );
+    assert!(
+        all.iter().all(|f| f.kind == FindingKind::Duplicate),
+        "{all:#?}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn pipeline_of_distinct_inputs_and_outputs_has_no_findings() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut p = attach();
+    let dir = scratch("pipeline");
+    for i in 0..3 {
+        write_random(&dir.join(format!("in{i}.bin")), 8 << 20, 10 + i);
+    }
+    let mut t = tracker();
+    // Same sizes in and out (a transform), so the copy detector must check content.
+    let script = format!(
+        "d='{}'\nfor i in range(3):\n    with open(f'{{d}}/in{{i}}.bin','rb') as h, open(f'{{d}}/out{{i}}.bin','wb') as o:\n        while True:\n            b = h.read(1 << 16)\n            if not b: break\n            o.write(bytes(x ^ 0x5a for x in b))\n",
+        dir.display()
+    );
+    let root = findings_of(&mut p, &mut t, &[&python(), "-c", &script], None);
+    let mut h = FsHasher::new(256 << 20);
+    let all = t.findings(&mut h);
+    let mine = of_root(&all, root);
+    assert!(mine.is_empty(), "{mine:#?}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
