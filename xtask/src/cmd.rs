@@ -38,9 +38,7 @@ pub fn describe(cmd: &Command) -> String {
 pub fn run(cmd: &mut Command) -> Result<()> {
     let line = describe(cmd);
     note(format!("$ {line}"));
-    let status = cmd
-        .status()
-        .with_context(|| format!("could not start `{line}`"))?;
+    let status = cmd.status().with_context(|| format!("could not start `{line}`"))?;
     if !status.success() {
         bail!("`{line}` failed ({status})");
     }
@@ -50,16 +48,9 @@ pub fn run(cmd: &mut Command) -> Result<()> {
 /// Runs `cmd` and returns its stdout; on failure the error carries its stderr.
 pub fn output(cmd: &mut Command) -> Result<String> {
     let line = describe(cmd);
-    let out = cmd
-        .stdin(Stdio::null())
-        .output()
-        .with_context(|| format!("could not start `{line}`"))?;
+    let out = cmd.stdin(Stdio::null()).output().with_context(|| format!("could not start `{line}`"))?;
     if !out.status.success() {
-        bail!(
-            "`{line}` failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
+        bail!("`{line}` failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr).trim());
     }
     String::from_utf8(out.stdout).with_context(|| format!("`{line}` printed non-UTF-8 output"))
 }
@@ -78,32 +69,23 @@ pub fn cargo() -> Command {
 
 /// The workspace root (xtask lives in `<root>/xtask`).
 pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("xtask is inside the workspace")
-        .to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask is inside the workspace").to_path_buf()
 }
 
 /// The cargo target directory of the workspace.
 pub fn target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace_root().join("target"))
+    std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| workspace_root().join("target"))
 }
 
 /// Finds `program` on `PATH`, like `command -v`.
 pub fn which(program: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|dir| dir.join(program))
-        .find(|candidate| is_executable(candidate))
+    std::env::split_paths(&path).map(|dir| dir.join(program)).find(|candidate| is_executable(candidate))
 }
 
 fn is_executable(path: &Path) -> bool {
     use std::os::unix::fs::PermissionsExt;
-    path.metadata()
-        .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-        .unwrap_or(false)
+    path.metadata().map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0).unwrap_or(false)
 }
 
 /// Whether this process runs as root (effective uid 0).

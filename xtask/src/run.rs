@@ -13,9 +13,7 @@ const CAP_BPF: u32 = 39;
 pub fn build_release_agent() -> Result<PathBuf> {
     step("build: carbon-agent (release)");
     let mut build = cmd::cargo();
-    build
-        .args(["build", "--release", "-p", "carbon-agent"])
-        .current_dir(cmd::workspace_root());
+    build.args(["build", "--release", "-p", "carbon-agent"]).current_dir(cmd::workspace_root());
     cmd::run(&mut build)?;
     Ok(cmd::target_dir().join("release").join("carbon-agent"))
 }
@@ -35,9 +33,7 @@ pub fn has_agent_capabilities(caps: u64) -> bool {
 pub fn run(args: &[String]) -> Result<()> {
     crate::setup::setup()?;
     let agent = build_release_agent()?;
-    let caps = std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| effective_capabilities(&s));
+    let caps = std::fs::read_to_string("/proc/self/status").ok().and_then(|s| effective_capabilities(&s));
     let privileged = cmd::is_root() || caps.is_some_and(has_agent_capabilities);
     let mut command = if privileged {
         std::process::Command::new(&agent)

@@ -58,10 +58,7 @@ fn ensure_apt_packages(packages: &[(&str, &str)]) -> Result<()> {
         return Ok(());
     }
     if !cmd::is_root() {
-        bail!(
-            "Debian packages {} are missing and installing them needs root",
-            missing.join(", ")
-        );
+        bail!("Debian packages {} are missing and installing them needs root", missing.join(", "));
     }
     cmd::run(&mut command("apt-get", ["update"]))?;
     cmd::run(command("apt-get", ["install", "-y", "--no-install-recommends"]).args(&missing))
@@ -74,10 +71,7 @@ pub fn dpkg_status_installed(status: &str) -> bool {
 }
 
 fn ensure_host_components() -> Result<()> {
-    step(format!(
-        "setup: {} for the default toolchain",
-        HOST_COMPONENTS.join(" and ")
-    ));
+    step(format!("setup: {} for the default toolchain", HOST_COMPONENTS.join(" and ")));
     let installed = cmd::output(&mut command("rustup", ["component", "list", "--installed"]))
         .context("listing the installed rustup components (is rustup installed?)")?;
     let missing = missing_components(&installed, HOST_COMPONENTS);
@@ -108,10 +102,8 @@ fn ensure_nightly() -> Result<()> {
         ))
         .context("installing the nightly toolchain");
     }
-    let installed = cmd::output(&mut command(
-        "rustup",
-        ["component", "list", "--installed", "--toolchain", "nightly"],
-    ))?;
+    let installed =
+        cmd::output(&mut command("rustup", ["component", "list", "--installed", "--toolchain", "nightly"]))?;
     let missing = missing_components(&installed, NIGHTLY_COMPONENTS);
     if missing.is_empty() {
         return Ok(());
@@ -122,32 +114,23 @@ fn ensure_nightly() -> Result<()> {
 
 fn host_triple() -> Result<String> {
     let version = cmd::output(&mut command("rustc", ["-vV"]))?;
-    version_field(&version, "host")
-        .map(str::to_owned)
-        .context("`rustc -vV` printed no `host:` line")
+    version_field(&version, "host").map(str::to_owned).context("`rustc -vV` printed no `host:` line")
 }
 
 /// The value of `key: value` in `rustc -vV` output.
 pub fn version_field<'a>(rustc_vv: &'a str, key: &str) -> Option<&'a str> {
-    rustc_vv
-        .lines()
-        .find_map(|line| line.strip_prefix(key)?.strip_prefix(':').map(str::trim))
+    rustc_vv.lines().find_map(|line| line.strip_prefix(key)?.strip_prefix(':').map(str::trim))
 }
 
 /// The LLVM major version in `rustc -vV` output (`LLVM version: 23.1.4` → 23).
 pub fn llvm_major(rustc_vv: &str) -> Option<u32> {
-    version_field(rustc_vv, "LLVM version")?
-        .split('.')
-        .next()?
-        .parse()
-        .ok()
+    version_field(rustc_vv, "LLVM version")?.split('.').next()?.parse().ok()
 }
 
 /// Whether `rustup toolchain list` output lists `<channel>-<host>` (annotations like `(active)` aside).
 pub fn has_toolchain(list: &str, channel: &str, host: &str) -> bool {
     let wanted = format!("{channel}-{host}");
-    list.lines()
-        .any(|line| line.split_whitespace().next() == Some(wanted.as_str()))
+    list.lines().any(|line| line.split_whitespace().next() == Some(wanted.as_str()))
 }
 
 /// The components of `wanted` absent from `rustup component list --installed` output, whose lines
@@ -209,38 +192,24 @@ fn cargo_home() -> Result<PathBuf> {
 
 /// The libLLVM shared library shipped in the nightly's sysroot.
 fn nightly_libllvm(major: u32) -> Result<PathBuf> {
-    let sysroot = cmd::output(&mut command(
-        "rustup",
-        ["run", "nightly", "rustc", "--print", "sysroot"],
-    ))?;
+    let sysroot = cmd::output(&mut command("rustup", ["run", "nightly", "rustc", "--print", "sysroot"]))?;
     let lib = Path::new(sysroot.trim()).join("lib");
     let prefix = format!("libLLVM.so.{major}");
     let mut found: Vec<PathBuf> = fs::read_dir(&lib)
         .with_context(|| format!("reading the nightly's library folder {}", lib.display()))?
         .filter_map(|entry| entry.ok().map(|e| e.path()))
-        .filter(|p| {
-            p.file_name()
-                .is_some_and(|n| n.to_string_lossy().starts_with(&prefix))
-        })
+        .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with(&prefix)))
         .collect();
     found.sort();
     match found.as_slice() {
         [one] => Ok(one.clone()),
-        [] => bail!(
-            "the nightly ships no {prefix}* in {} (needed to build bpf-linker)",
-            lib.display()
-        ),
-        many => bail!(
-            "the nightly ships several libLLVM files in {}: {many:?}",
-            lib.display()
-        ),
+        [] => bail!("the nightly ships no {prefix}* in {} (needed to build bpf-linker)", lib.display()),
+        many => bail!("the nightly ships several libLLVM files in {}: {many:?}", lib.display()),
     }
 }
 
 fn ensure_bpf_linker() -> Result<()> {
-    step(format!(
-        "setup: bpf-linker {BPF_LINKER_VERSION} against the nightly's LLVM"
-    ));
+    step(format!("setup: bpf-linker {BPF_LINKER_VERSION} against the nightly's LLVM"));
     let version = cmd::output(&mut command("rustup", ["run", "nightly", "rustc", "-vV"]))?;
     let major = llvm_major(&version).context("`rustc +nightly -vV` printed no `LLVM version:` line")?;
     if !BPF_LINKER_LLVM_MAJORS.contains(&major) {
@@ -260,10 +229,7 @@ fn ensure_bpf_linker() -> Result<()> {
         libllvm: so_name.clone(),
         binary: home.join("bin").join("bpf-linker"),
     };
-    note(format!(
-        "nightly LLVM {major}, {so_name}; prefix {}",
-        prefix.display()
-    ));
+    note(format!("nightly LLVM {major}, {so_name}; prefix {}", prefix.display()));
 
     // The links are cheap to refresh and the loader needs them at every bpf-linker run.
     let lib = prefix.join("lib");
@@ -305,10 +271,7 @@ fn ensure_bpf_linker() -> Result<()> {
     install.env_remove("RUSTUP_TOOLCHAIN");
     cmd::run(&mut install).context("building bpf-linker")?;
     if !linker_runs(&wanted.binary) {
-        bail!(
-            "bpf-linker was built but `{} --version` does not run",
-            wanted.binary.display()
-        );
+        bail!("bpf-linker was built but `{} --version` does not run", wanted.binary.display());
     }
     fs::write(&stamp_path, wanted.to_stamp()).with_context(|| format!("writing {}", stamp_path.display()))?;
     check_linker_on_path(&wanted.binary)
@@ -334,10 +297,7 @@ fn check_linker_on_path(ours: &Path) -> Result<()> {
             ours.display(),
             ours.parent().expect("bin folder").display()
         ),
-        None => bail!(
-            "{} is not on PATH; add it to PATH",
-            ours.parent().expect("bin folder").display()
-        ),
+        None => bail!("{} is not on PATH; add it to PATH", ours.parent().expect("bin folder").display()),
     }
 }
 
@@ -359,10 +319,7 @@ mod tests {
     #[test]
     fn reads_llvm_major_and_host() {
         assert_eq!(llvm_major(NIGHTLY_VV), Some(23));
-        assert_eq!(
-            version_field(NIGHTLY_VV, "host"),
-            Some("x86_64-unknown-linux-gnu")
-        );
+        assert_eq!(version_field(NIGHTLY_VV, "host"), Some("x86_64-unknown-linux-gnu"));
         assert_eq!(llvm_major("rustc 1.0\nhost: x\n"), None);
         assert_eq!(llvm_major("LLVM version: x.1\n"), None);
     }
@@ -382,10 +339,7 @@ mod tests {
     fn lists_missing_components() {
         let installed = "cargo-x86_64-unknown-linux-gnu\nrust-src\nrust-std-x86_64-unknown-linux-gnu\n\
             rustc-x86_64-unknown-linux-gnu\n";
-        assert_eq!(
-            missing_components(installed, &["rust-src", "clippy"]),
-            vec!["clippy"]
-        );
+        assert_eq!(missing_components(installed, &["rust-src", "clippy"]), vec!["clippy"]);
         assert_eq!(missing_components(installed, &["rustfmt"]), vec!["rustfmt"]);
         let full = "clippy-x86_64-unknown-linux-gnu\nrustfmt-x86_64-unknown-linux-gnu\n";
         assert!(missing_components(full, &["rustfmt", "clippy"]).is_empty());
@@ -406,20 +360,12 @@ mod tests {
         };
         assert!(stamp_matches(Some(&wanted.to_stamp()), &wanted));
         assert!(!stamp_matches(None, &wanted));
-        let older_llvm = LinkerBuild {
-            llvm_major: 22,
-            ..wanted.clone()
-        };
+        let older_llvm = LinkerBuild { llvm_major: 22, ..wanted.clone() };
         assert!(!stamp_matches(Some(&older_llvm.to_stamp()), &wanted));
-        let older_nightly = LinkerBuild {
-            libllvm: "libLLVM.so.23.1-rust-1.100.0-nightly".into(),
-            ..wanted.clone()
-        };
+        let older_nightly =
+            LinkerBuild { libllvm: "libLLVM.so.23.1-rust-1.100.0-nightly".into(), ..wanted.clone() };
         assert!(!stamp_matches(Some(&older_nightly.to_stamp()), &wanted));
-        let older_linker = LinkerBuild {
-            version: "0.12.0".into(),
-            ..wanted.clone()
-        };
+        let older_linker = LinkerBuild { version: "0.12.0".into(), ..wanted.clone() };
         assert!(!stamp_matches(Some(&older_linker.to_stamp()), &wanted));
         assert!(!stamp_matches(Some("garbage"), &wanted));
     }

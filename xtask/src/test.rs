@@ -43,60 +43,32 @@ fn checks() -> Vec<Check> {
     );
     ebpf_clippy.current_dir(cmd::workspace_root());
     vec![
-        Check {
-            name: "build",
-            command: cargo(&["build", "--workspace"]),
-            gate: true,
-        },
+        Check { name: "build", command: cargo(&["build", "--workspace"]), gate: true },
         // The kernel tests in tests/ load and attach the real programs: they need root (CI is root).
-        Check {
-            name: "test",
-            command: cargo(&["test", "--workspace"]),
-            gate: false,
-        },
+        Check { name: "test", command: cargo(&["test", "--workspace"]), gate: false },
         Check {
             name: "clippy",
             command: cargo(&["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]),
             gate: false,
         },
-        Check {
-            name: "fmt",
-            command: cargo(&["fmt", "--all", "--check"]),
-            gate: false,
-        },
-        Check {
-            name: "clippy-ebpf",
-            command: ebpf_clippy,
-            gate: false,
-        },
+        Check { name: "fmt", command: cargo(&["fmt", "--all", "--check"]), gate: false },
+        Check { name: "clippy-ebpf", command: ebpf_clippy, gate: false },
     ]
 }
 
 /// The summary line for check results `(name, passed)`.
 pub fn summary(results: &[(&str, bool)]) -> String {
-    let failed: Vec<&str> = results
-        .iter()
-        .filter(|(_, ok)| !ok)
-        .map(|(name, _)| *name)
-        .collect();
+    let failed: Vec<&str> = results.iter().filter(|(_, ok)| !ok).map(|(name, _)| *name).collect();
     let passed = results.len() - failed.len();
     if failed.is_empty() {
         format!("xtask test: PASS ({passed} checks passed: {})", names(results))
     } else {
-        format!(
-            "xtask test: FAIL ({passed} passed, {} failed: {})",
-            failed.len(),
-            failed.join(", ")
-        )
+        format!("xtask test: FAIL ({passed} passed, {} failed: {})", failed.len(), failed.join(", "))
     }
 }
 
 fn names(results: &[(&str, bool)]) -> String {
-    results
-        .iter()
-        .map(|(name, _)| *name)
-        .collect::<Vec<_>>()
-        .join(", ")
+    results.iter().map(|(name, _)| *name).collect::<Vec<_>>().join(", ")
 }
 
 /// Runs setup and every check; fails when any check fails.
@@ -119,10 +91,7 @@ pub fn test() -> Result<()> {
         };
         results.push((check.name, ok));
         if !ok && check.gate {
-            eprintln!(
-                "error: `{}` failed; the other checks need it, skipping them",
-                check.name
-            );
+            eprintln!("error: `{}` failed; the other checks need it, skipping them", check.name);
             break;
         }
     }

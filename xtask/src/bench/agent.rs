@@ -46,10 +46,7 @@ impl AgentUnderTest {
     pub fn describe(&self) -> String {
         match self {
             Self::Binary(path) => {
-                format!(
-                    "{} --json --duration {AGENT_MAX_DURATION_S} (the whole agent)",
-                    path.display()
-                )
+                format!("{} --json --duration {AGENT_MAX_DURATION_S} (the whole agent)", path.display())
             }
             Self::Handlers { .. } => {
                 "the section's handlers only, loaded from the agent's eBPF object".into()
@@ -62,14 +59,9 @@ impl AgentUnderTest {
         match self {
             Self::Binary(path) => start_agent(path, section),
             Self::Handlers { object, btf } => {
-                let mut ebpf = EbpfLoader::new()
-                    .load(object)
-                    .context("loading the agent's eBPF object")?;
+                let mut ebpf = EbpfLoader::new().load(object).context("loading the agent's eBPF object")?;
                 let prog_ids = section.attach_handlers(&mut ebpf, btf)?;
-                Ok(Attached::InProcess {
-                    _ebpf: ebpf,
-                    prog_ids,
-                })
+                Ok(Attached::InProcess { _ebpf: ebpf, prog_ids })
             }
         }
     }
@@ -138,11 +130,7 @@ fn section_programs_of(pid: u32, section: &dyn Section) -> Result<Vec<u32>> {
         }
     }
     let held = prog_ids_in_fdinfo(fdinfos.iter().map(String::as_str));
-    let names: Vec<&str> = section
-        .programs()
-        .iter()
-        .map(|n| kernel_program_name(n))
-        .collect();
+    let names: Vec<&str> = section.programs().iter().map(|n| kernel_program_name(n)).collect();
     let mut ids = Vec::new();
     for info in loaded_programs() {
         let info = info.context("listing loaded eBPF programs")?;
@@ -169,9 +157,7 @@ fn start_agent(path: &Path, section: &dyn Section) -> Result<Attached> {
             Ok(())
         });
     }
-    let mut child = command
-        .spawn()
-        .with_context(|| format!("starting {}", path.display()))?;
+    let mut child = command.spawn().with_context(|| format!("starting {}", path.display()))?;
     let deadline = Instant::now() + ATTACH_TIMEOUT;
     loop {
         if let Some(status) = child.try_wait()? {
@@ -193,11 +179,7 @@ fn start_agent(path: &Path, section: &dyn Section) -> Result<Attached> {
         }
         if Instant::now() > deadline {
             let _ = child.kill();
-            bail!(
-                "{} did not attach {:?} within {ATTACH_TIMEOUT:?}",
-                path.display(),
-                section.programs()
-            );
+            bail!("{} did not attach {:?} within {ATTACH_TIMEOUT:?}", path.display(), section.programs());
         }
         thread::sleep(Duration::from_millis(50));
     }

@@ -58,7 +58,6 @@ pub fn pipe_ping_pong(rounds: u64, cpu: usize) -> Result<Duration> {
         pong_rx.read_exact(&mut byte)?;
     }
     let elapsed = start.elapsed();
-    echo.join()
-        .map_err(|_| anyhow::anyhow!("the echo thread panicked"))??;
+    echo.join().map_err(|_| anyhow::anyhow!("the echo thread panicked"))??;
     Ok(elapsed)
 }

@@ -99,10 +99,7 @@ pub fn bench(options: &BenchOptions) -> Result<()> {
         .collect();
     if selected.is_empty() {
         let known: Vec<_> = sections().iter().map(|s| s.name()).collect();
-        bail!(
-            "no section named {:?}; known sections: {known:?}",
-            options.sections
-        );
+        bail!("no section named {:?}; known sections: {known:?}", options.sections);
     }
     crate::setup::setup()?;
     let built = build_agent()?;
@@ -122,11 +119,7 @@ pub fn bench(options: &BenchOptions) -> Result<()> {
 
     let mut all_pass = true;
     for section in &selected {
-        step(format!(
-            "bench: {} — {}",
-            section.name(),
-            section.describe_load(options.rounds)
-        ));
+        step(format!("bench: {} — {}", section.name(), section.describe_load(options.rounds)));
         cmd::note(format!("with: {}", agent.describe()));
         let result = measure(section.as_ref(), &agent, options)?;
         all_pass &= report(section.as_ref(), &result);
@@ -139,11 +132,7 @@ pub fn bench(options: &BenchOptions) -> Result<()> {
 
 fn measure(section: &dyn Section, agent: &AgentUnderTest, options: &BenchOptions) -> Result<SectionResult> {
     section.run_load(options.rounds).context("warm-up run")?;
-    let mut result = SectionResult {
-        without: Vec::new(),
-        with: Vec::new(),
-        kernel: ProgStats::default(),
-    };
+    let mut result = SectionResult { without: Vec::new(), with: Vec::new(), kernel: ProgStats::default() };
     for run in 0..options.runs {
         let with_first = run % 2 == 1;
         for with in [with_first, !with_first] {
@@ -158,19 +147,13 @@ fn measure(section: &dyn Section, agent: &AgentUnderTest, options: &BenchOptions
                     run + 1,
                     elapsed.as_secs_f64(),
                     delta.run_cnt,
-                    delta
-                        .ns_per_event()
-                        .map_or("-".into(), |ns| format!("{ns:.1} ns/event"))
+                    delta.ns_per_event().map_or("-".into(), |ns| format!("{ns:.1} ns/event"))
                 ));
                 result.with.push(elapsed);
                 result.kernel = result.kernel.plus(delta);
             } else {
                 let elapsed = section.run_load(options.rounds)?;
-                cmd::note(format!(
-                    "run {}: without {:8.3} s",
-                    run + 1,
-                    elapsed.as_secs_f64()
-                ));
+                cmd::note(format!("run {}: without {:8.3} s", run + 1, elapsed.as_secs_f64()));
                 result.without.push(elapsed);
             }
         }
@@ -228,21 +211,12 @@ fn build_agent() -> Result<BuiltAgent> {
     step("build: carbon-agent (release)");
     let mut build = cmd::cargo();
     build
-        .args([
-            "build",
-            "--release",
-            "-p",
-            "carbon-agent",
-            "--message-format=json-render-diagnostics",
-        ])
+        .args(["build", "--release", "-p", "carbon-agent", "--message-format=json-render-diagnostics"])
         .current_dir(cmd::workspace_root())
         .stderr(std::process::Stdio::inherit());
     let messages = cmd::output(&mut build)?;
     let (binary, out_dir) = parse_build_messages(&messages)?;
-    Ok(BuiltAgent {
-        binary,
-        object: out_dir.join("agent-ebpf"),
-    })
+    Ok(BuiltAgent { binary, object: out_dir.join("agent-ebpf") })
 }
 
 /// From cargo's JSON messages: the `carbon-agent` executable and its build script's `OUT_DIR`.
@@ -299,18 +273,8 @@ mod tests {
     #[test]
     fn missing_messages_are_errors() {
         let only_exe = r#"{"reason":"compiler-artifact","package_id":"path+file:///w/agent#carbon-agent@0.1.0","executable":"/t/a"}"#;
-        assert!(
-            parse_build_messages(only_exe)
-                .unwrap_err()
-                .to_string()
-                .contains("build-script")
-        );
-        assert!(
-            parse_build_messages("")
-                .unwrap_err()
-                .to_string()
-                .contains("executable")
-        );
+        assert!(parse_build_messages(only_exe).unwrap_err().to_string().contains("build-script"));
+        assert!(parse_build_messages("").unwrap_err().to_string().contains("executable"));
     }
 
     #[test]

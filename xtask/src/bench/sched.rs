@@ -24,10 +24,7 @@ impl Section for SchedSwitch {
     }
 
     fn targets(&self) -> Targets {
-        Targets {
-            max_ns_per_event: 150.0,
-            max_slowdown: 0.03,
-        }
+        Targets { max_ns_per_event: 150.0, max_slowdown: 0.03 }
     }
 
     fn describe_load(&self, rounds: u64) -> String {
@@ -46,12 +43,8 @@ impl Section for SchedSwitch {
             .context("the agent's eBPF object has no program `sched_switch_btf`")?
             .try_into()
             .context("`sched_switch_btf` is not a BTF tracepoint")?;
-        program
-            .load("sched_switch", btf)
-            .context("loading sched_switch_btf")?;
+        program.load("sched_switch", btf).context("loading sched_switch_btf")?;
         program.attach().context("attaching sched_switch_btf")?;
-        Ok(vec![
-            program.info().context("reading sched_switch_btf's info")?.id(),
-        ])
+        Ok(vec![program.info().context("reading sched_switch_btf's info")?.id()])
     }
 }

@@ -40,10 +40,7 @@ impl ProgStats {
 
     /// The sum of two measurements.
     pub fn plus(self, other: ProgStats) -> ProgStats {
-        ProgStats {
-            run_time_ns: self.run_time_ns + other.run_time_ns,
-            run_cnt: self.run_cnt + other.run_cnt,
-        }
+        ProgStats { run_time_ns: self.run_time_ns + other.run_time_ns, run_cnt: self.run_cnt + other.run_cnt }
     }
 
     /// Nanoseconds per event; `None` when nothing ran.
@@ -104,22 +101,10 @@ mod tests {
 
     #[test]
     fn per_event_cost() {
-        let before = ProgStats {
-            run_time_ns: 1_000,
-            run_cnt: 10,
-        };
-        let after = ProgStats {
-            run_time_ns: 11_000,
-            run_cnt: 110,
-        };
+        let before = ProgStats { run_time_ns: 1_000, run_cnt: 10 };
+        let after = ProgStats { run_time_ns: 11_000, run_cnt: 110 };
         let delta = after.since(before);
-        assert_eq!(
-            delta,
-            ProgStats {
-                run_time_ns: 10_000,
-                run_cnt: 100
-            }
-        );
+        assert_eq!(delta, ProgStats { run_time_ns: 10_000, run_cnt: 100 });
         assert_eq!(delta.ns_per_event(), Some(100.0));
         assert_eq!(delta.plus(delta).ns_per_event(), Some(100.0));
         assert_eq!(ProgStats::default().ns_per_event(), None);
@@ -146,10 +131,7 @@ mod tests {
         let link = "pos:\t0\nflags:\t02000000\nlink_type:\traw_tracepoint\nlink_id:\t7\nprog_tag:\tb4ab\nprog_id:\t412\n";
         let map = "pos:\t0\nmap_type:\t1\nmap_id:\t99\n";
         let pipe = "pos:\t0\nflags:\t02\n";
-        assert_eq!(
-            prog_ids_in_fdinfo([prog, link, map, pipe, "prog_id:\t17\n"]),
-            vec![17, 412]
-        );
+        assert_eq!(prog_ids_in_fdinfo([prog, link, map, pipe, "prog_id:\t17\n"]), vec![17, 412]);
         assert!(prog_ids_in_fdinfo([map, pipe]).is_empty());
     }
 }
