@@ -1,11 +1,12 @@
 //! The `sched_switch` section: on-CPU accounting at every context switch.
 
-use std::time::Duration;
-
 use anyhow::{Context, Result};
 use aya::{Btf, Ebpf, programs::BtfTracePoint};
 
-use super::{Section, Targets, load};
+use super::{
+    Section, Targets,
+    load::{self, LoadTimes},
+};
 
 /// The `sched_switch` handler (BTF tracepoint, or the classic tracepoint where the agent fell back).
 pub struct SchedSwitch;
@@ -33,7 +34,7 @@ impl Section for SchedSwitch {
         )
     }
 
-    fn run_load(&self, rounds: u64) -> Result<Duration> {
+    fn run_load(&self, rounds: u64) -> Result<LoadTimes> {
         load::pipe_ping_pong(rounds, load::last_allowed_cpu()?)
     }
 
