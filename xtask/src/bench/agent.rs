@@ -141,6 +141,17 @@ fn section_programs_of(pid: u32, section: &dyn Section) -> Result<Vec<u32>> {
     Ok(ids)
 }
 
+/// Whether the process holds a BPF link (`link_type:` in an fdinfo): it attached something.
+fn holds_link(pid: u32) -> Result<bool> {
+    let dir = format!("/proc/{pid}/fdinfo");
+    for entry in fs::read_dir(&dir).with_context(|| format!("reading {dir}"))? {
+        if fs::read_to_string(entry?.path()).is_ok_and(|text| text.contains("\nlink_type:")) {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
 fn start_agent(path: &Path, section: &dyn Section) -> Result<Attached> {
     let log = crate::cmd::target_dir().join("xtask-bench-agent.log");
     let stderr = fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
@@ -172,8 +183,9 @@ fn start_agent(path: &Path, section: &dyn Section) -> Result<Attached> {
             );
         }
         let ids = section_programs_of(child.id(), section)?;
-        // Running (not only loaded) means attached: stats are on, so any event counts.
-        if !ids.is_empty() && program_stats(&ids)?.run_cnt > 0 {
+        // The agent loads and then attaches; its link descriptors show up once attached, so
+        // wait until it holds a link (or, with BPF stats on, until the programs ran).
+        if !ids.is_empty() && (holds_link(child.id())? || program_stats(&ids)?.run_cnt > 0) {
             thread::sleep(SETTLE);
             return Ok(Attached::Process { child, prog_ids: ids });
         }

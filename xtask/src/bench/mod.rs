@@ -86,9 +86,11 @@ pub fn sections() -> Vec<Box<dyn Section>> {
 /// What one section measured.
 #[derive(Debug)]
 pub struct SectionResult {
+    /// The load's times without the agent.
     pub without: Vec<LoadTimes>,
+    /// The load's times with the agent (BPF stats off).
     pub with: Vec<LoadTimes>,
-    /// Kernel statistics of the section's programs, summed over the runs with the agent.
+    /// Kernel statistics of the section's programs during one extra run with BPF stats on.
     pub kernel: ProgStats,
 }
 
@@ -118,12 +120,6 @@ pub fn bench(options: &BenchOptions) -> Result<()> {
     } else {
         AgentUnderTest::Binary(options.agent.clone().unwrap_or(built.binary))
     };
-    // The kernel counts run_time_ns/run_cnt only while BPF stats are enabled; this descriptor
-    // enables them (like `sysctl kernel.bpf_stats_enabled=1`) and the kernel turns them back off
-    // when it is closed, even if xtask dies.
-    let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime)
-        .context("enabling BPF run-time statistics (BPF_ENABLE_STATS)")?;
-
     let mut all_pass = true;
     for section in &selected {
         step(format!("bench: {} — {}", section.name(), section.describe_load(options.rounds)));
@@ -145,20 +141,15 @@ fn measure(section: &dyn Section, agent: &AgentUnderTest, options: &BenchOptions
         for with in [with_first, !with_first] {
             if with {
                 let attached = agent.attach(section)?;
-                let before = attached.stats()?;
                 let times = section.run_load(options.rounds)?;
-                let delta = attached.stats()?.since(before);
                 attached.stop()?;
                 cmd::note(format!(
-                    "run {}: with    wall {:7.3} s  cpu {:7.3} s  ({} events, {})",
+                    "run {}: with    wall {:7.3} s  cpu {:7.3} s",
                     run + 1,
                     times.wall.as_secs_f64(),
-                    times.cpu.as_secs_f64(),
-                    delta.run_cnt,
-                    delta.ns_per_event().map_or("-".into(), |ns| format!("{ns:.1} ns/event"))
+                    times.cpu.as_secs_f64()
                 ));
                 result.with.push(times);
-                result.kernel = result.kernel.plus(delta);
             } else {
                 let times = section.run_load(options.rounds)?;
                 cmd::note(format!(
@@ -171,6 +162,18 @@ fn measure(section: &dyn Section, agent: &AgentUnderTest, options: &BenchOptions
             }
         }
     }
+    // The kernel's own cost per event, from one more run with the agent and BPF run-time stats
+    // on. Stats add two clock reads around every program run, so the slowdown runs above are
+    // made with them off. The descriptor enables them like `sysctl kernel.bpf_stats_enabled=1`
+    // and the kernel turns them back off when it is closed, even if xtask dies.
+    let stats_on = aya::sys::enable_stats(aya::sys::Stats::RunTime)
+        .context("enabling BPF run-time statistics (BPF_ENABLE_STATS)")?;
+    let attached = agent.attach(section)?;
+    let before = attached.stats()?;
+    section.run_load(options.rounds)?;
+    result.kernel = attached.stats()?.since(before);
+    attached.stop()?;
+    drop(stats_on);
     Ok(result)
 }
 
