@@ -10,7 +10,7 @@ mod test;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "cargo xtask", about = "carbon-agent's developer commands")]
+#[command(name = "cargo xtask", bin_name = "cargo xtask", about = "carbon-agent's developer commands")]
 struct Cli {
     #[command(subcommand)]
     command: Task,
