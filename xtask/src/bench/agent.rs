@@ -1,0 +1,198 @@
+//! What the benchmark attaches: the real agent binary, or only a section's handlers loaded
+//! in-process from the eBPF object the agent embeds.
+
+use std::{
+    fs,
+    os::unix::process::CommandExt,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+use aya::{Btf, Ebpf, EbpfLoader, programs::loaded_programs};
+
+use super::{
+    Section,
+    stats::{ProgStats, kernel_program_name, prog_ids_in_fdinfo},
+};
+
+/// How long the agent may take to load and attach its programs.
+const ATTACH_TIMEOUT: Duration = Duration::from_secs(30);
+/// Time the agent gets after attaching to finish its start-up (reading `/proc`, first interval)
+/// before the load starts, so that start-up work is not counted as slowdown.
+const SETTLE: Duration = Duration::from_millis(1500);
+/// Upper bound for the agent's `--duration`, in case xtask dies without stopping it.
+const AGENT_MAX_DURATION_S: u64 = 600;
+
+/// What is attached during the runs "with the agent".
+pub enum AgentUnderTest {
+    /// The release `carbon-agent` binary, started with `--json --duration` per run: every program
+    /// it attaches and its userspace work are included.
+    Binary(PathBuf),
+    /// Only the section's own programs, loaded in-process from the agent's eBPF object.
+    Handlers { object: Vec<u8>, btf: Btf },
+}
+
+/// One attachment; dropping it detaches (kills the agent or unloads the programs).
+pub enum Attached {
+    Process { child: Child, prog_ids: Vec<u32> },
+    InProcess { _ebpf: Ebpf, prog_ids: Vec<u32> },
+}
+
+impl AgentUnderTest {
+    /// Describes the agent for the report.
+    pub fn describe(&self) -> String {
+        match self {
+            Self::Binary(path) => {
+                format!("{} --json --duration {AGENT_MAX_DURATION_S} (the whole agent)", path.display())
+            }
+            Self::Handlers { .. } => {
+                "the section's handlers only, loaded from the agent's eBPF object".into()
+            }
+        }
+    }
+
+    /// Attaches for `section` and returns once its programs run.
+    pub fn attach(&self, section: &dyn Section) -> Result<Attached> {
+        match self {
+            Self::Binary(path) => start_agent(path, section),
+            Self::Handlers { object, btf } => {
+                let mut ebpf = EbpfLoader::new().load(object).context("loading the agent's eBPF object")?;
+                let prog_ids = section.attach_handlers(&mut ebpf, btf)?;
+                Ok(Attached::InProcess { _ebpf: ebpf, prog_ids })
+            }
+        }
+    }
+}
+
+impl Attached {
+    /// The ids of the section's programs in this attachment.
+    pub fn prog_ids(&self) -> &[u32] {
+        match self {
+            Self::Process { prog_ids, .. } | Self::InProcess { prog_ids, .. } => prog_ids,
+        }
+    }
+
+    /// Current run-time statistics of the section's programs, summed.
+    pub fn stats(&self) -> Result<ProgStats> {
+        program_stats(self.prog_ids())
+    }
+
+    /// Detaches: stops the agent (SIGINT, then SIGKILL after 10 s) or unloads the programs.
+    pub fn stop(self) -> Result<()> {
+        if let Self::Process { mut child, .. } = self {
+            // SAFETY: signalling our own child.
+            unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while child.try_wait()?.is_none() {
+                if Instant::now() > deadline {
+                    child.kill()?;
+                    child.wait()?;
+                    bail!("carbon-agent did not stop within 10 s of SIGINT");
+                }
+                thread::sleep(Duration::from_millis(20));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Sums the kernel's run-time statistics of the programs `ids`.
+pub fn program_stats(ids: &[u32]) -> Result<ProgStats> {
+    let mut total = ProgStats::default();
+    let mut found = 0;
+    for info in loaded_programs() {
+        let info = info.context("listing loaded eBPF programs")?;
+        if ids.contains(&info.id()) {
+            found += 1;
+            total = total.plus(ProgStats {
+                run_time_ns: info.run_time().as_nanos() as u64,
+                run_cnt: info.run_count(),
+            });
+        }
+    }
+    if found != ids.len() {
+        bail!("programs {ids:?} are no longer loaded");
+    }
+    Ok(total)
+}
+
+/// The agent process's programs whose kernel names are among `section`'s program names.
+fn section_programs_of(pid: u32, section: &dyn Section) -> Result<Vec<u32>> {
+    let dir = format!("/proc/{pid}/fdinfo");
+    let mut fdinfos = Vec::new();
+    for entry in fs::read_dir(&dir).with_context(|| format!("reading {dir}"))? {
+        // Descriptors come and go while the agent starts: skip the ones that vanished.
+        if let Ok(text) = fs::read_to_string(entry?.path()) {
+            fdinfos.push(text);
+        }
+    }
+    let held = prog_ids_in_fdinfo(fdinfos.iter().map(String::as_str));
+    let names: Vec<&str> = section.programs().iter().map(|n| kernel_program_name(n)).collect();
+    let mut ids = Vec::new();
+    for info in loaded_programs() {
+        let info = info.context("listing loaded eBPF programs")?;
+        if held.contains(&info.id()) && info.name_as_str().is_some_and(|n| names.contains(&n)) {
+            ids.push(info.id());
+        }
+    }
+    Ok(ids)
+}
+
+/// Whether the process holds a BPF link (`link_type:` in an fdinfo): it attached something.
+fn holds_link(pid: u32) -> Result<bool> {
+    let dir = format!("/proc/{pid}/fdinfo");
+    for entry in fs::read_dir(&dir).with_context(|| format!("reading {dir}"))? {
+        if fs::read_to_string(entry?.path()).is_ok_and(|text| text.contains("\nlink_type:")) {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+fn start_agent(path: &Path, section: &dyn Section) -> Result<Attached> {
+    let log = crate::cmd::target_dir().join("xtask-bench-agent.log");
+    let stderr = fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
+    let mut command = Command::new(path);
+    command
+        .args(["--json", "--duration", &AGENT_MAX_DURATION_S.to_string()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(stderr);
+    // SAFETY: prctl is async-signal-safe; the agent dies with xtask instead of outliving it.
+    unsafe {
+        command.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+            Ok(())
+        });
+    }
+    let mut child = command.spawn().with_context(|| format!("starting {}", path.display()))?;
+    let deadline = Instant::now() + ATTACH_TIMEOUT;
+    loop {
+        if let Some(status) = child.try_wait()? {
+            let tail = fs::read_to_string(&log).unwrap_or_default();
+            bail!(
+                "{} --json --duration {AGENT_MAX_DURATION_S} exited ({status}) before attaching {:?}; \
+                 its stderr ({}):\n{}",
+                path.display(),
+                section.programs(),
+                log.display(),
+                tail.trim()
+            );
+        }
+        let ids = section_programs_of(child.id(), section)?;
+        // The agent loads and then attaches; its link descriptors show up once attached, so
+        // wait until it holds a link (or, with BPF stats on, until the programs ran).
+        if !ids.is_empty() && (holds_link(child.id())? || program_stats(&ids)?.run_cnt > 0) {
+            thread::sleep(SETTLE);
+            return Ok(Attached::Process { child, prog_ids: ids });
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            bail!("{} did not attach {:?} within {ATTACH_TIMEOUT:?}", path.display(), section.programs());
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+}
