@@ -115,6 +115,8 @@ pub mod globals {
     pub const TASK_EXIT_CODE_OFF: &str = "TASK_EXIT_CODE_OFF";
     /// `offsetof(struct task_struct, se) + offsetof(struct sched_entity, sum_exec_runtime)`.
     pub const TASK_SUM_EXEC_RUNTIME_OFF: &str = "TASK_SUM_EXEC_RUNTIME_OFF";
+    /// `offsetof(struct task_struct, se) + offsetof(struct sched_entity, prev_sum_exec_runtime)`.
+    pub const TASK_PREV_SUM_EXEC_RUNTIME_OFF: &str = "TASK_PREV_SUM_EXEC_RUNTIME_OFF";
     /// `offsetof(struct task_struct, pid)`, for the scheduler program.
     pub const SCHED_TASK_PID_OFF: &str = "SCHED_TASK_PID_OFF";
     /// `offsetof(struct linux_binprm, filename)`.

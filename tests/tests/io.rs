@@ -36,7 +36,7 @@ fn attach() -> Probes {
     let offsets = Box::leak(Box::new(
         io::offsets_from_kernel().expect("offsets from BTF"),
     ));
-    let mut loader = aya::EbpfLoader::new();
+    let mut loader = carbon_agent::probes::new_loader();
     io::configure_loader(&mut loader, offsets);
     let mut ebpf = loader
         .load(carbon_agent::probes::EBPF_OBJECT)

@@ -87,7 +87,7 @@ pub fn run(
     let mut handlers: Vec<HandlerCost> = Vec::new();
     for _ in 0..rounds.max(1) {
         detached = detached.min(syscall_heavy_copy(&src, &dst, block)?.0);
-        let mut loader = aya::EbpfLoader::new();
+        let mut loader = crate::probes::new_loader();
         super::configure_loader(&mut loader, &offsets);
         let mut ebpf = loader.load(object)?;
         let mut probes = super::attach(&mut ebpf, IoConfig::default())?;

@@ -26,6 +26,14 @@ use self::{btf::KernelBtf, cpu::CpuCounters};
 /// The eBPF object built by `build.rs` from `agent-ebpf`.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/agent-ebpf"));
 
+/// A loader for [`EBPF_OBJECT`]: it holds a task-local storage map, which aya 0.14 creates
+/// but has no userspace wrapper for, hence `allow_unsupported_maps`.
+pub fn new_loader<'a>() -> EbpfLoader<'a> {
+    let mut loader = EbpfLoader::new();
+    loader.allow_unsupported_maps();
+    loader
+}
+
 /// Capacities of the kernel-side maps.
 #[derive(Clone, Debug)]
 pub struct LoadOptions {
@@ -90,7 +98,7 @@ impl Probes {
             Some(btf) => Some(StructOffsets::read(btf)?),
             None => None,
         };
-        let mut loader = EbpfLoader::new();
+        let mut loader = new_loader();
         loader.btf(aya_btf.as_ref());
         loader.map_max_entries("TGID_CPU", opts.max_processes);
         loader.map_max_entries("LIFECYCLE", opts.lifecycle_ring_bytes);
@@ -158,6 +166,8 @@ pub struct StructOffsets {
     pub binprm_filename: u32,
     /// `task_struct.se.sum_exec_runtime`.
     pub task_sum_exec_runtime: u32,
+    /// `task_struct.se.prev_sum_exec_runtime`.
+    pub task_prev_sum_exec_runtime: u32,
 }
 
 impl StructOffsets {
@@ -169,6 +179,8 @@ impl StructOffsets {
             binprm_filename: btf.member_offset("linux_binprm", "filename")?,
             task_sum_exec_runtime: btf.member_offset("task_struct", "se")?
                 + btf.member_offset("sched_entity", "sum_exec_runtime")?,
+            task_prev_sum_exec_runtime: btf.member_offset("task_struct", "se")?
+                + btf.member_offset("sched_entity", "prev_sum_exec_runtime")?,
         })
     }
 
@@ -180,6 +192,7 @@ impl StructOffsets {
         loader.override_global(globals::BINPRM_FILENAME_OFF, &self.binprm_filename, true);
         loader.override_global(globals::TASK_SUM_EXEC_RUNTIME_OFF, &self.task_sum_exec_runtime, true);
         loader.override_global(globals::SCHED_TASK_PID_OFF, &self.task_pid, true);
+        loader.override_global(globals::TASK_PREV_SUM_EXEC_RUNTIME_OFF, &self.task_prev_sum_exec_runtime, true);
     }
 }
 
@@ -220,7 +233,7 @@ pub struct HookProbe {
 pub fn probe_hooks() -> anyhow::Result<Vec<HookProbe>> {
     let btf = Btf::from_sys_fs().ok();
     let offsets = KernelBtf::from_sysfs(Path::new("/sys")).ok().and_then(|b| StructOffsets::read(&b).ok());
-    let mut loader = EbpfLoader::new();
+    let mut loader = new_loader();
     loader.btf(btf.as_ref());
     if let Some(o) = &offsets {
         o.set_globals(&mut loader);
