@@ -554,11 +554,14 @@ fn on_unlink(regs: *const u8, nr: u64) {
     if ev.user_path[0] != b'/' {
         ev.flags |= path_flag::RELATIVE;
         let base = if dfd == AT_FDCWD {
-            unsafe { rd::<*const u8>(current_task(), o.task_fs).and_then(|fs| rd::<*const u8>(fs, o.fs_pwd_dentry)) }
+            unsafe {
+                rd::<*const u8>(current_task(), o.task_fs).and_then(|fs| rd::<*const u8>(fs, o.fs_pwd_dentry))
+            }
         } else {
             fd_file(&o, dfd).and_then(|f| unsafe { rd::<*const u8>(f, o.file_dentry) })
         };
-        let dev = base.and_then(|d| unsafe { rd::<*const u8>(d, o.dentry_sb).and_then(|sb| rd::<u32>(sb, o.sb_dev)) });
+        let dev = base
+            .and_then(|d| unsafe { rd::<*const u8>(d, o.dentry_sb).and_then(|sb| rd::<u32>(sb, o.sb_dev)) });
         match (base, dev) {
             (Some(base), Some(dev)) => {
                 ev.dev = dev;
@@ -578,11 +581,12 @@ pub fn io_cache_add(ctx: TracePointContext) -> i32 {
     if o.ready == 0 {
         return 0;
     }
-    let (Ok(ino), Ok(index), Ok(dev), Ok(order)) = (unsafe { ctx.read_at::<u64>(o.tp_fm_add_ino as usize) }, unsafe {
-        ctx.read_at::<u64>(o.tp_fm_add_index as usize)
-    }, unsafe { ctx.read_at::<u32>(o.tp_fm_add_dev as usize) }, unsafe {
-        ctx.read_at::<u8>(o.tp_fm_add_order as usize)
-    }) else {
+    let (Ok(ino), Ok(index), Ok(dev), Ok(order)) = (
+        unsafe { ctx.read_at::<u64>(o.tp_fm_add_ino as usize) },
+        unsafe { ctx.read_at::<u64>(o.tp_fm_add_index as usize) },
+        unsafe { ctx.read_at::<u32>(o.tp_fm_add_dev as usize) },
+        unsafe { ctx.read_at::<u8>(o.tp_fm_add_order as usize) },
+    ) else {
         return 0;
     };
     let pages = 1u64 << (order & 31);
@@ -687,9 +691,11 @@ pub fn io_block_done(ctx: TracePointContext) -> i32 {
     if o.ready == 0 {
         return 0;
     }
-    let (Ok(dev), Ok(sectors), Ok(rwbs)) = (unsafe { ctx.read_at::<u32>(o.tp_blk_dev as usize) }, unsafe {
-        ctx.read_at::<u32>(o.tp_blk_nr_sector as usize)
-    }, unsafe { ctx.read_at::<[u8; 4]>(o.tp_blk_rwbs as usize) }) else {
+    let (Ok(dev), Ok(sectors), Ok(rwbs)) = (
+        unsafe { ctx.read_at::<u32>(o.tp_blk_dev as usize) },
+        unsafe { ctx.read_at::<u32>(o.tp_blk_nr_sector as usize) },
+        unsafe { ctx.read_at::<[u8; 4]>(o.tp_blk_rwbs as usize) },
+    ) else {
         return 0;
     };
     // rwbs: optional 'F' (flush) then 'R', 'W', 'D' (discard), 'N' (none), ...

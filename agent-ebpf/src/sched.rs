@@ -4,8 +4,8 @@
 //! it just spent on the CPU is charged to its tgid in a per-CPU hash:
 //!
 //! - With BTF (`sched_switch_btf`) the time is the growth of the kernel's own per-thread
-//!   `prev->se.sum_exec_runtime` since that thread's previous switch-out, remembered per
-//!   thread in an LRU hash. The differences telescope, so a thread is charged exactly the runtime
+//!   `prev->se.sum_exec_runtime` since that thread's previous switch-out, remembered in
+//!   task-local storage (no hash lookup, freed with the task). The differences telescope, so a thread is charged exactly the runtime
 //!   the kernel accounts (and `/proc/<pid>/schedstat` shows): a VM's steal time and separately
 //!   accounted IRQ time are left out. (`sum - prev_sum_exec_runtime` alone is not enough: the
 //!   scheduler resets `prev_sum` when it re-picks the running task without a switch.)
@@ -19,9 +19,13 @@
 
 use aya_ebpf::{
     Global,
-    helpers::{bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_get_current_uid_gid, bpf_ktime_get_ns},
-    macros::{btf_tracepoint, map, tracepoint},
-    maps::{LruHashMap, PerCpuArray, PerCpuHashMap},
+    bindings::{BPF_F_NO_PREALLOC, BPF_LOCAL_STORAGE_GET_F_CREATE, bpf_map_type},
+    helpers::{
+        bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_get_current_uid_gid, bpf_ktime_get_ns,
+        generated::bpf_task_storage_get,
+    },
+    macros::{btf_map, btf_tracepoint, map, tracepoint},
+    maps::{PerCpuArray, PerCpuHashMap},
     programs::{BtfTracePointContext, TracePointContext},
 };
 use carbon_agent_common::{IDLE_TGID, TgidCpu, stat};
@@ -51,13 +55,54 @@ static IDLE_SINCE: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 #[map]
 static LAST_SWITCH_NS: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
-/// Per thread (pid): its `sum_exec_runtime` when it was last switched out. Differences of this
-/// cumulative value telescope, so a thread is charged exactly the kernel's own runtime,
-/// whatever happens in between (migrations, re-picks without a switch). LRU: entries of exited
-/// threads age out; a live thread whose entry was evicted is charged its stint as the
-/// scheduler measured it (`sum - prev_sum_exec_runtime`) once.
-#[map]
-static THREAD_RUNTIME: LruHashMap<u32, u64> = LruHashMap::with_max_entries(65536, 0);
+/// A task-local storage map (`BPF_MAP_TYPE_TASK_STORAGE`): one value per thread, kept in the
+/// `task_struct` itself and freed with it, so it needs no clean-up and cannot fill up. aya-ebpf
+/// 0.2 has no wrapper for this map type; this is its BTF map definition.
+#[repr(C)]
+pub struct TaskStorage<T> {
+    r#type: *const [i32; bpf_map_type::BPF_MAP_TYPE_TASK_STORAGE as usize],
+    key: *const i32,
+    value: *const T,
+    max_entries: *const [i32; 0],
+    map_flags: *const [i32; BPF_F_NO_PREALLOC as usize],
+}
+
+// SAFETY: placeholder pointers that the loader patches; never dereferenced.
+unsafe impl<T> Sync for TaskStorage<T> {}
+
+impl<T> TaskStorage<T> {
+    pub const fn new() -> Self {
+        TaskStorage {
+            r#type: core::ptr::null(),
+            key: core::ptr::null(),
+            value: core::ptr::null(),
+            max_entries: core::ptr::null(),
+            map_flags: core::ptr::null(),
+        }
+    }
+
+    /// The value of `task`, created zeroed when missing; `None` if it cannot be created.
+    #[inline(always)]
+    fn get_or_create(&self, task: *const u8) -> Option<&mut T> {
+        // SAFETY: `task` is a trusted BTF task pointer; the helper checks the rest.
+        let ptr = unsafe {
+            bpf_task_storage_get(
+                core::ptr::from_ref(self).cast_mut().cast(),
+                task.cast_mut().cast(),
+                core::ptr::null_mut(),
+                BPF_LOCAL_STORAGE_GET_F_CREATE.into(),
+            )
+        };
+        // SAFETY: a non-null result points at this task's value.
+        unsafe { ptr.cast::<T>().as_mut() }
+    }
+}
+
+/// Per thread: its `sum_exec_runtime` when it was last switched out (0: not seen yet).
+/// Differences of this cumulative value telescope, so a thread is charged exactly the kernel's
+/// own runtime, whatever happens in between (migrations, re-picks without a switch).
+#[btf_map]
+static THREAD_RUNTIME: TaskStorage<u64> = TaskStorage::new();
 
 /// A field of a BTF-typed kernel pointer: a plain load the verifier checks against BTF.
 #[inline(always)]
@@ -84,12 +129,13 @@ pub fn sched_switch_btf(ctx: BtfTracePointContext) -> i32 {
         if since == 0 { 0 } else { unsafe { bpf_ktime_get_ns() }.saturating_sub(since) }
     } else {
         let sum: u64 = field(prev, &TASK_SUM_EXEC_RUNTIME_OFF);
-        let pid: u32 = field(prev, &SCHED_TASK_PID_OFF);
-        match THREAD_RUNTIME.get_ptr_mut(&pid) {
-            // SAFETY: a map value of this thread; only its own switch-outs write it.
-            Some(last) => sum.saturating_sub(unsafe { core::ptr::replace(last, sum) }),
-            None => {
-                let _ = THREAD_RUNTIME.insert(&pid, &sum, 0);
+        match THREAD_RUNTIME.get_or_create(prev) {
+            Some(last) if *last != 0 => sum.saturating_sub(core::mem::replace(last, sum)),
+            other => {
+                match other {
+                    Some(last) => *last = sum,
+                    None => stats::add(stat::TASK_STORAGE_FAILED, 1),
+                }
                 // First switch-out seen: this stint, as the scheduler measured it.
                 sum.saturating_sub(field(prev, &TASK_PREV_SUM_EXEC_RUNTIME_OFF))
             }

@@ -212,11 +212,8 @@ impl Splitter {
 /// Splits one interval's energy (see the module documentation for the policy).
 pub fn attribute(input: &AttributionInput<'_>) -> Attribution {
     let usage = input.usage;
-    let mut cpu_weights: Vec<(Target, f64)> = usage
-        .processes
-        .iter()
-        .map(|(pid, p)| (Target::Process(*pid), p.cpu_ns as f64))
-        .collect();
+    let mut cpu_weights: Vec<(Target, f64)> =
+        usage.processes.iter().map(|(pid, p)| (Target::Process(*pid), p.cpu_ns as f64)).collect();
     cpu_weights.push((Target::Kernel, usage.kernel_cpu_ns as f64));
     let active: Vec<(Target, f64)> = usage
         .processes
@@ -225,9 +222,7 @@ pub fn attribute(input: &AttributionInput<'_>) -> Attribution {
         .map(|(pid, _)| (Target::Process(*pid), 1.0))
         .collect();
 
-    let mut s = Splitter {
-        out: Attribution::default(),
-    };
+    let mut s = Splitter { out: Attribution::default() };
     // Every process that ran has a row, even when no energy reaches it.
     for pid in usage.processes.keys() {
         s.out.per_tgid.insert(*pid, EnergyBreakdown::default());
@@ -309,11 +304,7 @@ pub struct StaticPowerLearner {
 impl StaticPowerLearner {
     /// A learner counting utilization ≤ `low_utilization` (0..1) as low.
     pub fn new(low_utilization: f64) -> Self {
-        Self {
-            low_utilization,
-            low: BTreeMap::new(),
-            any: BTreeMap::new(),
-        }
+        Self { low_utilization, low: BTreeMap::new(), any: BTreeMap::new() }
     }
 
     /// Records one interval's mean power of a domain at a utilization (0..1).
@@ -352,18 +343,7 @@ mod tests {
         IntervalUsage {
             interval_s: 1.0,
             ncpu: 2,
-            processes: procs
-                .iter()
-                .map(|&(p, ns)| {
-                    (
-                        p,
-                        ProcessCpu {
-                            cpu_ns: ns,
-                            switches: 1,
-                        },
-                    )
-                })
-                .collect(),
+            processes: procs.iter().map(|&(p, ns)| (p, ProcessCpu { cpu_ns: ns, switches: 1 })).collect(),
             kernel_cpu_ns: kernel,
             idle_cpu_ns: idle,
         }
@@ -381,11 +361,7 @@ mod tests {
     fn exact_proportional_case() {
         // 10 J cpu with 4 W static over 1 s: 4 J static, 6 J dynamic.
         // Process 1: 300 ms, process 2: 100 ms, kernel 100 ms → 3:1:1.
-        let u = usage(
-            &[(1, 300_000_000), (2, 100_000_000)],
-            100_000_000,
-            1_500_000_000,
-        );
+        let u = usage(&[(1, 300_000_000), (2, 100_000_000)], 100_000_000, 1_500_000_000);
         let input = AttributionInput {
             usage: &u,
             interval_s: 1.0,
@@ -442,10 +418,7 @@ mod tests {
             cpu: de(7.0, 3.0),
             dram: de(1.0, 0.0),
             platform: de(0.5, 0.0),
-            gpus: &[GpuEnergy {
-                energy: de(50.0, 40.0),
-                shares: BTreeMap::new(),
-            }],
+            gpus: &[GpuEnergy { energy: de(50.0, 40.0), shares: BTreeMap::new() }],
             policy: StaticShare::Proportional,
         };
         let a = attribute(&input);
@@ -459,10 +432,7 @@ mod tests {
     #[test]
     fn gpu_energy_by_shares() {
         let u = usage(&[(1, 100), (2, 100)], 0, 0);
-        let gpus = [GpuEnergy {
-            energy: de(100.0, 60.0),
-            shares: BTreeMap::from([(2, 0.75), (9, 0.25)]),
-        }];
+        let gpus = [GpuEnergy { energy: de(100.0, 60.0), shares: BTreeMap::from([(2, 0.75), (9, 0.25)]) }];
         let input = AttributionInput {
             usage: &u,
             interval_s: 1.0,
@@ -502,31 +472,18 @@ mod tests {
         let mut l = StaticPowerLearner::new(0.05);
         assert_eq!(l.static_w(LearnKey::Cpu), None);
         l.observe(LearnKey::Cpu, 40.0, 0.9);
-        assert_eq!(
-            l.static_w(LearnKey::Cpu),
-            Some((40.0, StaticSource::LearnedProvisional))
-        );
+        assert_eq!(l.static_w(LearnKey::Cpu), Some((40.0, StaticSource::LearnedProvisional)));
         l.observe(LearnKey::Cpu, 12.0, 0.04);
         l.observe(LearnKey::Cpu, 10.0, 0.5);
         l.observe(LearnKey::Cpu, 15.0, 0.01);
-        assert_eq!(
-            l.static_w(LearnKey::Cpu),
-            Some((12.0, StaticSource::Learned))
-        );
+        assert_eq!(l.static_w(LearnKey::Cpu), Some((12.0, StaticSource::Learned)));
         l.observe(LearnKey::Cpu, f64::NAN, 0.0);
-        assert_eq!(
-            l.static_w(LearnKey::Cpu),
-            Some((12.0, StaticSource::Learned))
-        );
+        assert_eq!(l.static_w(LearnKey::Cpu), Some((12.0, StaticSource::Learned)));
     }
 
     #[test]
     fn static_field_is_named_static_in_json() {
-        let v = serde_json::to_value(EnergyBreakdown {
-            static_: 1.5,
-            ..Default::default()
-        })
-        .unwrap();
+        let v = serde_json::to_value(EnergyBreakdown { static_: 1.5, ..Default::default() }).unwrap();
         assert_eq!(v["static"], 1.5);
         assert!(v.get("static_").is_none());
         for k in ["total", "cpu", "dram", "gpu", "dynamic"] {
@@ -539,19 +496,12 @@ mod tests {
     }
 
     fn arb_domain() -> impl Strategy<Value = DomainEnergy> {
-        (
-            arb_energy(),
-            prop_oneof![Just(0.0), 0.0..500.0f64, Just(1e9)],
-        )
+        (arb_energy(), prop_oneof![Just(0.0), 0.0..500.0f64, Just(1e9)])
             .prop_map(|(energy_j, static_w)| DomainEnergy { energy_j, static_w })
     }
 
     fn arb_policy() -> impl Strategy<Value = StaticShare> {
-        prop_oneof![
-            Just(StaticShare::Proportional),
-            Just(StaticShare::Equal),
-            Just(StaticShare::None)
-        ]
+        prop_oneof![Just(StaticShare::Proportional), Just(StaticShare::Equal), Just(StaticShare::None)]
     }
 
     proptest! {

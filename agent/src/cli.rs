@@ -128,7 +128,9 @@ mod tests {
 
     #[test]
     fn run_takes_everything_after_the_separator() {
-        let cli = Cli::try_parse_from(["carbon-agent", "run", "--json", "o.json", "--", "ls", "-la", "--color"]).unwrap();
+        let cli =
+            Cli::try_parse_from(["carbon-agent", "run", "--json", "o.json", "--", "ls", "-la", "--color"])
+                .unwrap();
         let Some(Command::Run(run)) = cli.command else { panic!("not run") };
         assert_eq!(run.command, ["ls", "-la", "--color"]);
         assert_eq!(run.json.unwrap(), PathBuf::from("o.json"));

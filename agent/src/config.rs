@@ -132,19 +132,11 @@ pub struct EnergyConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
-    Io {
-        path: String,
-        source: std::io::Error,
-    },
+    Io { path: String, source: std::io::Error },
     #[error("config file {path}: {message}")]
     Syntax { path: String, message: String },
     #[error("config file {path}: {key} = {value}: expected {expected}")]
-    Value {
-        path: String,
-        key: String,
-        value: String,
-        expected: String,
-    },
+    Value { path: String, key: String, value: String, expected: String },
 }
 
 impl Config {
@@ -161,10 +153,8 @@ impl Config {
                 d
             }
         };
-        let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Io {
-            path: path.display().to_string(),
-            source,
-        })?;
+        let text = std::fs::read_to_string(&path)
+            .map_err(|source| ConfigError::Io { path: path.display().to_string(), source })?;
         let config = Self::parse(&text, &path.display().to_string())?;
         Ok((config, Some(path)))
     }
@@ -191,43 +181,13 @@ impl Config {
             _ => Ok(()),
         };
         let c = &self.carbon;
-        check(
-            "carbon.pue",
-            c.pue,
-            |v| v >= 1.0,
-            "a number ≥ 1.0 (facility energy / IT energy)",
-        )?;
-        check(
-            "carbon.intensity",
-            c.intensity,
-            |v| v >= 0.0,
-            "gCO2e/kWh, a number ≥ 0",
-        )?;
-        check(
-            "carbon.provider.timeout_s",
-            c.provider.timeout_s,
-            |v| v > 0.0,
-            "seconds, a number > 0",
-        )?;
-        check(
-            "carbon.provider.cache_s",
-            c.provider.cache_s,
-            |v| v >= 0.0,
-            "seconds, a number ≥ 0",
-        )?;
+        check("carbon.pue", c.pue, |v| v >= 1.0, "a number ≥ 1.0 (facility energy / IT energy)")?;
+        check("carbon.intensity", c.intensity, |v| v >= 0.0, "gCO2e/kWh, a number ≥ 0")?;
+        check("carbon.provider.timeout_s", c.provider.timeout_s, |v| v > 0.0, "seconds, a number > 0")?;
+        check("carbon.provider.cache_s", c.provider.cache_s, |v| v >= 0.0, "seconds, a number ≥ 0")?;
         let e = &c.embodied;
-        check(
-            "carbon.embodied.server_kgco2e",
-            e.server_kgco2e,
-            |v| v >= 0.0,
-            "kgCO2e, a number ≥ 0",
-        )?;
-        check(
-            "carbon.embodied.gpu_kgco2e",
-            e.gpu_kgco2e,
-            |v| v >= 0.0,
-            "kgCO2e, a number ≥ 0",
-        )?;
+        check("carbon.embodied.server_kgco2e", e.server_kgco2e, |v| v >= 0.0, "kgCO2e, a number ≥ 0")?;
+        check("carbon.embodied.gpu_kgco2e", e.gpu_kgco2e, |v| v >= 0.0, "kgCO2e, a number ≥ 0")?;
         check(
             "carbon.embodied.server_lifetime_years",
             e.server_lifetime_years,
@@ -262,58 +222,20 @@ impl Config {
         if let Some(url) = &c.provider.base_url
             && !(url.starts_with("http://") || url.starts_with("https://"))
         {
-            return Err(bad(
-                "carbon.provider.base_url",
-                format!("{url:?}"),
-                "an http:// or https:// URL",
-            ));
+            return Err(bad("carbon.provider.base_url", format!("{url:?}"), "an http:// or https:// URL"));
         }
         let en = &self.energy;
         let watts = "watts, a number ≥ 0";
-        check(
-            "energy.idle_watts.cpu",
-            en.idle_watts.cpu,
-            |v| v >= 0.0,
-            watts,
-        )?;
-        check(
-            "energy.idle_watts.dram",
-            en.idle_watts.dram,
-            |v| v >= 0.0,
-            watts,
-        )?;
-        check(
-            "energy.idle_watts.gpu",
-            en.idle_watts.gpu,
-            |v| v >= 0.0,
-            watts,
-        )?;
-        check(
-            "energy.cpu_idle_watts",
-            en.cpu_idle_watts,
-            |v| v >= 0.0,
-            watts,
-        )?;
-        check(
-            "energy.cpu_max_watts",
-            en.cpu_max_watts,
-            |v| v > 0.0,
-            "watts, a number > 0",
-        )?;
-        check(
-            "energy.dram_watts_per_gb",
-            en.dram_watts_per_gb,
-            |v| v >= 0.0,
-            "watts per GB, a number ≥ 0",
-        )?;
+        check("energy.idle_watts.cpu", en.idle_watts.cpu, |v| v >= 0.0, watts)?;
+        check("energy.idle_watts.dram", en.idle_watts.dram, |v| v >= 0.0, watts)?;
+        check("energy.idle_watts.gpu", en.idle_watts.gpu, |v| v >= 0.0, watts)?;
+        check("energy.cpu_idle_watts", en.cpu_idle_watts, |v| v >= 0.0, watts)?;
+        check("energy.cpu_max_watts", en.cpu_max_watts, |v| v > 0.0, "watts, a number > 0")?;
+        check("energy.dram_watts_per_gb", en.dram_watts_per_gb, |v| v >= 0.0, "watts per GB, a number ≥ 0")?;
         if let (Some(idle), Some(max)) = (en.cpu_idle_watts, en.cpu_max_watts)
             && idle > max
         {
-            return Err(bad(
-                "energy.cpu_idle_watts",
-                idle.to_string(),
-                "at most energy.cpu_max_watts",
-            ));
+            return Err(bad("energy.cpu_idle_watts", idle.to_string(), "at most energy.cpu_max_watts"));
         }
         Ok(())
     }
@@ -364,10 +286,7 @@ mod tests {
     fn unknown_key_is_named() {
         let e = err("[carbon]\npeu = 1.2\n");
         assert!(e.starts_with("config file c.toml:"), "{e}");
-        assert!(
-            e.contains("unknown field `peu`") && e.contains("`pue`"),
-            "{e}"
-        );
+        assert!(e.contains("unknown field `peu`") && e.contains("`pue`"), "{e}");
         let e = err("[carbon.embodied]\nserver_kg = 3\n");
         assert!(e.contains("unknown field `server_kg`"), "{e}");
         let e = err("[carbn]\n");
@@ -379,10 +298,7 @@ mod tests {
         let e = err("[carbon]\npue = \"high\"\n");
         assert!(e.contains("pue") && e.contains("line 2"), "{e}");
         let e = err("[energy]\nstatic_share = \"fair\"\n");
-        assert!(
-            e.contains("unknown variant `fair`") && e.contains("proportional"),
-            "{e}"
-        );
+        assert!(e.contains("unknown variant `fair`") && e.contains("proportional"), "{e}");
         assert!(err("[carbon\n").contains("config file c.toml:"));
     }
 
@@ -392,30 +308,14 @@ mod tests {
             err("[carbon]\npue = 0.9\n"),
             "config file c.toml: carbon.pue = 0.9: expected a number ≥ 1.0 (facility energy / IT energy)"
         );
-        assert!(
-            err("[carbon]\nintensity = -1\n").contains("carbon.intensity = -1: expected gCO2e/kWh")
-        );
+        assert!(err("[carbon]\nintensity = -1\n").contains("carbon.intensity = -1: expected gCO2e/kWh"));
         let e = err("[carbon]\ncountry = \"Atlantis\"\n");
-        assert!(
-            e.contains("carbon.country = \"Atlantis\": expected an ISO 3166-1 code"),
-            "{e}"
-        );
+        assert!(e.contains("carbon.country = \"Atlantis\": expected an ISO 3166-1 code"), "{e}");
         let e = err("[carbon]\nregion = \"aws:nowhere-1\"\n");
-        assert!(
-            e.contains("carbon.region = \"aws:nowhere-1\"") && e.contains("aws regions"),
-            "{e}"
-        );
-        assert!(
-            err("[carbon]\ncountry = \"FRA\"\nregion = \"aws:eu-west-3\"\n")
-                .contains("only one of")
-        );
-        assert!(
-            err("[carbon.embodied]\nserver_lifetime_years = 0\n").contains("years, a number > 0")
-        );
-        assert!(
-            err("[carbon.provider]\nbase_url = \"ftp://x\"\n")
-                .contains("an http:// or https:// URL")
-        );
+        assert!(e.contains("carbon.region = \"aws:nowhere-1\"") && e.contains("aws regions"), "{e}");
+        assert!(err("[carbon]\ncountry = \"FRA\"\nregion = \"aws:eu-west-3\"\n").contains("only one of"));
+        assert!(err("[carbon.embodied]\nserver_lifetime_years = 0\n").contains("years, a number > 0"));
+        assert!(err("[carbon.provider]\nbase_url = \"ftp://x\"\n").contains("an http:// or https:// URL"));
         assert!(
             err("[energy]\ncpu_idle_watts = 200\ncpu_max_watts = 100\n")
                 .contains("at most energy.cpu_max_watts")
@@ -425,20 +325,12 @@ mod tests {
 
     #[test]
     fn load_reports_missing_file_and_reads_real_one() {
-        let e = Config::load(Some(Path::new("/nonexistent/c.toml")))
-            .unwrap_err()
-            .to_string();
-        assert!(
-            e.starts_with("cannot read config file /nonexistent/c.toml"),
-            "{e}"
-        );
+        let e = Config::load(Some(Path::new("/nonexistent/c.toml"))).unwrap_err().to_string();
+        assert!(e.starts_with("cannot read config file /nonexistent/c.toml"), "{e}");
         let p = std::env::temp_dir().join(format!("carbon-config-{}.toml", std::process::id()));
         std::fs::write(&p, "[carbon]\npue = 1.3\n").unwrap();
         let (c, used) = Config::load(Some(&p)).unwrap();
-        assert_eq!(
-            (c.carbon.pue, used.as_deref()),
-            (Some(1.3), Some(p.as_path()))
-        );
+        assert_eq!((c.carbon.pue, used.as_deref()), (Some(1.3), Some(p.as_path())));
         std::fs::remove_file(&p).unwrap();
     }
 }

@@ -36,7 +36,12 @@ pub fn checks() -> Vec<Check> {
             true
         }
         Some(msg) => {
-            out.push(check("privileges", Status::Missing, msg, Some("run as root (sudo carbon-agent doctor)")));
+            out.push(check(
+                "privileges",
+                Status::Missing,
+                msg,
+                Some("run as root (sudo carbon-agent doctor)"),
+            ));
             false
         }
     };
@@ -70,10 +75,16 @@ pub fn checks() -> Vec<Check> {
             Some("the agent mounts it when it needs a classic tracepoint (mount -t tracefs nodev /sys/kernel/tracing)"),
         )
     });
-    if Path::new("/sys/fs/cgroup/cgroup.controllers").exists() || Path::new("/sys/fs/cgroup/unified").is_dir() {
+    if Path::new("/sys/fs/cgroup/cgroup.controllers").exists() || Path::new("/sys/fs/cgroup/unified").is_dir()
+    {
         out.push(check("cgroup v2", Status::Ok, "mounted (per-cgroup roll-ups available)", None));
     } else {
-        out.push(check("cgroup v2", Status::Warn, "not found", Some("mount cgroup2 for per-container roll-ups")));
+        out.push(check(
+            "cgroup v2",
+            Status::Warn,
+            "not found",
+            Some("mount cgroup2 for per-container roll-ups"),
+        ));
     }
     if privileged {
         match probes::probe_hooks() {
@@ -85,7 +96,12 @@ pub fn checks() -> Vec<Check> {
                     });
                 }
             }
-            Err(e) => out.push(check("eBPF programs", Status::Missing, format!("{e:#}"), Some("check dmesg and the kernel's BPF support (CONFIG_BPF_SYSCALL)"))),
+            Err(e) => out.push(check(
+                "eBPF programs",
+                Status::Missing,
+                format!("{e:#}"),
+                Some("check dmesg and the kernel's BPF support (CONFIG_BPF_SYSCALL)"),
+            )),
         }
     }
     out
@@ -105,7 +121,9 @@ pub fn plan(checks: &[Check]) -> Vec<String> {
     if ok("tp_btf/sched_process_fork") && ok("tp_btf/sched_process_exec") && ok("tp_btf/sched_process_exit") {
         plan.push("process lifecycle: tp_btf sched_process_{fork,exec,exit} ring buffer".to_string());
     } else {
-        plan.push("process lifecycle: /proc look-ups only (short-lived processes may be named '?')".to_string());
+        plan.push(
+            "process lifecycle: /proc look-ups only (short-lived processes may be named '?')".to_string(),
+        );
     }
     plan
 }

@@ -3,7 +3,7 @@ use std::{io::IsTerminal as _, process::ExitCode};
 use clap::Parser as _;
 
 use carbon_agent::{
-    cli::{Cli, Command, WatchArgs, AgentArgs},
+    cli::{AgentArgs, Cli, Command, WatchArgs},
     doctor,
     output::{json, live, text},
     probes::LoadOptions,

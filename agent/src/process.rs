@@ -182,12 +182,14 @@ impl ProcessTable {
             }
             self.prune_one(pid);
         }
-        let kind = if ppid == KTHREADD || self.procs.get(&ppid).is_some_and(|p| p.kind == ProcessKind::Kernel) {
+        let kind = if ppid == KTHREADD || self.procs.get(&ppid).is_some_and(|p| p.kind == ProcessKind::Kernel)
+        {
             ProcessKind::Kernel
         } else {
             ProcessKind::User
         };
-        let mut p = Process::new(ProcInfo { pid, ppid, uid, comm: comm.to_owned(), kind, start_ns: Some(ts_ns) });
+        let mut p =
+            Process::new(ProcInfo { pid, ppid, uid, comm: comm.to_owned(), kind, start_ns: Some(ts_ns) });
         p.cgroup_id = cgroup_id;
         p.seen_fork = true;
         self.procs.insert(pid, p);
@@ -219,7 +221,14 @@ impl ProcessTable {
         if !self.procs.contains_key(&pid) {
             let info = lookup.lookup(pid).unwrap_or_else(|| {
                 self.losses.unknown_processes += 1;
-                ProcInfo { pid, ppid: 0, uid: u32::MAX, comm: "?".into(), kind: ProcessKind::User, start_ns: None }
+                ProcInfo {
+                    pid,
+                    ppid: 0,
+                    uid: u32::MAX,
+                    comm: "?".into(),
+                    kind: ProcessKind::User,
+                    start_ns: None,
+                }
             });
             self.procs.insert(pid, Process::new(info));
         }
@@ -391,7 +400,14 @@ mod tests {
 
     fn seeded() -> ProcessTable {
         let mut t = ProcessTable::new();
-        let info = |pid, ppid, comm: &str, kind| ProcInfo { pid, ppid, uid: 0, comm: comm.into(), kind, start_ns: None };
+        let info = |pid, ppid, comm: &str, kind| ProcInfo {
+            pid,
+            ppid,
+            uid: 0,
+            comm: comm.into(),
+            kind,
+            start_ns: None,
+        };
         t.seed([
             info(1, 0, "init", ProcessKind::User),
             info(2, 0, "kthreadd", ProcessKind::Kernel),
@@ -462,7 +478,16 @@ mod tests {
         let u = t.apply_cpu(&cpu(&[(4242, 77)]), 1.0, 2, &none);
         assert_eq!(u.processes[&4242].cpu_ns, 77);
         assert_eq!(t.losses.unknown_processes, 1);
-        let found = |pid| Some(ProcInfo { pid, ppid: 100, uid: 7, comm: "x".into(), kind: ProcessKind::User, start_ns: None });
+        let found = |pid| {
+            Some(ProcInfo {
+                pid,
+                ppid: 100,
+                uid: 7,
+                comm: "x".into(),
+                kind: ProcessKind::User,
+                start_ns: None,
+            })
+        };
         t.apply_cpu(&cpu(&[(4343, 1)]), 1.0, 2, &found);
         assert_eq!(t.get(4343).unwrap().ppid, 100);
         assert_eq!(t.losses.unknown_processes, 1);
@@ -484,7 +509,16 @@ mod tests {
     #[test]
     fn a_fork_event_after_a_cpu_sample_is_the_same_process() {
         let mut t = seeded();
-        let found = |pid| Some(ProcInfo { pid, ppid: 100, uid: 7, comm: "x".into(), kind: ProcessKind::User, start_ns: None });
+        let found = |pid| {
+            Some(ProcInfo {
+                pid,
+                ppid: 100,
+                uid: 7,
+                comm: "x".into(),
+                kind: ProcessKind::User,
+                start_ns: None,
+            })
+        };
         t.apply_cpu(&cpu(&[(500, 10)]), 1.0, 2, &found);
         t.fork(500, 100, "x", 7, 0, 3);
         assert_eq!(t.losses.pid_reuse_without_exit, 0);

@@ -95,7 +95,8 @@ impl ProcFs {
     /// `MemTotal` in bytes.
     pub fn mem_total_bytes(&self) -> Option<u64> {
         let s = fs::read_to_string(self.root.join("meminfo")).ok()?;
-        let kb: u64 = s.lines().find_map(|l| l.strip_prefix("MemTotal:"))?.split_whitespace().next()?.parse().ok()?;
+        let kb: u64 =
+            s.lines().find_map(|l| l.strip_prefix("MemTotal:"))?.split_whitespace().next()?.parse().ok()?;
         Some(kb * 1024)
     }
 }
@@ -131,9 +132,9 @@ fn parse_stat(s: &str) -> Option<Stat> {
 
 /// Number of online CPUs.
 pub fn online_cpus() -> u32 {
-    aya::util::online_cpus().map(|c| c.len() as u32).unwrap_or_else(|_| {
-        std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1)
-    })
+    aya::util::online_cpus()
+        .map(|c| c.len() as u32)
+        .unwrap_or_else(|_| std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1))
 }
 
 /// User names by uid, from an `/etc/passwd`-format file; unknown uids print as numbers.
@@ -190,10 +191,15 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("ca-procfs-{}", std::process::id()));
         let p = dir.join("77");
         fs::create_dir_all(&p).unwrap();
-        fs::write(p.join("stat"), "77 (kworker/0:1) I 2 0 0 0 -1 69238880 0 0 0 0 0 0 0 0 20 0 1 0 5 0 0").unwrap();
+        fs::write(p.join("stat"), "77 (kworker/0:1) I 2 0 0 0 -1 69238880 0 0 0 0 0 0 0 0 20 0 1 0 5 0 0")
+            .unwrap();
         fs::write(p.join("status"), "Name:\tkworker\nUid:\t0\t0\t0\t0\n").unwrap();
         fs::write(p.join("schedstat"), "123456 0 7\n").unwrap();
-        fs::write(dir.join("cpuinfo"), "processor\t: 0\nmodel name\t: Intel(R) Xeon(R) Platinum 8375C CPU @ 2.90GHz\n").unwrap();
+        fs::write(
+            dir.join("cpuinfo"),
+            "processor\t: 0\nmodel name\t: Intel(R) Xeon(R) Platinum 8375C CPU @ 2.90GHz\n",
+        )
+        .unwrap();
         fs::write(dir.join("meminfo"), "MemTotal:       2048 kB\n").unwrap();
         let fs_ = ProcFs::new(&dir);
         let info = fs_.process(77).unwrap();
@@ -210,7 +216,8 @@ mod tests {
 
     #[test]
     fn user_names() {
-        let u = Users::parse("root:x:0:0:root:/root:/bin/bash\nalice:x:1000:1000::/home/alice:/bin/sh\nbroken\n");
+        let u =
+            Users::parse("root:x:0:0:root:/root:/bin/bash\nalice:x:1000:1000::/home/alice:/bin/sh\nbroken\n");
         assert_eq!(u.name(0), "root");
         assert_eq!(u.name(1000), "alice");
         assert_eq!(u.name(5), "5");

@@ -30,10 +30,7 @@ pub struct ReportArgs {
 #[derive(Debug, thiserror::Error)]
 pub enum ReportError {
     #[error("cannot read run document {path}: {source}")]
-    Io {
-        path: String,
-        source: std::io::Error,
-    },
+    Io { path: String, source: std::io::Error },
     #[error("{path} is not a run document: {reason}")]
     Invalid { path: String, reason: String },
 }
@@ -71,41 +68,26 @@ fn f(v: &Value, path: &[&str]) -> Option<f64> {
 }
 
 fn s(v: &Value, path: &[&str]) -> Option<String> {
-    path.iter()
-        .try_fold(v, |v, k| v.get(k))?
-        .as_str()
-        .map(str::to_string)
+    path.iter().try_fold(v, |v, k| v.get(k))?.as_str().map(str::to_string)
 }
 
 fn parse_run(doc: &Value, origin: &str) -> Result<Run, ReportError> {
-    let missing = |what: &str| ReportError::Invalid {
-        path: origin.to_string(),
-        reason: format!("missing {what}"),
-    };
-    let energy_j =
-        f(doc, &["energy_j", "total"]).ok_or_else(|| missing("energy_j.total (a number)"))?;
+    let missing =
+        |what: &str| ReportError::Invalid { path: origin.to_string(), reason: format!("missing {what}") };
+    let energy_j = f(doc, &["energy_j", "total"]).ok_or_else(|| missing("energy_j.total (a number)"))?;
     let pue = f(doc, &["carbon", "pue"]).ok_or_else(|| missing("carbon.pue (a number)"))?;
-    let operational_g = f(doc, &["emissions_g", "operational"])
-        .ok_or_else(|| missing("emissions_g.operational"))?;
+    let operational_g =
+        f(doc, &["emissions_g", "operational"]).ok_or_else(|| missing("emissions_g.operational"))?;
     let embodied_g = f(doc, &["emissions_g", "embodied"]).unwrap_or(0.0);
     let command = match doc.get("command") {
-        Some(Value::Array(a)) => a
-            .iter()
-            .filter_map(Value::as_str)
-            .collect::<Vec<_>>()
-            .join(" "),
+        Some(Value::Array(a)) => a.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(" "),
         Some(Value::String(c)) => c.clone(),
         _ => return Err(missing("command")),
     };
     let gpus = doc
         .pointer("/host/gpus")
         .and_then(Value::as_array)
-        .map(|a| {
-            a.iter()
-                .filter_map(|g| g.get("name").and_then(Value::as_str))
-                .map(str::to_string)
-                .collect()
-        })
+        .map(|a| a.iter().filter_map(|g| g.get("name").and_then(Value::as_str)).map(str::to_string).collect())
         .unwrap_or_default();
     Ok(Run {
         command,
@@ -116,10 +98,7 @@ fn parse_run(doc: &Value, origin: &str) -> Result<Run, ReportError> {
         gpus,
         hostname: s(doc, &["host", "hostname"]),
         meter_source: s(doc, &["energy_j", "meter", "source"]).unwrap_or_else(|| "unknown".into()),
-        estimated: doc
-            .pointer("/energy_j/meter/estimated")
-            .and_then(Value::as_bool)
-            .unwrap_or(true),
+        estimated: doc.pointer("/energy_j/meter/estimated").and_then(Value::as_bool).unwrap_or(true),
         energy_j,
         cpu_j: f(doc, &["energy_j", "cpu"]),
         dram_j: f(doc, &["energy_j", "dram"]),
@@ -189,10 +168,7 @@ fn hardware(r: &Run) -> String {
 
 fn meter(r: &Run) -> String {
     if r.estimated {
-        format!(
-            "estimated ({}: power model from CPU utilization)",
-            r.meter_source
-        )
+        format!("estimated ({}: power model from CPU utilization)", r.meter_source)
     } else {
         format!("measured ({})", r.meter_source)
     }
@@ -220,15 +196,9 @@ and charged by the run's share of the machine.";
 
 /// The disclosure statement for parsed run documents (`(origin, document)` pairs).
 pub fn render(docs: &[(String, Value)], format: ReportFormat) -> Result<String, ReportError> {
-    let runs: Vec<Run> = docs
-        .iter()
-        .map(|(o, d)| parse_run(d, o))
-        .collect::<Result<_, _>>()?;
+    let runs: Vec<Run> = docs.iter().map(|(o, d)| parse_run(d, o)).collect::<Result<_, _>>()?;
     if runs.is_empty() {
-        return Err(ReportError::Invalid {
-            path: "(none)".into(),
-            reason: "no run documents given".into(),
-        });
+        return Err(ReportError::Invalid { path: "(none)".into(), reason: "no run documents given".into() });
     }
     let total = |g: fn(&Run) -> f64| runs.iter().map(g).sum::<f64>();
     let (e, fac, op, emb, tot, dur) = (
@@ -261,11 +231,7 @@ pub fn render(docs: &[(String, Value)], format: ReportFormat) -> Result<String, 
         .iter()
         .enumerate()
         .flat_map(|(i, r)| {
-            let prefix = if runs.len() > 1 {
-                format!("Run {} ", i + 1)
-            } else {
-                String::new()
-            };
+            let prefix = if runs.len() > 1 { format!("Run {} ", i + 1) } else { String::new() };
             let mut domains = Vec::new();
             for (name, v) in [("CPU", r.cpu_j), ("DRAM", r.dram_j), ("GPU", r.gpu_j)] {
                 if let Some(v) = v.filter(|v| *v > 0.0) {
@@ -273,11 +239,7 @@ pub fn render(docs: &[(String, Value)], format: ReportFormat) -> Result<String, 
                 }
             }
             let energy_cell = if domains.is_empty() {
-                format!(
-                    "{} IT, {} facility",
-                    energy(r.energy_j),
-                    energy(r.facility_j)
-                )
+                format!("{} IT, {} facility", energy(r.energy_j), energy(r.facility_j))
             } else {
                 format!(
                     "{} IT ({}), {} facility",
@@ -292,10 +254,7 @@ pub fn render(docs: &[(String, Value)], format: ReportFormat) -> Result<String, 
                 [format!("{prefix}hardware"), hardware(r)],
                 [format!("{prefix}energy meter"), meter(r)],
                 [format!("{prefix}energy"), energy_cell],
-                [
-                    format!("{prefix}PUE"),
-                    format!("{} ({})", r.pue, r.pue_source),
-                ],
+                [format!("{prefix}PUE"), format!("{} ({})", r.pue, r.pue_source)],
                 [format!("{prefix}carbon intensity"), intensity(r)],
                 [
                     format!("{prefix}emissions"),
@@ -366,22 +325,15 @@ fn tex_escape(s: &str) -> String {
 }
 
 /// Reads run documents and renders the statement (the `report` command's body).
-pub fn report_files(
-    files: &[impl AsRef<Path>],
-    format: ReportFormat,
-) -> Result<String, ReportError> {
+pub fn report_files(files: &[impl AsRef<Path>], format: ReportFormat) -> Result<String, ReportError> {
     let mut docs = Vec::new();
     for path in files {
         let path = path.as_ref();
         let origin = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|source| ReportError::Io {
-            path: origin.clone(),
-            source,
-        })?;
-        let doc: Value = serde_json::from_str(&text).map_err(|e| ReportError::Invalid {
-            path: origin.clone(),
-            reason: format!("not JSON: {e}"),
-        })?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ReportError::Io { path: origin.clone(), source })?;
+        let doc: Value = serde_json::from_str(&text)
+            .map_err(|e| ReportError::Invalid { path: origin.clone(), reason: format!("not JSON: {e}") })?;
         docs.push((origin, doc));
     }
     render(&docs, format)
@@ -412,30 +364,21 @@ mod tests {
         assert!(md.starts_with("## Energy and carbon disclosure\n\nThe reported computation (1 run, 10.0 min in total) \
              used 10.000 Wh of IT energy (15.800 Wh at the facility), emitting 5.641 gCO2e of CO2e: 0.885 gCO2e \
              operational and 4.756 gCO2e embodied."), "{md}");
-        assert!(
-            md.contains("| hardware | AMD EPYC 7B13 (2 CPUs), 24 GB RAM |"),
-            "{md}"
-        );
+        assert!(md.contains("| hardware | AMD EPYC 7B13 (2 CPUs), 24 GB RAM |"), "{md}");
         assert!(
             md.contains("| energy meter | estimated (model: power model from CPU utilization) |"),
             "{md}"
         );
         assert!(
-            md.contains(
-                "| energy | 10.000 Wh IT (CPU 8.333 Wh, DRAM 1.667 Wh), 15.800 Wh facility |"
-            ),
+            md.contains("| energy | 10.000 Wh IT (CPU 8.333 Wh, DRAM 1.667 Wh), 15.800 Wh facility |"),
             "{md}"
         );
         assert!(md.contains("| PUE | 1.58 (default) |"));
         assert!(
-            md.contains(
-                "| carbon intensity | 56.0 gCO2e/kWh (FRA; Our World in Data; data year 2023) |"
-            ),
+            md.contains("| carbon intensity | 56.0 gCO2e/kWh (FRA; Our World in Data; data year 2023) |"),
             "{md}"
         );
-        assert!(md.contains(
-            "| emissions | 0.885 gCO2e operational + 4.756 gCO2e embodied = 5.641 gCO2e |"
-        ));
+        assert!(md.contains("| emissions | 0.885 gCO2e operational + 4.756 gCO2e embodied = 5.641 gCO2e |"));
         assert!(md.contains("**Method.** Energy was attributed"));
         assert!(md.contains("estimated for at least one run"));
     }
@@ -444,23 +387,17 @@ mod tests {
     fn latex_statement_escapes_and_sums_runs() {
         let mut second = doc();
         second["command"] = serde_json::json!(["bash", "-c", "echo 100% & done_"]);
-        second["energy_j"]["meter"] =
-            serde_json::json!({ "source": "rapl-perf", "estimated": false });
-        let tex = render(
-            &[("a".into(), doc()), ("b".into(), second)],
-            ReportFormat::Latex,
-        )
-        .unwrap();
-        assert!(tex.starts_with("\\subsection*{Energy and carbon disclosure}\nThe reported computation (2 runs, 20.0 min"), "{tex}");
+        second["energy_j"]["meter"] = serde_json::json!({ "source": "rapl-perf", "estimated": false });
+        let tex = render(&[("a".into(), doc()), ("b".into(), second)], ReportFormat::Latex).unwrap();
+        assert!(
+            tex.starts_with(
+                "\\subsection*{Energy and carbon disclosure}\nThe reported computation (2 runs, 20.0 min"
+            ),
+            "{tex}"
+        );
         assert!(tex.contains("20.000 Wh of IT energy"), "{tex}");
-        assert!(
-            tex.contains("Run 2 command & bash -c echo 100\\% \\& done\\_ \\\\"),
-            "{tex}"
-        );
-        assert!(
-            tex.contains("Run 2 energy meter & measured (rapl-perf) \\\\"),
-            "{tex}"
-        );
+        assert!(tex.contains("Run 2 command & bash -c echo 100\\% \\& done\\_ \\\\"), "{tex}");
+        assert!(tex.contains("Run 2 energy meter & measured (rapl-perf) \\\\"), "{tex}");
         assert!(tex.contains("CO\\textsubscript{2}e"));
         assert!(tex.contains("\\begin{tabular}{ll}") && tex.contains("\\end{tabular}"));
     }
@@ -469,25 +406,13 @@ mod tests {
     fn bad_documents_are_clear_errors() {
         let mut d = doc();
         d["energy_j"].as_object_mut().unwrap().remove("total");
-        let e = render(&[("x.json".into(), d)], ReportFormat::Markdown)
-            .unwrap_err()
-            .to_string();
-        assert_eq!(
-            e,
-            "x.json is not a run document: missing energy_j.total (a number)"
-        );
-        let e = report_files(&["/nonexistent/run.json"], ReportFormat::Markdown)
-            .unwrap_err()
-            .to_string();
-        assert!(
-            e.starts_with("cannot read run document /nonexistent/run.json"),
-            "{e}"
-        );
+        let e = render(&[("x.json".into(), d)], ReportFormat::Markdown).unwrap_err().to_string();
+        assert_eq!(e, "x.json is not a run document: missing energy_j.total (a number)");
+        let e = report_files(&["/nonexistent/run.json"], ReportFormat::Markdown).unwrap_err().to_string();
+        assert!(e.starts_with("cannot read run document /nonexistent/run.json"), "{e}");
         let p = std::env::temp_dir().join(format!("carbon-report-{}.json", std::process::id()));
         std::fs::write(&p, "{not json").unwrap();
-        let e = report_files(&[&p], ReportFormat::Markdown)
-            .unwrap_err()
-            .to_string();
+        let e = report_files(&[&p], ReportFormat::Markdown).unwrap_err().to_string();
         assert!(e.contains("is not a run document: not JSON"), "{e}");
         std::fs::remove_file(&p).unwrap();
     }

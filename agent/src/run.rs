@@ -148,7 +148,8 @@ pub async fn run(args: RunArgs, agent: &AgentArgs) -> anyhow::Result<i32> {
 }
 
 fn write_json(path: &Path, doc: &RunDocument) -> anyhow::Result<()> {
-    let mut f = std::fs::File::create(path).with_context(|| format!("cannot write the JSON summary to {}", path.display()))?;
+    let mut f = std::fs::File::create(path)
+        .with_context(|| format!("cannot write the JSON summary to {}", path.display()))?;
     serde_json::to_writer_pretty(&mut f, doc)?;
     writeln!(f)?;
     Ok(())
@@ -204,7 +205,14 @@ mod tests {
     fn tree_summary_lists_root_first_then_by_cpu() {
         use crate::{process::ProcInfo, usage::ProcessCpu};
         let mut t = ProcessTable::new();
-        t.seed([ProcInfo { pid: 10, ppid: 1, uid: 0, comm: "sh".into(), kind: crate::process::ProcessKind::User, start_ns: None }]);
+        t.seed([ProcInfo {
+            pid: 10,
+            ppid: 1,
+            uid: 0,
+            comm: "sh".into(),
+            kind: crate::process::ProcessKind::User,
+            start_ns: None,
+        }]);
         t.fork(11, 10, "a", 0, 0, 1);
         t.fork(12, 10, "b", 0, 0, 2);
         t.fork(13, 1, "other", 0, 0, 3);

@@ -5,15 +5,16 @@
 //! so that every tgid with CPU time is already known. The pipeline stages downstream of usage
 //! (energy, carbon, I/O) plug in here, once per interval.
 
-use std::{
-    time::{Duration, Instant, SystemTime},
-};
+use std::time::{Duration, Instant, SystemTime};
 
 use aya::maps::{MapData, RingBuf};
 use tokio::io::unix::AsyncFd;
 
 use crate::{
-    probes::{KernelLosses, LoadOptions, Probes, lifecycle::{self, Lifecycle}},
+    probes::{
+        KernelLosses, LoadOptions, Probes,
+        lifecycle::{self, Lifecycle},
+    },
     process::{ProcessTable, TableLosses},
     procfs::{ProcFs, Users, online_cpus},
     usage::IntervalUsage,

@@ -56,6 +56,9 @@ pub mod stat {
     pub const IO_ENTER_MISSING: u32 = 8;
     /// I/O: a file descriptor could not be resolved to a file (its bytes count, not per file).
     pub const IO_FD_UNRESOLVED: u32 = 9;
+    /// The scheduler program could not get a thread's task-local storage (out of memory):
+    /// that stint was charged from `prev_sum_exec_runtime` instead.
+    pub const TASK_STORAGE_FAILED: u32 = 10;
     /// Number of `STATS` slots.
     pub const COUNT: u32 = 16;
 }

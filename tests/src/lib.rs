@@ -7,7 +7,9 @@ use std::path::PathBuf;
 pub fn require_root() {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
-        panic!("the kernel tests load eBPF programs and must run as root (CI does); run `sudo -E cargo xtask test`");
+        panic!(
+            "the kernel tests load eBPF programs and must run as root (CI does); run `sudo -E cargo xtask test`"
+        );
     }
 }
 
@@ -17,6 +19,10 @@ pub fn agent_bin() -> PathBuf {
     let exe = std::env::current_exe().expect("current_exe");
     let dir = exe.parent().and_then(|d| d.parent()).expect("target/<profile>/deps/..");
     let bin = dir.join("carbon-agent");
-    assert!(bin.exists(), "{} is missing: build it first (`cargo build -p carbon-agent`; `cargo xtask test` does)", bin.display());
+    assert!(
+        bin.exists(),
+        "{} is missing: build it first (`cargo build -p carbon-agent`; `cargo xtask test` does)",
+        bin.display()
+    );
     bin
 }

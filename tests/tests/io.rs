@@ -33,14 +33,10 @@ struct Probes {
 
 fn attach() -> Probes {
     require_root();
-    let offsets = Box::leak(Box::new(
-        io::offsets_from_kernel().expect("offsets from BTF"),
-    ));
+    let offsets = Box::leak(Box::new(io::offsets_from_kernel().expect("offsets from BTF")));
     let mut loader = carbon_agent::probes::new_loader();
     io::configure_loader(&mut loader, offsets);
-    let mut ebpf = loader
-        .load(carbon_agent::probes::EBPF_OBJECT)
-        .expect("load the eBPF object");
+    let mut ebpf = loader.load(carbon_agent::probes::EBPF_OBJECT).expect("load the eBPF object");
     let io = io::attach(&mut ebpf, IoConfig::default()).expect("attach the I/O programs");
     Probes { _ebpf: ebpf, io }
 }
@@ -69,10 +65,7 @@ fn write_random(path: &Path, len: usize, seed: u64) {
 fn ppid(pid: u32) -> u32 {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .ok()
-        .and_then(|s| {
-            s.rsplit_once(')')
-                .and_then(|(_, r)| r.split_whitespace().nth(1)?.parse().ok())
-        })
+        .and_then(|s| s.rsplit_once(')').and_then(|(_, r)| r.split_whitespace().nth(1)?.parse().ok()))
         .unwrap_or(0)
 }
 
@@ -88,10 +81,7 @@ impl Trees {
     fn info(&self, tgid: u32, root: u32) -> ProcessInfo {
         let mut m = self.roots.lock().unwrap();
         if let Some(r) = m.get(&tgid) {
-            return ProcessInfo {
-                root: *r,
-                comm: comm(tgid),
-            };
+            return ProcessInfo { root: *r, comm: comm(tgid) };
         }
         let mut p = tgid;
         let mut r = tgid;
@@ -106,23 +96,15 @@ impl Trees {
             }
         }
         m.insert(tgid, r);
-        ProcessInfo {
-            root: r,
-            comm: comm(tgid),
-        }
+        ProcessInfo { root: r, comm: comm(tgid) }
     }
 }
 
 fn comm(pid: u32) -> String {
-    std::fs::read_to_string(format!("/proc/{pid}/comm"))
-        .map(|s| s.trim().to_string())
-        .unwrap_or_default()
+    std::fs::read_to_string(format!("/proc/{pid}/comm")).map(|s| s.trim().to_string()).unwrap_or_default()
 }
 
-const ENERGY: IntervalEnergy = IntervalEnergy {
-    cpu_j_per_cpu_s: 10.0,
-    g_per_kwh: 100.0,
-};
+const ENERGY: IntervalEnergy = IntervalEnergy { cpu_j_per_cpu_s: 10.0, g_per_kwh: 100.0 };
 
 fn tracker() -> WasteTracker {
     WasteTracker::new(Thresholds::default(), Coefficients::default(), 100_000)
@@ -144,10 +126,7 @@ fn byte_counts_match_proc_io() {
     let pid = unsafe { libc::fork() };
     if pid == 0 {
         let run = || -> std::io::Result<()> {
-            let mut f = std::fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .open(&path)?;
+            let mut f = std::fs::OpenOptions::new().read(true).write(true).open(&path)?;
             let mut buf = vec![0u8; 64 << 10];
             // read
             while f.read(&mut buf)? > 0 {}
@@ -160,10 +139,7 @@ fn byte_counts_match_proc_io() {
             let mut b = vec![0u8; 8192];
             let mut f2 = std::fs::File::open(&path)?;
             for _ in 0..64 {
-                f2.read_vectored(&mut [
-                    std::io::IoSliceMut::new(&mut a),
-                    std::io::IoSliceMut::new(&mut b),
-                ])?;
+                f2.read_vectored(&mut [std::io::IoSliceMut::new(&mut a), std::io::IoSliceMut::new(&mut b)])?;
             }
             let mut out = std::fs::File::create(path.with_extension("out"))?;
             // write, writev, pwrite64
@@ -190,10 +166,7 @@ fn byte_counts_match_proc_io() {
     unsafe { libc::waitpid(pid, &mut status, libc::WUNTRACED) };
     let procio = std::fs::read_to_string(format!("/proc/{pid}/io")).unwrap();
     let field = |name: &str| -> u64 {
-        procio
-            .lines()
-            .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
-            .unwrap()
+        procio.lines().find_map(|l| l.strip_prefix(name)?.trim().parse().ok()).unwrap()
     };
     let (rchar, wchar) = (field("rchar:"), field("wchar:"));
     let iv = p.io.drain();
@@ -204,30 +177,13 @@ fn byte_counts_match_proc_io() {
     }
     let row = iv.processes.get(&(pid as u32)).copied().unwrap_or_default();
     eprintln!("rchar {rchar} wchar {wchar} probes {row:?}");
-    assert!(
-        rchar > 4 << 20 && wchar > 4 << 20,
-        "workload too small: {procio}"
-    );
+    assert!(rchar > 4 << 20 && wchar > 4 << 20, "workload too small: {procio}");
     let close = |a: u64, b: u64| (a as f64 - b as f64).abs() <= 0.01 * b as f64;
-    assert!(
-        close(row.read_bytes, rchar),
-        "read_bytes {} vs rchar {rchar}",
-        row.read_bytes
-    );
-    assert!(
-        close(row.write_bytes, wchar),
-        "write_bytes {} vs wchar {wchar}",
-        row.write_bytes
-    );
-    assert!(
-        row.io_cpu_ns > 0 && row.read_calls > 100 && row.write_calls > 100,
-        "{row:?}"
-    );
+    assert!(close(row.read_bytes, rchar), "read_bytes {} vs rchar {rchar}", row.read_bytes);
+    assert!(close(row.write_bytes, wchar), "write_bytes {} vs wchar {wchar}", row.write_bytes);
+    assert!(row.io_cpu_ns > 0 && row.read_calls > 100 && row.write_calls > 100, "{row:?}");
     // Per-file: the data file was read with distinct offsets covering it.
-    let f = iv
-        .files
-        .iter()
-        .find(|f| f.tgid == pid as u32 && f.path.as_deref() == Some(path.as_path()));
+    let f = iv.files.iter().find(|f| f.tgid == pid as u32 && f.path.as_deref() == Some(path.as_path()));
     let f = f.unwrap_or_else(|| panic!("no file activity for {path:?}: {:?}", iv.files));
     assert_eq!(f.read_ranges.covered(), 4 << 20);
     std::fs::remove_dir_all(&dir).unwrap();
@@ -252,9 +208,7 @@ fn findings_of(p: &mut Probes, tracker: &mut WasteTracker, args: &[&str], uid: O
     }
     let mut child = cmd.spawn().unwrap();
     let root = child.id();
-    let trees = Trees {
-        roots: Mutex::new(BTreeMap::new()),
-    };
+    let trees = Trees { roots: Mutex::new(BTreeMap::new()) };
     let mut ivs: Vec<IoInterval> = Vec::new();
     loop {
         std::thread::sleep(std::time::Duration::from_millis(50));
@@ -292,17 +246,10 @@ fn reread_of_a_64mib_file_five_times() {
     let all = t.findings(&mut h);
     let mine = of_root(&all, root);
     eprintln!("{mine:#?}");
-    let rereads: Vec<_> = mine
-        .iter()
-        .filter(|f| f.kind == FindingKind::Reread)
-        .collect();
+    let rereads: Vec<_> = mine.iter().filter(|f| f.kind == FindingKind::Reread).collect();
     assert_eq!(rereads.len(), 1, "{mine:#?}");
     let f = rereads[0];
-    assert!(
-        within(f.bytes, 256 << 20, 0.02),
-        "redundant bytes {}",
-        f.bytes
-    );
+    assert!(within(f.bytes, 256 << 20, 0.02), "redundant bytes {}", f.bytes);
     assert_eq!(f.paths, vec![data.display().to_string()]);
     assert_eq!(f.count, 5);
     assert!(f.energy_j > 0.0 && f.emissions_g > 0.0 && !f.suggestion.is_empty());
@@ -317,27 +264,15 @@ fn cp_of_32mib_is_one_copy() {
     let (src, dst) = (dir.join("src.bin"), dir.join("dst.bin"));
     write_random(&src, 32 << 20, 3);
     let mut t = tracker();
-    let root = findings_of(
-        &mut p,
-        &mut t,
-        &["cp", src.to_str().unwrap(), dst.to_str().unwrap()],
-        None,
-    );
+    let root = findings_of(&mut p, &mut t, &["cp", src.to_str().unwrap(), dst.to_str().unwrap()], None);
     let mut h = FsHasher::new(256 << 20);
     let all = t.findings(&mut h);
     let mine = of_root(&all, root);
     eprintln!("{mine:#?}");
     assert_eq!(mine.len(), 1, "{mine:#?}");
     assert_eq!(mine[0].kind, FindingKind::Copy);
-    assert!(
-        within(mine[0].bytes, 32 << 20, 0.01),
-        "copied bytes {}",
-        mine[0].bytes
-    );
-    assert_eq!(
-        mine[0].paths,
-        vec![src.display().to_string(), dst.display().to_string()]
-    );
+    assert!(within(mine[0].bytes, 32 << 20, 0.01), "copied bytes {}", mine[0].bytes);
+    assert_eq!(mine[0].paths, vec![src.display().to_string(), dst.display().to_string()]);
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
@@ -386,32 +321,16 @@ fn two_users_reading_identical_copies_is_one_duplicate() {
     }
     let mut h = FsHasher::new(256 << 20);
     let all = t.findings(&mut h);
-    let dups: Vec<_> = all
-        .iter()
-        .filter(|f| f.kind == FindingKind::Duplicate)
-        .collect();
+    let dups: Vec<_> = all.iter().filter(|f| f.kind == FindingKind::Duplicate).collect();
     eprintln!("{all:#?}");
     assert_eq!(dups.len(), 1, "{all:#?}");
     let mut got = dups[0].paths.clone();
     got.sort();
-    assert_eq!(
-        got,
-        paths
-            .iter()
-            .map(|p| p.1.display().to_string())
-            .collect::<Vec<_>>()
-    );
+    assert_eq!(got, paths.iter().map(|p| p.1.display().to_string()).collect::<Vec<_>>());
     assert_eq!(dups[0].bytes, 16 << 20);
     assert_eq!(dups[0].count, 2);
-    assert_eq!(
-        h.bytes_read(),
-        32 << 20,
-        "the agent's own hashing reads are reported"
-    );
-    assert!(
-        all.iter().all(|f| f.kind == FindingKind::Duplicate),
-        "{all:#?}"
-    );
+    assert_eq!(h.bytes_read(), 32 << 20, "the agent's own hashing reads are reported");
+    assert!(all.iter().all(|f| f.kind == FindingKind::Duplicate), "{all:#?}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

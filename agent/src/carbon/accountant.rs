@@ -33,10 +33,7 @@ pub struct ConsumerEnergy {
 /// when no static energy was attributed).
 pub fn shares_from_static(static_j: &[f64]) -> Vec<f64> {
     let total: f64 = static_j.iter().sum();
-    static_j
-        .iter()
-        .map(|s| if total > 0.0 { s / total } else { 0.0 })
-        .collect()
+    static_j.iter().map(|s| if total > 0.0 { s / total } else { 0.0 }).collect()
 }
 
 /// Result of one interval.
@@ -80,14 +77,7 @@ fn unix_seconds(t: SystemTime) -> f64 {
 
 impl CarbonAccountant {
     pub fn new(resolver: IntensityResolver, pue: Pue, embodied: Option<EmbodiedModel>) -> Self {
-        Self {
-            resolver,
-            pue,
-            embodied,
-            totals: CarbonTotals::default(),
-            used: Vec::new(),
-            last: None,
-        }
+        Self { resolver, pue, embodied, totals: CarbonTotals::default(), used: Vec::new(), last: None }
     }
 
     pub fn pue(&self) -> &Pue {
@@ -107,10 +97,7 @@ impl CarbonAccountant {
     ) -> IntervalCarbon {
         let end_s = unix_seconds(end);
         let intensity = self.resolver.resolve(end_s - interval_s.max(0.0), end_s);
-        let embodied_g = self
-            .embodied
-            .as_ref()
-            .map_or(0.0, |m| m.grams_for(interval_s));
+        let embodied_g = self.embodied.as_ref().map_or(0.0, |m| m.grams_for(interval_s));
         let mut total = Emissions::default();
         let mut it_j = 0.0;
         let per: Vec<Emissions> = consumers
@@ -130,20 +117,12 @@ impl CarbonAccountant {
         self.totals.facility_energy_j += facility;
         self.totals.emissions = self.totals.emissions.add(&total);
         self.totals.duration_s += interval_s.max(0.0);
-        match self
-            .used
-            .iter_mut()
-            .find(|(r, _)| same_source(r, &intensity))
-        {
+        match self.used.iter_mut().find(|(r, _)| same_source(r, &intensity)) {
             Some((_, e)) => *e += facility,
             None => self.used.push((intensity.clone(), facility)),
         }
         self.last = Some(intensity.clone());
-        IntervalCarbon {
-            intensity,
-            consumers: per,
-            total,
-        }
+        IntervalCarbon { intensity, consumers: per, total }
     }
 
     /// Totals of the run so far.
@@ -174,11 +153,8 @@ impl CarbonAccountant {
         } else {
             fallback().g_per_kwh
         };
-        let used: Vec<&IntensityReading> = if self.used.is_empty() {
-            Vec::new()
-        } else {
-            self.used.iter().map(|(r, _)| r).collect()
-        };
+        let used: Vec<&IntensityReading> =
+            if self.used.is_empty() { Vec::new() } else { self.used.iter().map(|(r, _)| r).collect() };
         let (source, year, location, kind) = match used.as_slice() {
             [] => {
                 let r = fallback();
@@ -187,11 +163,7 @@ impl CarbonAccountant {
             [one] => (one.source.clone(), one.year, one.location.clone(), one.kind),
             many => {
                 let share = |r: &IntensityReading| {
-                    let e = self
-                        .used
-                        .iter()
-                        .find(|(u, _)| same_source(u, r))
-                        .map_or(0.0, |u| u.1);
+                    let e = self.used.iter().find(|(u, _)| same_source(u, r)).map_or(0.0, |u| u.1);
                     if self.totals.facility_energy_j > 0.0 {
                         100.0 * e / self.totals.facility_energy_j
                     } else {
@@ -255,19 +227,11 @@ mod tests {
     #[test]
     fn intensity_change_mid_run_is_computed_per_interval() {
         // 100 g/kWh until 01:00, then 300 g/kWh.
-        let series = TimeSeries::parse(
-            "2024-05-01T00:00:00Z,100\n2024-05-01T01:00:00Z,300\n",
-            "s.csv",
-        )
-        .unwrap();
+        let series =
+            TimeSeries::parse("2024-05-01T00:00:00Z,100\n2024-05-01T01:00:00Z,300\n", "s.csv").unwrap();
         let resolver = IntensityResolver::new(None, Some(series), None, None);
         let mut acc = CarbonAccountant::new(resolver, Pue::new(1.5, "--pue").unwrap(), None);
-        let c = |j| {
-            [ConsumerEnergy {
-                it_energy_j: j,
-                static_share: 1.0,
-            }]
-        };
+        let c = |j| [ConsumerEnergy { it_energy_j: j, static_share: 1.0 }];
         // Interval 1: 00:59:50–01:00:00, 72 kJ at 100 → 72e3 × 1.5 / 3.6e6 × 100 = 3 g.
         let i1 = acc.account(at(T0 + 3600), 10.0, &c(72_000.0));
         assert_eq!(i1.intensity.g_per_kwh, 100.0);
@@ -295,22 +259,12 @@ mod tests {
     fn embodied_follows_static_shares_and_totals_add_up() {
         let fra = crate::carbon::tables::lookup_country("FRA").unwrap();
         let resolver = IntensityResolver::new(None, None, None, Some(fra));
-        let host = HostHardware {
-            ram_bytes: 16 << 30,
-            sockets: 1,
-            gpus: 0,
-        };
+        let host = HostHardware { ram_bytes: 16 << 30, sockets: 1, gpus: 0 };
         let model = EmbodiedModel::new(&host, &EmbodiedOverrides::default()).unwrap();
         let mut acc = CarbonAccountant::new(resolver, Pue::default(), Some(model));
         let consumers = [
-            ConsumerEnergy {
-                it_energy_j: 360.0,
-                static_share: 0.25,
-            },
-            ConsumerEnergy {
-                it_energy_j: 1080.0,
-                static_share: 0.75,
-            },
+            ConsumerEnergy { it_energy_j: 360.0, static_share: 0.25 },
+            ConsumerEnergy { it_energy_j: 1080.0, static_share: 0.75 },
         ];
         let r = acc.account(at(T0), 3600.0, &consumers);
         // Embodied: 1,000,000 g over 126,144,000 s × 3600 s = 28.538812785 g; split 1:3.
@@ -318,14 +272,8 @@ mod tests {
         assert!(close(r.consumers[0].embodied, machine * 0.25));
         assert!(close(r.consumers[1].embodied, machine * 0.75));
         // Operational: 360 J × 1.58 / 3.6e6 × 56.039 = 0.008854162 g.
-        assert!(close(
-            r.consumers[0].operational,
-            360.0 * 1.58 / 3.6e6 * 56.039
-        ));
-        assert!(close(
-            r.total.total,
-            r.consumers[0].total + r.consumers[1].total
-        ));
+        assert!(close(r.consumers[0].operational, 360.0 * 1.58 / 3.6e6 * 56.039));
+        assert!(close(r.total.total, r.consumers[0].total + r.consumers[1].total));
         assert!(close(r.total.total, r.total.operational + r.total.embodied));
         let info = acc.info();
         assert_eq!(info.location.as_deref(), Some("FRA"));
@@ -340,20 +288,12 @@ mod tests {
         let fra = crate::carbon::tables::lookup_country("FRA").unwrap();
         let resolver = IntensityResolver::new(None, Some(series), None, Some(fra));
         let mut acc = CarbonAccountant::new(resolver, Pue::default(), None);
-        let c = [ConsumerEnergy {
-            it_energy_j: 1000.0,
-            static_share: 1.0,
-        }];
+        let c = [ConsumerEnergy { it_energy_j: 1000.0, static_share: 1.0 }];
         acc.account(at(T0 + 60), 60.0, &c); // covered by the series (1 h validity)
         acc.account(at(T0 + 7200), 60.0, &c); // not covered: table
         acc.account(at(T0 + 7260), 60.0, &c);
         let info = acc.info();
-        assert!(
-            info.source
-                .contains("user time series s.csv (33% of energy)"),
-            "{}",
-            info.source
-        );
+        assert!(info.source.contains("user time series s.csv (33% of energy)"), "{}", info.source);
         assert!(info.source.contains("Our World in Data"), "{}", info.source);
         assert!(info.warnings[0].contains("does not cover"));
         assert!(close(info.intensity, (100.0 + 2.0 * 56.039) / 3.0));

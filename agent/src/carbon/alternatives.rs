@@ -50,13 +50,9 @@ pub fn lowest_carbon_alternatives(
         })
         .map(|e| {
             let (pue, pue_source) = match e.provider().and_then(tables::provider_pue) {
-                Some(p) => (
-                    p.pue,
-                    format!(
-                        "{} average, Green Algorithms defaults ({})",
-                        p.provider, p.source
-                    ),
-                ),
+                Some(p) => {
+                    (p.pue, format!("{} average, Green Algorithms defaults ({})", p.provider, p.source))
+                }
                 None => (run_pue, "as the run".to_string()),
             };
             Alternative {
@@ -71,11 +67,7 @@ pub fn lowest_carbon_alternatives(
             }
         })
         .collect();
-    all.sort_by(|a, b| {
-        a.operational_g
-            .total_cmp(&b.operational_g)
-            .then_with(|| a.location.cmp(&b.location))
-    });
+    all.sort_by(|a, b| a.operational_g.total_cmp(&b.operational_g).then_with(|| a.location.cmp(&b.location)));
     all.truncate(n);
     all
 }
@@ -88,27 +80,16 @@ mod tests {
     fn lowest_first_with_provider_pue() {
         let alts = lowest_carbon_alternatives(3.6e6, 1.58, 3, AlternativeScope::CloudRegions);
         assert_eq!(alts.len(), 3);
-        assert!(
-            alts.windows(2)
-                .all(|w| w[0].operational_g <= w[1].operational_g)
-        );
+        assert!(alts.windows(2).all(|w| w[0].operational_g <= w[1].operational_g));
         let best = &alts[0];
         // Every cloud region has a provider PUE ≤ 1.2 in the table, or the run's.
         assert!(best.pue <= 1.58);
-        assert!(
-            (best.operational_g - best.intensity * best.pue).abs() < 1e-9,
-            "1 kWh IT"
-        );
+        assert!((best.operational_g - best.intensity * best.pue).abs() < 1e-9, "1 kWh IT");
         // No cloud region in the tables is cleaner than the best one.
         let min = tables::grid()
             .iter()
             .filter(|e| e.kind == LocationKind::Cloud)
-            .map(|e| {
-                e.g_per_kwh
-                    * e.provider()
-                        .and_then(tables::provider_pue)
-                        .map_or(1.58, |p| p.pue)
-            })
+            .map(|e| e.g_per_kwh * e.provider().and_then(tables::provider_pue).map_or(1.58, |p| p.pue))
             .fold(f64::INFINITY, f64::min);
         assert_eq!(best.operational_g, min);
     }
@@ -116,10 +97,7 @@ mod tests {
     #[test]
     fn grids_use_the_run_pue() {
         let alts = lowest_carbon_alternatives(7.2e6, 1.5, 2, AlternativeScope::Grids);
-        assert!(
-            alts.iter()
-                .all(|a| a.pue == 1.5 && a.pue_source == "as the run")
-        );
+        assert!(alts.iter().all(|a| a.pue == 1.5 && a.pue_source == "as the run"));
         assert!((alts[0].operational_g - 2.0 * 1.5 * alts[0].intensity).abs() < 1e-9);
     }
 }

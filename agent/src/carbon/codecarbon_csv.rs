@@ -79,9 +79,8 @@ impl LocationColumns {
         let Some(e) = entry else {
             return Self::default();
         };
-        let country = super::tables::lookup_country(&e.country)
-            .ok()
-            .filter(|c| c.kind == LocationKind::Country);
+        let country =
+            super::tables::lookup_country(&e.country).ok().filter(|c| c.kind == LocationKind::Country);
         let mut c = Self {
             country_name: country.map(|c| c.name.clone()),
             country_iso_code: Some(e.country.clone()).filter(|s| !s.is_empty()),
@@ -139,36 +138,20 @@ pub struct CodeCarbonRun {
 #[derive(Debug, thiserror::Error)]
 pub enum CsvError {
     #[error("cannot write CodeCarbon CSV {path}: {source}")]
-    Io {
-        path: String,
-        source: std::io::Error,
-    },
+    Io { path: String, source: std::io::Error },
     #[error(
         "{path} has a different header than CodeCarbon's emissions.csv (column {column}: found {found:?}, \
          expected {expected:?}); refusing to append. Use a new file or one written by --csv"
     )]
-    HeaderMismatch {
-        path: String,
-        column: usize,
-        found: String,
-        expected: String,
-    },
+    HeaderMismatch { path: String, column: usize, found: String, expected: String },
 }
 
 fn num(v: f64) -> String {
-    if v.is_finite() {
-        format!("{v}")
-    } else {
-        String::new()
-    }
+    if v.is_finite() { format!("{v}") } else { String::new() }
 }
 
 fn quote(s: &str) -> String {
-    if s.contains([',', '"', '\n', '\r']) {
-        format!("\"{}\"", s.replace('"', "\"\""))
-    } else {
-        s.to_string()
-    }
+    if s.contains([',', '"', '\n', '\r']) { format!("\"{}\"", s.replace('"', "\"\"")) } else { s.to_string() }
 }
 
 impl CodeCarbonRun {
@@ -177,15 +160,10 @@ impl CodeCarbonRun {
         let kwh = |j: f64| j / J_PER_KWH;
         let opt = |v: Option<f64>| v.map(num).unwrap_or_default();
         let s = |v: &Option<String>| v.clone().unwrap_or_default();
-        let watts = |j: Option<f64>| {
-            j.filter(|_| self.duration_s > 0.0)
-                .map(|j| j / self.duration_s)
-        };
+        let watts = |j: Option<f64>| j.filter(|_| self.duration_s > 0.0).map(|j| j / self.duration_s);
         let kg = self.operational_g / 1000.0;
         let timestamp = OffsetDateTime::from(self.end_time)
-            .format(format_description!(
-                "[year]-[month]-[day]T[hour]:[minute]:[second]"
-            ))
+            .format(format_description!("[year]-[month]-[day]T[hour]:[minute]:[second]"))
             .unwrap_or_default();
         let gb = |b: u64| b as f64 / (1u64 << 30) as f64;
         vec![
@@ -195,11 +173,7 @@ impl CodeCarbonRun {
             s(&self.experiment_id),
             num(self.duration_s),
             num(kg),
-            if self.duration_s > 0.0 {
-                num(kg / self.duration_s)
-            } else {
-                String::new()
-            },
+            if self.duration_s > 0.0 { num(kg / self.duration_s) } else { String::new() },
             opt(watts(self.cpu_energy_j)),
             opt(watts(self.gpu_energy_j)),
             opt(watts(self.ram_energy_j)),
@@ -228,10 +202,7 @@ impl CodeCarbonRun {
             opt(self.gpu_utilization_percent),
             opt(self.ram_utilization_percent),
             opt(self.ram_used_bytes.map(gb)),
-            self.location
-                .on_cloud
-                .map(|b| if b { "Y" } else { "N" }.to_string())
-                .unwrap_or_default(),
+            self.location.on_cloud.map(|b| if b { "Y" } else { "N" }.to_string()).unwrap_or_default(),
             num(self.pue),
             String::new(), // wue: unknown
         ]
@@ -239,12 +210,7 @@ impl CodeCarbonRun {
 
     /// The row as one CSV line (with newline).
     pub fn line(&self) -> String {
-        let mut l = self
-            .cells()
-            .iter()
-            .map(|c| quote(c))
-            .collect::<Vec<_>>()
-            .join(",");
+        let mut l = self.cells().iter().map(|c| quote(c)).collect::<Vec<_>>().join(",");
         l.push('\n');
         l
     }
@@ -258,33 +224,19 @@ pub fn header_line() -> String {
 /// Appends one row to `path`, writing the header first when the file is new or empty. An
 /// existing file whose header differs is an error and is left untouched.
 pub fn append_row(path: &Path, run: &CodeCarbonRun) -> Result<(), CsvError> {
-    let io = |source| CsvError::Io {
-        path: path.display().to_string(),
-        source,
-    };
-    let mut file = OpenOptions::new()
-        .read(true)
-        .append(true)
-        .create(true)
-        .open(path)
-        .map_err(io)?;
+    let io = |source| CsvError::Io { path: path.display().to_string(), source };
+    let mut file = OpenOptions::new().read(true).append(true).create(true).open(path).map_err(io)?;
     let mut existing = String::new();
     file.read_to_string(&mut existing).map_err(io)?;
     let mut out = String::new();
     if existing.trim().is_empty() {
         out.push_str(&header_line());
     } else {
-        let first = existing
-            .lines()
-            .next()
-            .unwrap_or("")
-            .trim_start_matches('\u{feff}')
-            .trim_end();
+        let first = existing.lines().next().unwrap_or("").trim_start_matches('\u{feff}').trim_end();
         let found: Vec<&str> = first.split(',').map(str::trim).collect();
         if found != COLUMNS {
-            let column = (0..found.len().max(COLUMNS.len()))
-                .find(|&i| found.get(i) != COLUMNS.get(i))
-                .unwrap_or(0);
+            let column =
+                (0..found.len().max(COLUMNS.len())).find(|&i| found.get(i) != COLUMNS.get(i)).unwrap_or(0);
             return Err(CsvError::HeaderMismatch {
                 path: path.display().to_string(),
                 column: column + 1,
@@ -367,22 +319,13 @@ mod tests {
         assert_eq!(get("water_consumed"), "");
         assert_eq!(get("country_name"), "France");
         assert_eq!(get("country_iso_code"), "FRA");
-        assert_eq!(
-            (get("cloud_provider"), get("cloud_region")),
-            ("aws".into(), "eu-west-3".into())
-        );
+        assert_eq!((get("cloud_provider"), get("cloud_region")), ("aws".into(), "eu-west-3".into()));
         assert_eq!(get("on_cloud"), "Y");
         assert_eq!(get("ram_total_size"), "24");
         assert_eq!(get("tracking_mode"), "process");
         assert_eq!(get("pue"), "1.5");
-        for empty in [
-            "python_version",
-            "codecarbon_version",
-            "longitude",
-            "latitude",
-            "wue",
-            "experiment_id",
-        ] {
+        for empty in ["python_version", "codecarbon_version", "longitude", "latitude", "wue", "experiment_id"]
+        {
             assert_eq!(get(empty), "", "{empty}");
         }
         assert!(run().line().contains(",\"AMD EPYC, 7B13\","));
@@ -407,17 +350,9 @@ mod tests {
         let other = dir.join("other.csv");
         std::fs::write(&other, "timestamp,project_name,duration\n1,2,3\n").unwrap();
         let e = append_row(&other, &run()).unwrap_err().to_string();
-        assert!(
-            e.contains("column 3: found \"duration\", expected \"run_id\""),
-            "{e}"
-        );
-        assert_eq!(
-            std::fs::read_to_string(&other).unwrap(),
-            "timestamp,project_name,duration\n1,2,3\n"
-        );
-        let e = append_row(&dir.join("no/such/dir.csv"), &run())
-            .unwrap_err()
-            .to_string();
+        assert!(e.contains("column 3: found \"duration\", expected \"run_id\""), "{e}");
+        assert_eq!(std::fs::read_to_string(&other).unwrap(), "timestamp,project_name,duration\n1,2,3\n");
+        let e = append_row(&dir.join("no/such/dir.csv"), &run()).unwrap_err().to_string();
         assert!(e.starts_with("cannot write CodeCarbon CSV"), "{e}");
         std::fs::remove_dir_all(&dir).unwrap();
     }

@@ -20,8 +20,7 @@ pub const CCF_LIFETIME_YEARS: f64 = 4.0;
 /// Seconds in a (365-day) year, as CCF counts (35,040 h per 4 years).
 pub const SECONDS_PER_YEAR: f64 = 365.0 * 24.0 * 3600.0;
 /// Where the defaults come from.
-pub const CCF_SOURCE: &str =
-    "Cloud Carbon Footprint embodied coefficients (ccf-coefficients, Apache-2.0)";
+pub const CCF_SOURCE: &str = "Cloud Carbon Footprint embodied coefficients (ccf-coefficients, Apache-2.0)";
 
 /// What the host has, as far as embodied emissions go.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -79,9 +78,7 @@ impl EmbodiedModel {
             || o.gpu_kgco2e.is_some()
             || o.gpu_lifetime_years.is_some();
         Some(Self {
-            server_kgco2e: o
-                .server_kgco2e
-                .unwrap_or_else(|| ccf_server_kgco2e(host.ram_bytes, host.sockets)),
+            server_kgco2e: o.server_kgco2e.unwrap_or_else(|| ccf_server_kgco2e(host.ram_bytes, host.sockets)),
             server_lifetime_years: o.server_lifetime_years.unwrap_or(CCF_LIFETIME_YEARS),
             gpu_kgco2e: o.gpu_kgco2e.unwrap_or(CCF_GPU_KG),
             gpu_count: host.gpus,
@@ -124,30 +121,18 @@ mod tests {
 
     #[test]
     fn amortization_by_hand() {
-        let host = HostHardware {
-            ram_bytes: 16 << 30,
-            sockets: 1,
-            gpus: 2,
-        };
+        let host = HostHardware { ram_bytes: 16 << 30, sockets: 1, gpus: 2 };
         let m = EmbodiedModel::new(&host, &EmbodiedOverrides::default()).unwrap();
         // (1000 + 2 × 150) kg over 4 × 31,536,000 s = 1,300,000 g / 126,144,000 s.
         let g_per_s = 1_300_000.0 / 126_144_000.0;
         assert!((m.grams_per_second() - g_per_s).abs() < 1e-15);
-        assert!(
-            (m.grams_for(3600.0) - 37.100_456_621_004_56).abs() < 1e-9,
-            "{}",
-            m.grams_for(3600.0)
-        );
+        assert!((m.grams_for(3600.0) - 37.100_456_621_004_56).abs() < 1e-9, "{}", m.grams_for(3600.0));
         assert_eq!(m.source, CCF_SOURCE);
     }
 
     #[test]
     fn overrides_and_disable() {
-        let host = HostHardware {
-            ram_bytes: 64 << 30,
-            sockets: 2,
-            gpus: 1,
-        };
+        let host = HostHardware { ram_bytes: 64 << 30, sockets: 2, gpus: 1 };
         let o = EmbodiedOverrides {
             server_kgco2e: Some(3000.0),
             server_lifetime_years: Some(6.0),
@@ -155,20 +140,10 @@ mod tests {
             ..Default::default()
         };
         let m = EmbodiedModel::new(&host, &o).unwrap();
-        assert_eq!(
-            (
-                m.server_kgco2e,
-                m.server_lifetime_years,
-                m.gpu_lifetime_years
-            ),
-            (3000.0, 6.0, 4.0)
-        );
+        assert_eq!((m.server_kgco2e, m.server_lifetime_years, m.gpu_lifetime_years), (3000.0, 6.0, 4.0));
         assert!((m.grams_per_second() - 3_000_000.0 / (6.0 * SECONDS_PER_YEAR)).abs() < 1e-15);
         assert!(m.source.starts_with("config overrides"));
-        let off = EmbodiedOverrides {
-            enabled: Some(false),
-            ..Default::default()
-        };
+        let off = EmbodiedOverrides { enabled: Some(false), ..Default::default() };
         assert!(EmbodiedModel::new(&host, &off).is_none());
     }
 }

@@ -53,16 +53,9 @@ pub struct IntensityReading {
 #[derive(Debug, thiserror::Error)]
 pub enum SeriesError {
     #[error("cannot read intensity time series {path}: {source}")]
-    Io {
-        path: String,
-        source: std::io::Error,
-    },
+    Io { path: String, source: std::io::Error },
     #[error("{origin}:{line}: {msg}")]
-    Parse {
-        origin: String,
-        line: usize,
-        msg: String,
-    },
+    Parse { origin: String, line: usize, msg: String },
     #[error("{origin}: no data rows (expected lines of `timestamp,gCO2e/kWh`)")]
     Empty { origin: String },
 }
@@ -105,21 +98,15 @@ pub fn parse_timestamp(s: &str) -> Option<f64> {
 impl TimeSeries {
     /// Reads a series from a CSV file.
     pub fn load(path: &Path) -> Result<Self, SeriesError> {
-        let text = std::fs::read_to_string(path).map_err(|source| SeriesError::Io {
-            path: path.display().to_string(),
-            source,
-        })?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| SeriesError::Io { path: path.display().to_string(), source })?;
         Self::parse(&text, &path.display().to_string())
     }
 
     /// Parses CSV text: `timestamp,gCO2e/kWh` per line, an optional header line, `#` comments;
     /// further columns are ignored. `origin` names the input in errors.
     pub fn parse(text: &str, origin: &str) -> Result<Self, SeriesError> {
-        let err = |line: usize, msg: String| SeriesError::Parse {
-            origin: origin.to_string(),
-            line,
-            msg,
-        };
+        let err = |line: usize, msg: String| SeriesError::Parse { origin: origin.to_string(), line, msg };
         let mut points: Vec<(f64, f64)> = Vec::new();
         for (i, raw) in text.lines().enumerate() {
             let line_no = i + 1;
@@ -129,10 +116,7 @@ impl TimeSeries {
             }
             let fields = tables::split_csv_line(line);
             if fields.len() < 2 {
-                return Err(err(
-                    line_no,
-                    format!("expected `timestamp,gCO2e/kWh`, found {line:?}"),
-                ));
+                return Err(err(line_no, format!("expected `timestamp,gCO2e/kWh`, found {line:?}")));
             }
             let ts = parse_timestamp(&fields[0]);
             let value = fields[1].trim().parse::<f64>();
@@ -149,15 +133,9 @@ impl TimeSeries {
                     ),
                 )
             })?;
-            let value = value
-                .ok()
-                .filter(|v| v.is_finite() && *v >= 0.0)
-                .ok_or_else(|| {
-                    err(
-                        line_no,
-                        format!("bad intensity {:?}: expected gCO2e/kWh ≥ 0", fields[1]),
-                    )
-                })?;
+            let value = value.ok().filter(|v| v.is_finite() && *v >= 0.0).ok_or_else(|| {
+                err(line_no, format!("bad intensity {:?}: expected gCO2e/kWh ≥ 0", fields[1]))
+            })?;
             if let Some(&(prev, _)) = points.last()
                 && ts <= prev
             {
@@ -169,19 +147,13 @@ impl TimeSeries {
             points.push((ts, value));
         }
         if points.is_empty() {
-            return Err(SeriesError::Empty {
-                origin: origin.to_string(),
-            });
+            return Err(SeriesError::Empty { origin: origin.to_string() });
         }
         let last_step_s = match points.as_slice() {
             [.., (a, _), (b, _)] => b - a,
             _ => 3600.0,
         };
-        Ok(Self {
-            points,
-            last_step_s,
-            origin: origin.to_string(),
-        })
+        Ok(Self { points, last_step_s, origin: origin.to_string() })
     }
 
     /// Where the series came from (its path).
@@ -216,10 +188,7 @@ impl TimeSeries {
         }
         let mut sum = 0.0;
         for (i, &(ts, v)) in self.points.iter().enumerate() {
-            let until = self
-                .points
-                .get(i + 1)
-                .map_or(last + self.last_step_s, |p| p.0);
+            let until = self.points.get(i + 1).map_or(last + self.last_step_s, |p| p.0);
             let overlap = until.min(end) - ts.max(start);
             if overlap > 0.0 {
                 sum += v * overlap;
@@ -230,9 +199,7 @@ impl TimeSeries {
 
     /// Year of the series' first point (for reporting).
     pub fn year(&self) -> Option<u16> {
-        OffsetDateTime::from_unix_timestamp(self.points[0].0 as i64)
-            .ok()
-            .map(|t| t.year() as u16)
+        OffsetDateTime::from_unix_timestamp(self.points[0].0 as i64).ok().map(|t| t.year() as u16)
     }
 }
 
@@ -265,13 +232,7 @@ impl IntensityResolver {
         provider: Option<(Box<dyn LiveIntensity>, String)>,
         table: Option<&'static GridEntry>,
     ) -> Self {
-        Self {
-            fixed,
-            series,
-            provider,
-            table,
-            warnings: Vec::new(),
-        }
+        Self { fixed, series, provider, table, warnings: Vec::new() }
     }
 
     /// Location of the offline table entry in use.
@@ -334,9 +295,7 @@ impl IntensityResolver {
                 }
                 Err(e) => {
                     let name = client.name().to_string();
-                    self.warn(format!(
-                        "{name} unavailable ({e}); falling back to the offline tables"
-                    ));
+                    self.warn(format!("{name} unavailable ({e}); falling back to the offline tables"));
                 }
             }
         }
@@ -358,11 +317,7 @@ impl IntensityResolver {
 pub fn table_reading(t: &GridEntry) -> IntensityReading {
     IntensityReading {
         g_per_kwh: t.g_per_kwh,
-        kind: if t.kind == LocationKind::World {
-            SourceKind::World
-        } else {
-            SourceKind::Table
-        },
+        kind: if t.kind == LocationKind::World { SourceKind::World } else { SourceKind::Table },
         source: t.source(),
         year: t.year,
         location: Some(t.code.clone()),
@@ -399,10 +354,7 @@ mod tests {
     #[test]
     fn parses_three_timestamp_forms_and_header() {
         let s = series();
-        assert_eq!(
-            s.points,
-            vec![(T0, 100.0), (T0 + H, 300.0), (T0 + 2.0 * H, 50.0)]
-        );
+        assert_eq!(s.points, vec![(T0, 100.0), (T0 + H, 300.0), (T0 + 2.0 * H, 50.0)]);
         assert_eq!(s.year(), Some(2024));
         assert_eq!(parse_timestamp("2024-05-01T02:00:00+02:00"), Some(T0));
     }
@@ -429,37 +381,22 @@ mod tests {
 
     #[test]
     fn parse_errors_name_line_and_value() {
-        let e = TimeSeries::parse("t,v\n2024-05-01T00:00:00Z,abc\n", "x.csv")
-            .unwrap_err()
-            .to_string();
+        let e = TimeSeries::parse("t,v\n2024-05-01T00:00:00Z,abc\n", "x.csv").unwrap_err().to_string();
         assert_eq!(e, "x.csv:2: bad intensity \"abc\": expected gCO2e/kWh ≥ 0");
-        let e = TimeSeries::parse("2024-05-01T00:00:00Z,1\nyesterday,2\n", "x.csv")
-            .unwrap_err()
-            .to_string();
+        let e = TimeSeries::parse("2024-05-01T00:00:00Z,1\nyesterday,2\n", "x.csv").unwrap_err().to_string();
         assert!(e.starts_with("x.csv:2: bad timestamp \"yesterday\""), "{e}");
         let e = TimeSeries::parse("2024-05-01T01:00:00Z,1\n2024-05-01T00:00:00Z,2\n", "x.csv")
             .unwrap_err()
             .to_string();
         assert!(e.contains("x.csv:2:") && e.contains("not after"), "{e}");
-        let e = TimeSeries::parse("2024-05-01T00:00:00Z,-3\n", "x.csv")
-            .unwrap_err()
-            .to_string();
+        let e = TimeSeries::parse("2024-05-01T00:00:00Z,-3\n", "x.csv").unwrap_err().to_string();
         assert!(e.contains("expected gCO2e/kWh ≥ 0"), "{e}");
-        let e = TimeSeries::parse("only-one-field\n", "x.csv")
-            .unwrap_err()
-            .to_string();
+        let e = TimeSeries::parse("only-one-field\n", "x.csv").unwrap_err().to_string();
         assert!(e.contains("expected `timestamp,gCO2e/kWh`"), "{e}");
-        let e = TimeSeries::parse("# nothing\n", "x.csv")
-            .unwrap_err()
-            .to_string();
+        let e = TimeSeries::parse("# nothing\n", "x.csv").unwrap_err().to_string();
         assert!(e.contains("no data rows"), "{e}");
-        let e = TimeSeries::load(Path::new("/nonexistent/ci.csv"))
-            .unwrap_err()
-            .to_string();
-        assert!(
-            e.starts_with("cannot read intensity time series /nonexistent/ci.csv"),
-            "{e}"
-        );
+        let e = TimeSeries::load(Path::new("/nonexistent/ci.csv")).unwrap_err().to_string();
+        assert!(e.starts_with("cannot read intensity time series /nonexistent/ci.csv"), "{e}");
     }
 
     struct FakeProvider(Result<f64, ProviderError>);
@@ -468,11 +405,7 @@ mod tests {
             "Electricity Maps"
         }
         fn latest(&mut self, _zone: &str) -> Result<ProviderReading, ProviderError> {
-            self.0.clone().map(|v| ProviderReading {
-                g_per_kwh: v,
-                year: Some(2026),
-                datetime: None,
-            })
+            self.0.clone().map(|v| ProviderReading { g_per_kwh: v, year: Some(2026), datetime: None })
         }
     }
 
@@ -483,35 +416,19 @@ mod tests {
         assert_eq!(r.resolve(T0, T0 + 1.0).kind, SourceKind::User);
 
         let ok = FakeProvider(Ok(33.0));
-        let mut r = IntensityResolver::new(
-            None,
-            Some(series()),
-            Some((Box::new(ok), "FR".into())),
-            Some(fra),
-        );
+        let mut r =
+            IntensityResolver::new(None, Some(series()), Some((Box::new(ok), "FR".into())), Some(fra));
         assert_eq!(r.resolve(T0, T0 + 1.0).g_per_kwh, 100.0);
         // Outside the series: the provider answers, and the fallback is said.
         let p = r.resolve(T0 + 5.0 * H, T0 + 5.0 * H + 1.0);
-        assert_eq!(
-            (p.g_per_kwh, p.kind, p.year),
-            (33.0, SourceKind::Provider, Some(2026))
-        );
-        assert!(
-            r.warnings()[0].contains("does not cover"),
-            "{:?}",
-            r.warnings()
-        );
+        assert_eq!((p.g_per_kwh, p.kind, p.year), (33.0, SourceKind::Provider, Some(2026)));
+        assert!(r.warnings()[0].contains("does not cover"), "{:?}", r.warnings());
 
         let down = FakeProvider(Err(ProviderError::Status(401, "Unauthorized".into())));
-        let mut r =
-            IntensityResolver::new(None, None, Some((Box::new(down), "FR".into())), Some(fra));
+        let mut r = IntensityResolver::new(None, None, Some((Box::new(down), "FR".into())), Some(fra));
         let t = r.resolve(T0, T0 + 1.0);
         assert_eq!((t.g_per_kwh, t.kind), (fra.g_per_kwh, SourceKind::Table));
-        assert!(
-            r.warnings()[0].contains("Electricity Maps unavailable (HTTP 401"),
-            "{:?}",
-            r.warnings()
-        );
+        assert!(r.warnings()[0].contains("Electricity Maps unavailable (HTTP 401"), "{:?}", r.warnings());
 
         let mut r = IntensityResolver::new(None, None, None, None);
         let w = r.resolve(T0, T0 + 1.0);

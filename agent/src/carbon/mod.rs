@@ -16,18 +16,14 @@ pub mod tables;
 
 use std::path::PathBuf;
 
-pub use accountant::{
-    CarbonAccountant, CarbonTotals, ConsumerEnergy, IntervalCarbon, shares_from_static,
-};
+pub use accountant::{CarbonAccountant, CarbonTotals, ConsumerEnergy, IntervalCarbon, shares_from_static};
 pub use alternatives::{Alternative, AlternativeScope, lowest_carbon_alternatives};
 pub use embodied::{EmbodiedModel, EmbodiedOverrides, HostHardware};
 pub use intensity::{IntensityReading, IntensityResolver, SourceKind, TimeSeries};
 pub use pue::Pue;
 
 use crate::config::{CarbonConfig, ProviderConfig};
-use provider::{
-    ELECTRICITY_MAPS_TOKEN_ENV, ElectricityMaps, ElectricityMapsSettings, LiveIntensity,
-};
+use provider::{ELECTRICITY_MAPS_TOKEN_ENV, ElectricityMaps, ElectricityMapsSettings, LiveIntensity};
 
 /// Grams of CO2e (the JSON `emissions_g` object).
 #[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -39,19 +35,12 @@ pub struct Emissions {
 
 impl Emissions {
     pub fn new(operational: f64, embodied: f64) -> Self {
-        Self {
-            operational,
-            embodied,
-            total: operational + embodied,
-        }
+        Self { operational, embodied, total: operational + embodied }
     }
 
     /// Sum of two (for roll-ups of processes into trees, users, ...).
     pub fn add(&self, other: &Emissions) -> Emissions {
-        Emissions::new(
-            self.operational + other.operational,
-            self.embodied + other.embodied,
-        )
+        Emissions::new(self.operational + other.operational, self.embodied + other.embodied)
     }
 }
 
@@ -117,11 +106,7 @@ pub enum CarbonSetupError {
     #[error("{0}")]
     Series(#[from] intensity::SeriesError),
     #[error("{key} = {value}: {expected}")]
-    Value {
-        key: &'static str,
-        value: String,
-        expected: &'static str,
-    },
+    Value { key: &'static str, value: String, expected: &'static str },
 }
 
 /// Carbon settings after merging config and flags.
@@ -180,10 +165,7 @@ impl CarbonOptions {
             country,
             region,
             intensity,
-            intensity_csv: args
-                .intensity_csv
-                .clone()
-                .or_else(|| config.intensity_csv.clone()),
+            intensity_csv: args.intensity_csv.clone().or_else(|| config.intensity_csv.clone()),
             provider: config.provider.clone(),
             live: !args.no_live_intensity && config.provider.enabled != Some(false),
             embodied,
@@ -191,9 +173,7 @@ impl CarbonOptions {
     }
 
     /// The offline table entry selected by `country` / `region`.
-    pub fn table_entry(
-        &self,
-    ) -> Result<Option<&'static tables::GridEntry>, tables::UnknownLocation> {
+    pub fn table_entry(&self) -> Result<Option<&'static tables::GridEntry>, tables::UnknownLocation> {
         match (&self.region, &self.country) {
             (Some(r), _) => tables::lookup_region(r).map(Some),
             (None, Some(c)) => tables::lookup_country(c).map(Some),
@@ -210,9 +190,7 @@ impl CarbonOptions {
         let entry = entry?;
         match entry.kind {
             tables::LocationKind::Country => Some(entry.alpha2.clone()).filter(|s| !s.is_empty()),
-            tables::LocationKind::Subnational if entry.source_id == "nordic" => {
-                Some(entry.code.clone())
-            }
+            tables::LocationKind::Subnational if entry.source_id == "nordic" => Some(entry.code.clone()),
             _ => tables::lookup_country(&entry.country)
                 .ok()
                 .map(|c| c.alpha2.clone())
@@ -224,11 +202,7 @@ impl CarbonOptions {
     /// [`token_from_env`]); the live provider is used when a token and a zone are known.
     pub fn resolver(&self, token: Option<String>) -> Result<IntensityResolver, CarbonSetupError> {
         let entry = self.table_entry()?;
-        let series = self
-            .intensity_csv
-            .as_deref()
-            .map(TimeSeries::load)
-            .transpose()?;
+        let series = self.intensity_csv.as_deref().map(TimeSeries::load).transpose()?;
         let provider: Option<(Box<dyn LiveIntensity>, String)> =
             match (self.live, token, self.provider_zone(entry)) {
                 (true, Some(token), Some(zone)) if self.intensity.is_none() => {
@@ -246,12 +220,7 @@ impl CarbonOptions {
                 }
                 _ => None,
             };
-        Ok(IntensityResolver::new(
-            self.intensity,
-            series,
-            provider,
-            entry,
-        ))
+        Ok(IntensityResolver::new(self.intensity, series, provider, entry))
     }
 
     /// Builds the accountant for a host.
@@ -270,9 +239,7 @@ impl CarbonOptions {
 
 /// The Electricity Maps token from the environment (`ELECTRICITYMAPS_TOKEN`), if set and non-empty.
 pub fn token_from_env() -> Option<String> {
-    std::env::var(ELECTRICITY_MAPS_TOKEN_ENV)
-        .ok()
-        .filter(|t| !t.trim().is_empty())
+    std::env::var(ELECTRICITY_MAPS_TOKEN_ENV).ok().filter(|t| !t.trim().is_empty())
 }
 
 /// The table's locations as text, one per line (`code  g/kWh  year  name  [source]`), optionally
@@ -288,11 +255,7 @@ pub fn locations_listing(filter: Option<&str>) -> String {
         {
             continue;
         }
-        let code = if e.alpha2.is_empty() {
-            e.code.clone()
-        } else {
-            format!("{} ({})", e.code, e.alpha2)
-        };
+        let code = if e.alpha2.is_empty() { e.code.clone() } else { format!("{} ({})", e.code, e.alpha2) };
         out.push_str(&format!(
             "{code:<30}{:>9.1}  {:>4}  {}  [{}]\n",
             e.g_per_kwh,
@@ -311,10 +274,7 @@ mod tests {
     #[test]
     fn emissions_serialize_with_the_schema_names() {
         let e = Emissions::new(1.5, 0.25);
-        assert_eq!(
-            serde_json::to_string(&e).unwrap(),
-            r#"{"operational":1.5,"embodied":0.25,"total":1.75}"#
-        );
+        assert_eq!(serde_json::to_string(&e).unwrap(), r#"{"operational":1.5,"embodied":0.25,"total":1.75}"#);
         let sum: Emissions = [e, e].into_iter().sum();
         assert_eq!(sum, Emissions::new(3.0, 0.5));
     }
@@ -330,35 +290,20 @@ mod tests {
         let o = CarbonOptions::merge(&config, &CarbonArgs::default(), "c.toml").unwrap();
         assert_eq!((o.pue.value, o.pue.source.as_str()), (1.2, "config c.toml"));
         assert_eq!(o.country.as_deref(), Some("DEU"));
-        let args = CarbonArgs {
-            pue: Some(1.1),
-            region: Some("aws:eu-west-3".into()),
-            ..Default::default()
-        };
+        let args = CarbonArgs { pue: Some(1.1), region: Some("aws:eu-west-3".into()), ..Default::default() };
         let o = CarbonOptions::merge(&config, &args, "c.toml").unwrap();
         assert_eq!((o.pue.value, o.pue.source.as_str()), (1.1, "--pue"));
-        assert_eq!(
-            (o.country.as_deref(), o.region.as_deref()),
-            (None, Some("aws:eu-west-3"))
-        );
+        assert_eq!((o.country.as_deref(), o.region.as_deref()), (None, Some("aws:eu-west-3")));
         assert_eq!(o.table_entry().unwrap().unwrap().g_per_kwh, 52.0);
         assert_eq!(o.provider_zone(o.table_entry().unwrap()), Some("FR".into()));
-        let bad = CarbonArgs {
-            pue: Some(0.5),
-            ..Default::default()
-        };
-        let e = CarbonOptions::merge(&config, &bad, "c.toml")
-            .unwrap_err()
-            .to_string();
+        let bad = CarbonArgs { pue: Some(0.5), ..Default::default() };
+        let e = CarbonOptions::merge(&config, &bad, "c.toml").unwrap_err().to_string();
         assert_eq!(e, "pue = 0.5: a number ≥ 1.0 (facility energy / IT energy)");
     }
 
     #[test]
     fn unknown_location_fails_setup() {
-        let args = CarbonArgs {
-            country: Some("ZZZ".into()),
-            ..Default::default()
-        };
+        let args = CarbonArgs { country: Some("ZZZ".into()), ..Default::default() };
         let o = CarbonOptions::merge(&CarbonConfig::default(), &args, "-").unwrap();
         let e = o.resolver(None).unwrap_err().to_string();
         assert!(e.starts_with("unknown country \"ZZZ\""), "{e}");
@@ -368,16 +313,11 @@ mod tests {
         let (base, _) = provider::tests::serve(responses);
         let config = CarbonConfig {
             country: Some("FRA".into()),
-            provider: ProviderConfig {
-                base_url: Some(base),
-                timeout_s: Some(0.5),
-                ..Default::default()
-            },
+            provider: ProviderConfig { base_url: Some(base), timeout_s: Some(0.5), ..Default::default() },
             ..Default::default()
         };
         let o = CarbonOptions::merge(&config, &CarbonArgs::default(), "c.toml").unwrap();
-        o.accountant(&HostHardware::default(), Some("tok".into()))
-            .unwrap()
+        o.accountant(&HostHardware::default(), Some("tok".into())).unwrap()
     }
 
     #[test]
@@ -386,21 +326,12 @@ mod tests {
             200,
             r#"{"zone":"FR","carbonIntensity":20,"datetime":"2026-11-28T23:00:00Z"}"#,
         ))]);
-        let one = [ConsumerEnergy {
-            it_energy_j: 3.6e6,
-            static_share: 1.0,
-        }];
+        let one = [ConsumerEnergy { it_energy_j: 3.6e6, static_share: 1.0 }];
         let r = acc.account(std::time::SystemTime::now(), 1.0, &one);
-        assert_eq!(
-            (r.intensity.kind, r.intensity.g_per_kwh),
-            (SourceKind::Provider, 20.0)
-        );
+        assert_eq!((r.intensity.kind, r.intensity.g_per_kwh), (SourceKind::Provider, 20.0));
         let info = acc.info();
         assert_eq!(info.source, "Electricity Maps live, zone FR");
-        assert_eq!(
-            (info.location.as_deref(), info.year),
-            (Some("FR"), Some(2026))
-        );
+        assert_eq!((info.location.as_deref(), info.year), (Some("FR"), Some(2026)));
         assert!((r.total.operational - 1.58 * 20.0).abs() < 1e-9);
     }
 
@@ -408,27 +339,17 @@ mod tests {
     fn live_provider_failures_fall_back_to_tables_and_say_so() {
         for (response, said) in [
             (Some((401, "{}")), "Electricity Maps unavailable (HTTP 401"),
-            (
-                Some((200, "not json")),
-                "Electricity Maps unavailable (bad answer",
-            ),
+            (Some((200, "not json")), "Electricity Maps unavailable (bad answer"),
             (None, "Electricity Maps unavailable (no answer within"),
         ] {
             let mut acc = live_accountant(vec![response]);
-            let one = [ConsumerEnergy {
-                it_energy_j: 1000.0,
-                static_share: 1.0,
-            }];
+            let one = [ConsumerEnergy { it_energy_j: 1000.0, static_share: 1.0 }];
             let r = acc.account(std::time::SystemTime::now(), 1.0, &one);
-            assert_eq!(
-                (r.intensity.kind, r.intensity.g_per_kwh),
-                (SourceKind::Table, 56.039)
-            );
+            assert_eq!((r.intensity.kind, r.intensity.g_per_kwh), (SourceKind::Table, 56.039));
             let json = serde_json::to_value(acc.info()).unwrap();
             let warning = json["warnings"][0].as_str().unwrap();
             assert!(
-                warning.starts_with(said)
-                    && warning.ends_with("falling back to the offline tables"),
+                warning.starts_with(said) && warning.ends_with("falling back to the offline tables"),
                 "{warning}"
             );
             assert_eq!(json["location"], "FRA");
@@ -439,10 +360,7 @@ mod tests {
     #[test]
     fn listing_filters() {
         let l = locations_listing(Some("france"));
-        assert!(
-            l.contains("FRA (FR)") && l.contains("azure:francecentral"),
-            "{l}"
-        );
+        assert!(l.contains("FRA (FR)") && l.contains("azure:francecentral"), "{l}");
         assert!(!l.contains("DEU"));
     }
 }

@@ -97,12 +97,7 @@ impl ElectricityMaps {
             .timeout_global(Some(settings.timeout))
             .http_status_as_error(false)
             .build();
-        Self {
-            settings,
-            agent: ureq::Agent::new_with_config(config),
-            cache: HashMap::new(),
-            requests: 0,
-        }
+        Self { settings, agent: ureq::Agent::new_with_config(config), cache: HashMap::new(), requests: 0 }
     }
 
     /// HTTP requests sent so far (for tests and `doctor`).
@@ -112,16 +107,9 @@ impl ElectricityMaps {
 
     fn fetch(&mut self, zone: &str) -> Result<ProviderReading, ProviderError> {
         self.requests += 1;
-        let url = format!(
-            "{}/carbon-intensity/latest",
-            self.settings.base_url.trim_end_matches('/')
-        );
-        let result = self
-            .agent
-            .get(&url)
-            .query("zone", zone)
-            .header("auth-token", &self.settings.token)
-            .call();
+        let url = format!("{}/carbon-intensity/latest", self.settings.base_url.trim_end_matches('/'));
+        let result =
+            self.agent.get(&url).query("zone", zone).header("auth-token", &self.settings.token).call();
         let mut resp = result.map_err(|e| match e {
             ureq::Error::Timeout(_) => ProviderError::Timeout(self.settings.timeout),
             ureq::Error::Io(io) if io.kind() == std::io::ErrorKind::TimedOut => {
@@ -130,15 +118,10 @@ impl ElectricityMaps {
             other => ProviderError::Transport(other.to_string()),
         })?;
         let status = resp.status();
-        let body = resp
-            .body_mut()
-            .with_config()
-            .limit(1 << 20)
-            .read_to_string()
-            .map_err(|e| match e {
-                ureq::Error::Timeout(_) => ProviderError::Timeout(self.settings.timeout),
-                other => ProviderError::Transport(other.to_string()),
-            })?;
+        let body = resp.body_mut().with_config().limit(1 << 20).read_to_string().map_err(|e| match e {
+            ureq::Error::Timeout(_) => ProviderError::Timeout(self.settings.timeout),
+            other => ProviderError::Transport(other.to_string()),
+        })?;
         if !status.is_success() {
             let reason = status.canonical_reason().unwrap_or("").to_string();
             let hint = if status.as_u16() == 401 || status.as_u16() == 403 {
@@ -146,10 +129,7 @@ impl ElectricityMaps {
             } else {
                 String::new()
             };
-            return Err(ProviderError::Status(
-                status.as_u16(),
-                format!("{reason}{hint}"),
-            ));
+            return Err(ProviderError::Status(status.as_u16(), format!("{reason}{hint}")));
         }
         let answer: LatestAnswer = serde_json::from_str(&body)
             .map_err(|e| ProviderError::BadResponse(format!("not the expected JSON: {e}")))?;
@@ -157,16 +137,8 @@ impl ElectricityMaps {
             .carbon_intensity
             .filter(|v| v.is_finite() && *v >= 0.0)
             .ok_or_else(|| ProviderError::BadResponse("no valid `carbonIntensity`".to_string()))?;
-        let year = answer
-            .datetime
-            .as_deref()
-            .and_then(|d| d.get(..4))
-            .and_then(|y| y.parse().ok());
-        Ok(ProviderReading {
-            g_per_kwh: g,
-            year,
-            datetime: answer.datetime,
-        })
+        let year = answer.datetime.as_deref().and_then(|d| d.get(..4)).and_then(|y| y.parse().ok());
+        Ok(ProviderReading { g_per_kwh: g, year, datetime: answer.datetime })
     }
 }
 
@@ -189,8 +161,7 @@ impl LiveIntensity for ElectricityMaps {
             }
         }
         let result = self.fetch(zone);
-        self.cache
-            .insert(zone.to_string(), (Instant::now(), result.clone()));
+        self.cache.insert(zone.to_string(), (Instant::now(), result.clone()));
         result
     }
 }
@@ -205,9 +176,7 @@ pub(crate) mod tests {
     /// A local HTTP server answering each connection with the next canned response (or
     /// sleeping past the client's timeout for `None`). Returns its base URL and the request
     /// heads it saw.
-    pub(crate) fn serve(
-        responses: Vec<Option<(u16, &'static str)>>,
-    ) -> (String, Arc<Mutex<Vec<String>>>) {
+    pub(crate) fn serve(responses: Vec<Option<(u16, &'static str)>>) -> (String, Arc<Mutex<Vec<String>>>) {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         let seen = Arc::new(Mutex::new(Vec::new()));
@@ -225,10 +194,7 @@ pub(crate) mod tests {
                         Ok(n) => head.extend_from_slice(&buf[..n]),
                     }
                 }
-                seen2
-                    .lock()
-                    .unwrap()
-                    .push(String::from_utf8_lossy(&head).into_owned());
+                seen2.lock().unwrap().push(String::from_utf8_lossy(&head).into_owned());
                 match response {
                     Some((code, body)) => {
                         let _ = write!(
@@ -257,7 +223,8 @@ pub(crate) mod tests {
 
     #[test]
     fn success_is_parsed_sent_with_token_and_cached() {
-        let body = r#"{"zone":"FR","carbonIntensity":42,"datetime":"2026-11-28T23:00:00.000Z","isEstimated":true}"#;
+        let body =
+            r#"{"zone":"FR","carbonIntensity":42,"datetime":"2026-11-28T23:00:00.000Z","isEstimated":true}"#;
         let (base, seen) = serve(vec![Some((200, body))]);
         let mut c = client(base);
         let r = c.latest("FR").unwrap();
@@ -269,17 +236,10 @@ pub(crate) mod tests {
                 datetime: Some("2026-11-28T23:00:00.000Z".into())
             }
         );
-        assert_eq!(
-            c.latest("FR").unwrap().g_per_kwh,
-            42.0,
-            "second call from the cache"
-        );
+        assert_eq!(c.latest("FR").unwrap().g_per_kwh, 42.0, "second call from the cache");
         assert_eq!(c.requests(), 1);
         let head = seen.lock().unwrap()[0].to_ascii_lowercase();
-        assert!(
-            head.starts_with("get /v3/carbon-intensity/latest?zone=fr http/1.1"),
-            "{head}"
-        );
+        assert!(head.starts_with("get /v3/carbon-intensity/latest?zone=fr http/1.1"), "{head}");
         assert!(head.contains("auth-token: secret-token"), "{head}");
     }
 
@@ -293,19 +253,12 @@ pub(crate) mod tests {
 
     #[test]
     fn bad_json_and_missing_field_are_bad_responses() {
-        let (base, _) = serve(vec![
-            Some((200, "<html>oops</html>")),
-            Some((200, r#"{"zone":"FR"}"#)),
-        ]);
+        let (base, _) = serve(vec![Some((200, "<html>oops</html>")), Some((200, r#"{"zone":"FR"}"#))]);
         let mut c = client(base);
         assert!(matches!(c.latest("FR"), Err(ProviderError::BadResponse(_))));
         let e = c.latest("FR").unwrap_err();
         assert_eq!(e.to_string(), "bad answer: no valid `carbonIntensity`");
-        assert_eq!(
-            c.requests(),
-            2,
-            "failures are retried after the (zero) back-off"
-        );
+        assert_eq!(c.requests(), 2, "failures are retried after the (zero) back-off");
     }
 
     #[test]
@@ -316,10 +269,7 @@ pub(crate) mod tests {
         let started = Instant::now();
         let e = c.latest("FR").unwrap_err();
         assert!(matches!(e, ProviderError::Timeout(_)), "{e:?}");
-        assert!(
-            started.elapsed() < Duration::from_millis(1400),
-            "the client gave up at its timeout"
-        );
+        assert!(started.elapsed() < Duration::from_millis(1400), "the client gave up at its timeout");
         let again = c.latest("FR").unwrap_err();
         assert!(matches!(again, ProviderError::BackingOff(..)), "{again:?}");
         assert_eq!(c.requests(), 1);

@@ -17,17 +17,12 @@ pub struct Pue {
 
 /// A PUE below 1 or not finite.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
-#[error(
-    "PUE {0} is not valid: expected a number ≥ 1.0 (facility energy / IT energy; 1.0 = no overhead)"
-)]
+#[error("PUE {0} is not valid: expected a number ≥ 1.0 (facility energy / IT energy; 1.0 = no overhead)")]
 pub struct InvalidPue(pub f64);
 
 impl Default for Pue {
     fn default() -> Self {
-        Self {
-            value: DEFAULT_PUE,
-            source: DEFAULT_PUE_SOURCE.to_string(),
-        }
+        Self { value: DEFAULT_PUE, source: DEFAULT_PUE_SOURCE.to_string() }
     }
 }
 
@@ -35,10 +30,7 @@ impl Pue {
     /// A user-given PUE, checked.
     pub fn new(value: f64, source: impl Into<String>) -> Result<Self, InvalidPue> {
         check_pue(value)?;
-        Ok(Self {
-            value,
-            source: source.into(),
-        })
+        Ok(Self { value, source: source.into() })
     }
 
     /// Facility energy for an IT energy (same unit).
@@ -49,11 +41,7 @@ impl Pue {
 
 /// Checks that a PUE is finite and at least 1.
 pub fn check_pue(value: f64) -> Result<(), InvalidPue> {
-    if value.is_finite() && value >= 1.0 {
-        Ok(())
-    } else {
-        Err(InvalidPue(value))
-    }
+    if value.is_finite() && value >= 1.0 { Ok(()) } else { Err(InvalidPue(value)) }
 }
 
 #[cfg(test)]
@@ -71,12 +59,7 @@ mod tests {
     #[test]
     fn rejects_below_one() {
         assert_eq!(Pue::new(1.2, "--pue").unwrap().value, 1.2);
-        assert!(
-            Pue::new(0.9, "--pue")
-                .unwrap_err()
-                .to_string()
-                .contains("expected a number ≥ 1.0")
-        );
+        assert!(Pue::new(0.9, "--pue").unwrap_err().to_string().contains("expected a number ≥ 1.0"));
         assert!(Pue::new(f64::NAN, "--pue").is_err());
     }
 }

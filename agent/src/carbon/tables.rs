@@ -57,9 +57,7 @@ pub struct GridEntry {
 impl GridEntry {
     /// Human-readable source: the table's title, e.g. "Our World in Data (...) via CodeCarbon ...".
     pub fn source(&self) -> String {
-        source_title(&self.source_id)
-            .unwrap_or(&self.source_id)
-            .to_string()
+        source_title(&self.source_id).unwrap_or(&self.source_id).to_string()
     }
 
     /// Cloud provider of a cloud region (`aws` for `aws:eu-west-3`).
@@ -108,10 +106,7 @@ pub(crate) fn split_csv_line(line: &str) -> Vec<String> {
 
 /// Data rows of an embedded CSV: comment lines (`#`) and the header skipped.
 fn data_rows(text: &'static str) -> impl Iterator<Item = Vec<String>> {
-    text.lines()
-        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
-        .skip(1)
-        .map(split_csv_line)
+    text.lines().filter(|l| !l.starts_with('#') && !l.trim().is_empty()).skip(1).map(split_csv_line)
 }
 
 fn parse_grid() -> Vec<GridEntry> {
@@ -122,14 +117,8 @@ fn parse_grid() -> Vec<GridEntry> {
             alpha2: f[2].clone(),
             name: f[3].clone(),
             country: f[4].clone(),
-            g_per_kwh: f[5]
-                .parse()
-                .expect("embedded grid-intensity.csv: bad intensity"),
-            year: if f[6].is_empty() {
-                None
-            } else {
-                f[6].parse().ok()
-            },
+            g_per_kwh: f[5].parse().expect("embedded grid-intensity.csv: bad intensity"),
+            year: if f[6].is_empty() { None } else { f[6].parse().ok() },
             source_id: f[7].clone(),
         })
         .collect()
@@ -158,10 +147,7 @@ pub fn sources() -> &'static [TableSource] {
 
 /// Title of a source table by id.
 pub fn source_title(id: &str) -> Option<&'static str> {
-    sources()
-        .iter()
-        .find(|s| s.id == id)
-        .map(|s| s.title.as_str())
+    sources().iter().find(|s| s.id == id).map(|s| s.title.as_str())
 }
 
 /// PUE per cloud provider (`gcp`, `aws`, `azure`, `ovhcloud`, `oracle`, and `unknown`).
@@ -181,17 +167,12 @@ pub fn provider_pues() -> &'static [ProviderPue] {
 /// PUE of a cloud provider's data centres, if the table has it (`ovh` matches `ovhcloud`).
 pub fn provider_pue(provider: &str) -> Option<&'static ProviderPue> {
     let p = provider.to_ascii_lowercase();
-    provider_pues()
-        .iter()
-        .find(|e| e.provider == p || (p == "ovh" && e.provider == "ovhcloud"))
+    provider_pues().iter().find(|e| e.provider == p || (p == "ovh" && e.provider == "ovhcloud"))
 }
 
 /// The world-average row.
 pub fn world() -> &'static GridEntry {
-    grid()
-        .iter()
-        .find(|e| e.kind == LocationKind::World)
-        .expect("embedded table has a WORLD row")
+    grid().iter().find(|e| e.kind == LocationKind::World).expect("embedded table has a WORLD row")
 }
 
 /// Error for a location code no table has.
@@ -249,24 +230,17 @@ pub fn lookup_region(code: &str) -> Result<&'static GridEntry, UnknownLocation> 
         region.retain(|c| c != ' ');
     }
     let key = format!("{provider}:{region}");
-    if let Some(e) = grid()
-        .iter()
-        .find(|e| e.kind == LocationKind::Cloud && e.code.eq_ignore_ascii_case(&key))
+    if let Some(e) =
+        grid().iter().find(|e| e.kind == LocationKind::Cloud && e.code.eq_ignore_ascii_case(&key))
     {
         return Ok(e);
     }
-    let known: Vec<&str> = grid()
-        .iter()
-        .filter(|e| e.provider() == Some(provider.as_str()))
-        .map(|e| e.code.as_str())
-        .collect();
+    let known: Vec<&str> =
+        grid().iter().filter(|e| e.provider() == Some(provider.as_str())).map(|e| e.code.as_str()).collect();
     let hint = if known.is_empty() {
         let mut providers: Vec<&str> = grid().iter().filter_map(|e| e.provider()).collect();
         providers.dedup();
-        format!(
-            "a known cloud provider ({}); no table has {provider:?}",
-            providers.join(", ")
-        )
+        format!("a known cloud provider ({}); no table has {provider:?}", providers.join(", "))
     } else {
         format!(
             "one of the {} {provider} regions in the tables, e.g. {}",
@@ -274,11 +248,7 @@ pub fn lookup_region(code: &str) -> Result<&'static GridEntry, UnknownLocation> 
             known[..known.len().min(4)].join(", ")
         )
     };
-    Err(UnknownLocation {
-        what: "region",
-        code: code.to_string(),
-        hint,
-    })
+    Err(UnknownLocation { what: "region", code: code.to_string(), hint })
 }
 
 #[cfg(test)]
@@ -288,10 +258,7 @@ mod tests {
     #[test]
     fn csv_line_splitting_handles_quotes() {
         assert_eq!(split_csv_line(r#"a,"b, c",d"#), vec!["a", "b, c", "d"]);
-        assert_eq!(
-            split_csv_line(r#""say ""hi""",x"#),
-            vec![r#"say "hi""#, "x"]
-        );
+        assert_eq!(split_csv_line(r#""say ""hi""",x"#), vec![r#"say "hi""#, "x"]);
         assert_eq!(split_csv_line("a,,"), vec!["a", "", ""]);
     }
 
@@ -330,19 +297,10 @@ mod tests {
         assert!(aws.source().contains("Cloud Carbon Footprint"));
         let gcp = lookup_region("gcp:europe-west1").unwrap();
         assert_eq!((gcp.g_per_kwh, gcp.year), (103.37, Some(2024)));
-        assert_eq!(
-            lookup_region("azure:francecentral").unwrap().g_per_kwh,
-            67.0
-        );
-        assert_eq!(
-            lookup_region("Azure:France Central").unwrap().code,
-            "azure:francecentral"
-        );
+        assert_eq!(lookup_region("azure:francecentral").unwrap().g_per_kwh, 67.0);
+        assert_eq!(lookup_region("Azure:France Central").unwrap().code, "azure:francecentral");
         // The repaired upstream defect: 000077 t/kWh is 77 g/kWh.
-        assert_eq!(
-            lookup_region("azure:finlandcentral").unwrap().g_per_kwh,
-            77.0
-        );
+        assert_eq!(lookup_region("azure:finlandcentral").unwrap().g_per_kwh, 77.0);
     }
 
     #[test]
@@ -351,15 +309,9 @@ mod tests {
         assert!(e.contains("unknown country \"XYZ\""), "{e}");
         assert!(e.contains("carbon-agent locations"), "{e}");
         let e = lookup_region("aws:mars-north-1").unwrap_err().to_string();
-        assert!(
-            e.contains("expected one of the 25 aws regions in the tables, e.g. aws:"),
-            "{e}"
-        );
+        assert!(e.contains("expected one of the 25 aws regions in the tables, e.g. aws:"), "{e}");
         let e = lookup_region("nimbus:x").unwrap_err().to_string();
-        assert!(
-            e.contains("a known cloud provider (") && e.contains("aws"),
-            "{e}"
-        );
+        assert!(e.contains("a known cloud provider (") && e.contains("aws"), "{e}");
         let e = lookup_region("eu-west-3").unwrap_err().to_string();
         assert!(e.contains(": expected provider:region"), "{e}");
     }

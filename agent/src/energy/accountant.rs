@@ -18,8 +18,8 @@ use super::meter_set::{Agreement, Backends, MeterProbe, MeterSet, discover_with}
 use super::nvml::GpuInfo;
 use super::{Domain, MeterSource};
 use crate::attribution::{
-    AttributionInput, DomainEnergy, EnergyBreakdown, GpuEnergy, LearnKey, StaticPowerLearner,
-    StaticSource, attribute,
+    AttributionInput, DomainEnergy, EnergyBreakdown, GpuEnergy, LearnKey, StaticPowerLearner, StaticSource,
+    attribute,
 };
 use crate::usage::IntervalUsage;
 
@@ -116,12 +116,7 @@ impl EnergyAccountant {
         let (set, probes) = discover_with(&cfg, backends);
         let meters = set.map_err(anyhow::Error::msg)?;
         let learner = StaticPowerLearner::new(cfg.low_utilization);
-        Ok(Self {
-            cfg,
-            meters,
-            probes,
-            learner,
-        })
+        Ok(Self { cfg, meters, probes, learner })
     }
 
     /// Every meter tried at start-up: found, selected, what or why not (for `doctor`).
@@ -139,28 +134,14 @@ impl EnergyAccountant {
         self.meters.gpus()
     }
 
-    fn static_power(
-        &self,
-        key: LearnKey,
-        configured: Option<f64>,
-        model: Option<f64>,
-    ) -> StaticPower {
+    fn static_power(&self, key: LearnKey, configured: Option<f64>, model: Option<f64>) -> StaticPower {
         if let Some(w) = configured {
-            return StaticPower {
-                watts: w,
-                source: StaticSource::Configured,
-            };
+            return StaticPower { watts: w, source: StaticSource::Configured };
         }
         if let Some(w) = model {
-            return StaticPower {
-                watts: w,
-                source: StaticSource::Model,
-            };
+            return StaticPower { watts: w, source: StaticSource::Model };
         }
-        let (watts, source) = self
-            .learner
-            .static_w(key)
-            .unwrap_or((0.0, StaticSource::LearnedProvisional));
+        let (watts, source) = self.learner.static_w(key).unwrap_or((0.0, StaticSource::LearnedProvisional));
         StaticPower { watts, source }
     }
 
@@ -180,24 +161,14 @@ impl EnergyAccountant {
             self.learner.observe(LearnKey::Cpu, cpu / dt, util);
             self.learner.observe(LearnKey::Dram, dram / dt, util);
             if d(Domain::Psys).is_some() {
-                self.learner
-                    .observe(LearnKey::Platform, platform / dt, util);
+                self.learner.observe(LearnKey::Platform, platform / dt, util);
             }
             for g in &reading.gpus {
-                let util =
-                    g.utilization
-                        .unwrap_or(if g.shares.by_pid.is_empty() { 0.0 } else { 1.0 });
-                self.learner
-                    .observe(LearnKey::Gpu(g.index), g.energy_j / dt, util);
+                let util = g.utilization.unwrap_or(if g.shares.by_pid.is_empty() { 0.0 } else { 1.0 });
+                self.learner.observe(LearnKey::Gpu(g.index), g.energy_j / dt, util);
             }
         }
-        let model = |dom: Domain| {
-            reading
-                .meter_static_w
-                .iter()
-                .find(|(x, _)| *x == dom)
-                .map(|(_, w)| *w)
-        };
+        let model = |dom: Domain| reading.meter_static_w.iter().find(|(x, _)| *x == dom).map(|(_, w)| *w);
         let idle = self.cfg.idle_watts;
         let mut static_power = BTreeMap::new();
         let cpu_static = self.static_power(LearnKey::Cpu, idle.cpu, model(Domain::Package));
@@ -215,28 +186,16 @@ impl EnergyAccountant {
             static_power.insert(format!("gpu{}", g.index), sp);
             gpu_share_basis.insert(format!("gpu{}", g.index), g.shares.basis);
             gpus.push(GpuEnergy {
-                energy: DomainEnergy {
-                    energy_j: g.energy_j,
-                    static_w: sp.watts,
-                },
+                energy: DomainEnergy { energy_j: g.energy_j, static_w: sp.watts },
                 shares: g.shares.by_pid.clone(),
             });
         }
         let attribution = attribute(&AttributionInput {
             usage,
             interval_s: dt,
-            cpu: DomainEnergy {
-                energy_j: cpu,
-                static_w: cpu_static.watts,
-            },
-            dram: DomainEnergy {
-                energy_j: dram,
-                static_w: dram_static.watts,
-            },
-            platform: DomainEnergy {
-                energy_j: platform,
-                static_w: platform_static.watts,
-            },
+            cpu: DomainEnergy { energy_j: cpu, static_w: cpu_static.watts },
+            dram: DomainEnergy { energy_j: dram, static_w: dram_static.watts },
+            platform: DomainEnergy { energy_j: platform, static_w: platform_static.watts },
             gpus: &gpus,
             policy: self.cfg.static_share,
         });
@@ -286,12 +245,7 @@ mod tests {
         Backends {
             reader: Arc::new(FsReader),
             perf: Box::new(ScriptedCounters::default()),
-            gpus: Box::new(move || {
-                Ok(gpus
-                    .into_iter()
-                    .map(|g| Box::new(g) as Box<dyn GpuDevice>)
-                    .collect())
-            }),
+            gpus: Box::new(move || Ok(gpus.into_iter().map(|g| Box::new(g) as Box<dyn GpuDevice>).collect())),
         }
     }
 
@@ -299,18 +253,7 @@ mod tests {
         IntervalUsage {
             interval_s: dt,
             ncpu: 2,
-            processes: procs
-                .iter()
-                .map(|&(p, ns)| {
-                    (
-                        p,
-                        ProcessCpu {
-                            cpu_ns: ns,
-                            switches: 1,
-                        },
-                    )
-                })
-                .collect(),
+            processes: procs.iter().map(|&(p, ns)| (p, ProcessCpu { cpu_ns: ns, switches: 1 })).collect(),
             kernel_cpu_ns: kernel,
             idle_cpu_ns: 0,
         }
@@ -323,21 +266,9 @@ mod tests {
     }
 
     fn zone(root: &Path, id: &str, name: &str, uj: u64) {
-        write(
-            root,
-            &format!("sys/class/powercap/{id}/name"),
-            &format!("{name}\n"),
-        );
-        write(
-            root,
-            &format!("sys/class/powercap/{id}/energy_uj"),
-            &format!("{uj}\n"),
-        );
-        write(
-            root,
-            &format!("sys/class/powercap/{id}/max_energy_range_uj"),
-            "262143328850\n",
-        );
+        write(root, &format!("sys/class/powercap/{id}/name"), &format!("{name}\n"));
+        write(root, &format!("sys/class/powercap/{id}/energy_uj"), &format!("{uj}\n"));
+        write(root, &format!("sys/class/powercap/{id}/max_energy_range_uj"), "262143328850\n");
     }
 
     #[test]
@@ -397,13 +328,7 @@ mod tests {
         assert_eq!(e.meter.energy_j.platform, 3.0);
         assert_eq!(e.meter.energy_j.total, 10.0 + 2.0 + 3.0 + 50.0);
         assert_eq!(e.meter.energy_j.core, Some(4.0));
-        assert_eq!(
-            e.meter.static_power["cpu"],
-            StaticPower {
-                watts: 10.0,
-                source: StaticSource::Learned
-            }
-        );
+        assert_eq!(e.meter.static_power["cpu"], StaticPower { watts: 10.0, source: StaticSource::Learned });
         assert_eq!(e.idle.total, 65.0);
 
         // Interval 2: busy; package 30 W, GPU 150 W used by pid 10 only.
@@ -414,12 +339,8 @@ mod tests {
             let mut s = gpu.state.lock().unwrap();
             s.energy_mj = Some(200_000);
             s.utilization = Some(0.9);
-            s.samples = Some(vec![ProcessSample {
-                pid: 10,
-                timestamp_us: u64::MAX,
-                sm_util: 90,
-                mem_util: 10,
-            }]);
+            s.samples =
+                Some(vec![ProcessSample { pid: 10, timestamp_us: u64::MAX, sm_util: 90, mem_util: 10 }]);
         }
         let e = acc.interval(&usage(&[(10, 500_000_000), (11, 1_500_000_000)], 0, 1.0));
         conserved(&e);
@@ -445,13 +366,7 @@ mod tests {
         let mut acc = EnergyAccountant::with_backends(c, backends(vec![])).unwrap();
         let e = acc.interval(&usage(&[(10, 1_000_000_000)], 0, 1.0));
         conserved(&e);
-        assert_eq!(
-            e.meter.static_power["cpu"],
-            StaticPower {
-                watts: 1.5,
-                source: StaticSource::Configured
-            }
-        );
+        assert_eq!(e.meter.static_power["cpu"], StaticPower { watts: 1.5, source: StaticSource::Configured });
         assert_eq!(e.meter.static_power["dram"].source, StaticSource::Model);
         assert!((e.idle.cpu - 1.5).abs() < 1e-12);
         assert!((e.per_tgid[&10].cpu - 4.5).abs() < 1e-12);
@@ -510,13 +425,8 @@ mod tests {
     #[test]
     fn no_meter_at_all_is_an_error_naming_each_reason() {
         let tmp = tempfile::tempdir().unwrap();
-        let err = EnergyAccountant::with_backends(cfg(tmp.path()), backends(vec![]))
-            .err()
-            .unwrap()
-            .to_string();
-        assert!(
-            err.contains("rapl-perf") && err.contains("model") && err.contains("cpuinfo"),
-            "{err}"
-        );
+        let err =
+            EnergyAccountant::with_backends(cfg(tmp.path()), backends(vec![])).err().unwrap().to_string();
+        assert!(err.contains("rapl-perf") && err.contains("model") && err.contains("cpuinfo"), "{err}");
     }
 }

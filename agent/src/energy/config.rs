@@ -52,9 +52,8 @@ pub struct IdleWatts {
 pub fn parse_idle_watts(s: &str) -> Result<IdleWatts, String> {
     let mut w = IdleWatts::default();
     for item in s.split(',').map(str::trim).filter(|i| !i.is_empty()) {
-        let (domain, value) = item
-            .split_once('=')
-            .ok_or_else(|| format!("{item:?}: expected DOMAIN=WATTS, e.g. cpu=12.5"))?;
+        let (domain, value) =
+            item.split_once('=').ok_or_else(|| format!("{item:?}: expected DOMAIN=WATTS, e.g. cpu=12.5"))?;
         let watts: f64 = value
             .trim()
             .parse()
@@ -217,40 +216,18 @@ mod tests {
         .unwrap();
         let c = cli.energy.config();
         assert_eq!(c.sysfs_root, PathBuf::from("/tmp/fake"));
-        assert_eq!(
-            c.idle_watts,
-            IdleWatts {
-                cpu: Some(12.5),
-                dram: Some(3.0),
-                ..Default::default()
-            }
-        );
+        assert_eq!(c.idle_watts, IdleWatts { cpu: Some(12.5), dram: Some(3.0), ..Default::default() });
         assert_eq!(c.static_share, StaticShare::Equal);
         assert_eq!(c.meter, MeterChoice::Model);
         assert!(!c.gpu);
-        assert_eq!(
-            (c.model.cpu_idle_watts, c.model.cpu_max_watts),
-            (Some(1.0), Some(4.5))
-        );
+        assert_eq!((c.model.cpu_idle_watts, c.model.cpu_max_watts), (Some(1.0), Some(4.5)));
     }
 
     #[test]
     fn bad_flags_are_specific_errors() {
-        assert!(
-            parse_idle_watts("cpu")
-                .unwrap_err()
-                .contains("DOMAIN=WATTS")
-        );
-        assert!(
-            parse_idle_watts("cpu=-1")
-                .unwrap_err()
-                .contains("non-negative")
-        );
-        assert!(
-            parse_idle_watts("fan=3")
-                .unwrap_err()
-                .contains("unknown domain \"fan\"")
-        );
+        assert!(parse_idle_watts("cpu").unwrap_err().contains("DOMAIN=WATTS"));
+        assert!(parse_idle_watts("cpu=-1").unwrap_err().contains("non-negative"));
+        assert!(parse_idle_watts("fan=3").unwrap_err().contains("unknown domain \"fan\""));
         assert!(Cli::try_parse_from(["x", "--static-share", "fair"]).is_err());
         assert!(Cli::try_parse_from(["x", "--cpu-max-watts", "NaN"]).is_err());
     }

@@ -113,10 +113,7 @@ struct Tracked {
 
 impl Tracked {
     fn new(meter: Box<dyn EnergyMeter>) -> Self {
-        Self {
-            meter,
-            prev: BTreeMap::new(),
-        }
+        Self { meter, prev: BTreeMap::new() }
     }
 
     /// Joules per (resource, domain) since the previous read (cumulative figures start at 0).
@@ -149,10 +146,7 @@ pub struct MeterSet {
 }
 
 fn package_j(d: &BTreeMap<(Resource, Domain), f64>) -> f64 {
-    d.iter()
-        .filter(|((_, dom), _)| *dom == Domain::Package)
-        .map(|(_, j)| j)
-        .sum()
+    d.iter().filter(|((_, dom), _)| *dom == Domain::Package).map(|(_, j)| j).sum()
 }
 
 impl MeterSet {
@@ -173,10 +167,7 @@ impl MeterSet {
 
     /// Reads every meter: joules per domain since the previous read.
     pub fn read_interval(&mut self, usage: &IntervalUsage) -> IntervalEnergyReading {
-        let tick = Tick {
-            interval_s: usage.interval_s,
-            usage,
-        };
+        let tick = Tick { interval_s: usage.interval_s, usage };
         let mut warnings = Vec::new();
         let per_resource = match self.cpu.deltas(&tick) {
             Ok(d) => d,
@@ -194,10 +185,8 @@ impl MeterSet {
                     })
                 }
                 None => {
-                    warnings.push(format!(
-                        "{} failed ({e}); no energy this interval",
-                        self.cpu.meter.source()
-                    ));
+                    warnings
+                        .push(format!("{} failed ({e}); no energy this interval", self.cpu.meter.source()));
                     BTreeMap::new()
                 }
             },
@@ -216,10 +205,7 @@ impl MeterSet {
                     });
                 }
                 Err(e) => {
-                    warnings.push(format!(
-                        "cross-check with {} stopped: {e}",
-                        check.meter.source()
-                    ));
+                    warnings.push(format!("cross-check with {} stopped: {e}", check.meter.source()));
                     self.check = None;
                 }
             }
@@ -248,17 +234,11 @@ impl MeterSet {
                         });
                     }
                 }
-                Err(e) => warnings.push(format!(
-                    "nvml read failed: {e}; no GPU energy this interval"
-                )),
+                Err(e) => warnings.push(format!("nvml read failed: {e}; no GPU energy this interval")),
             }
         }
         let cpu_source = self.cpu.meter.source();
-        let source = if self.gpu.is_some() {
-            format!("{cpu_source}+nvml")
-        } else {
-            cpu_source.to_string()
-        };
+        let source = if self.gpu.is_some() { format!("{cpu_source}+nvml") } else { cpu_source.to_string() };
         IntervalEnergyReading {
             source,
             estimated: cpu_source.estimated(),
@@ -278,40 +258,25 @@ pub fn discover(cfg: &EnergyConfig) -> (Result<MeterSet, String>, Vec<MeterProbe
 }
 
 /// Discovers the meters: tries each, records a probe for each, selects per `cfg.meter`.
-pub fn discover_with(
-    cfg: &EnergyConfig,
-    backends: Backends,
-) -> (Result<MeterSet, String>, Vec<MeterProbe>) {
+pub fn discover_with(cfg: &EnergyConfig, backends: Backends) -> (Result<MeterSet, String>, Vec<MeterProbe>) {
     let mut probes = Vec::new();
     let reader = backends.reader;
     let wants = |m: MeterChoice| cfg.meter == MeterChoice::Auto || cfg.meter == m;
 
     let perf: Option<Box<dyn EnergyMeter>> = if wants(MeterChoice::RaplPerf) {
-        record(
-            &mut probes,
-            "rapl-perf",
-            PerfPowerMeter::open(&cfg.sysfs_root, reader.clone(), backends.perf),
-        )
+        record(&mut probes, "rapl-perf", PerfPowerMeter::open(&cfg.sysfs_root, reader.clone(), backends.perf))
     } else {
         probes.push(not_tried("rapl-perf", cfg.meter));
         None
     };
-    let powercap: Option<Box<dyn EnergyMeter>> =
-        if wants(MeterChoice::RaplPowercap) || perf.is_some() {
-            record(
-                &mut probes,
-                "rapl-powercap",
-                PowercapMeter::open(&cfg.sysfs_root, reader.clone()),
-            )
-        } else {
-            probes.push(not_tried("rapl-powercap", cfg.meter));
-            None
-        };
-    let model: Option<Box<dyn EnergyMeter>> = record(
-        &mut probes,
-        "model",
-        ModelMeter::open(&cfg.proc_root, &*reader, &cfg.model),
-    );
+    let powercap: Option<Box<dyn EnergyMeter>> = if wants(MeterChoice::RaplPowercap) || perf.is_some() {
+        record(&mut probes, "rapl-powercap", PowercapMeter::open(&cfg.sysfs_root, reader.clone()))
+    } else {
+        probes.push(not_tried("rapl-powercap", cfg.meter));
+        None
+    };
+    let model: Option<Box<dyn EnergyMeter>> =
+        record(&mut probes, "model", ModelMeter::open(&cfg.proc_root, &*reader, &cfg.model));
 
     let (cpu, check, fallback) = match cfg.meter {
         MeterChoice::Auto => match (perf, powercap) {
@@ -330,29 +295,18 @@ pub fn discover_with(
     for p in &mut probes {
         p.selected = Some(p.meter) == selected;
         if p.found && p.meter == "rapl-powercap" && check.is_some() {
-            p.detail
-                .push_str("; read alongside rapl-perf to check that both agree");
+            p.detail.push_str("; read alongside rapl-perf to check that both agree");
         }
     }
 
     let gpu = if cfg.gpu {
         match (backends.gpus)().and_then(|d| NvmlMeter::new(d).map_err(|e| e.to_string())) {
             Ok(g) => {
-                probes.push(MeterProbe {
-                    meter: "nvml",
-                    found: true,
-                    selected: true,
-                    detail: g.describe(),
-                });
+                probes.push(MeterProbe { meter: "nvml", found: true, selected: true, detail: g.describe() });
                 Some(g)
             }
             Err(reason) => {
-                probes.push(MeterProbe {
-                    meter: "nvml",
-                    found: false,
-                    selected: false,
-                    detail: reason,
-                });
+                probes.push(MeterProbe { meter: "nvml", found: false, selected: false, detail: reason });
                 None
             }
         }
@@ -375,16 +329,9 @@ pub fn discover_with(
             gpu_prev: BTreeMap::new(),
         }),
         None => {
-            let why: Vec<String> = probes
-                .iter()
-                .filter(|p| !p.found)
-                .map(|p| format!("{}: {}", p.meter, p.detail))
-                .collect();
-            Err(format!(
-                "no usable energy meter for --meter {}: {}",
-                cfg.meter.as_str(),
-                why.join("; ")
-            ))
+            let why: Vec<String> =
+                probes.iter().filter(|p| !p.found).map(|p| format!("{}: {}", p.meter, p.detail)).collect();
+            Err(format!("no usable energy meter for --meter {}: {}", cfg.meter.as_str(), why.join("; ")))
         }
     };
     (set, probes)
@@ -397,21 +344,11 @@ fn record<M: EnergyMeter + 'static>(
 ) -> Option<Box<dyn EnergyMeter>> {
     match result {
         Ok(m) => {
-            probes.push(MeterProbe {
-                meter: name,
-                found: true,
-                selected: false,
-                detail: m.describe(),
-            });
+            probes.push(MeterProbe { meter: name, found: true, selected: false, detail: m.describe() });
             Some(Box::new(m))
         }
         Err(e) => {
-            probes.push(MeterProbe {
-                meter: name,
-                found: false,
-                selected: false,
-                detail: e.to_string(),
-            });
+            probes.push(MeterProbe { meter: name, found: false, selected: false, detail: e.to_string() });
             None
         }
     }
@@ -457,55 +394,28 @@ pub(crate) mod tests {
         Backends {
             reader: Arc::new(FsReader),
             perf: Box::new(counters),
-            gpus: Box::new(move || {
-                Ok(gpus
-                    .into_iter()
-                    .map(|g| Box::new(g) as Box<dyn GpuDevice>)
-                    .collect())
-            }),
+            gpus: Box::new(move || Ok(gpus.into_iter().map(|g| Box::new(g) as Box<dyn GpuDevice>).collect())),
         }
     }
 
     fn powercap_zone(root: &Path, id: &str, name: &str, uj: u64) {
-        write(
-            root,
-            &format!("sys/class/powercap/{id}/name"),
-            &format!("{name}\n"),
-        );
-        write(
-            root,
-            &format!("sys/class/powercap/{id}/energy_uj"),
-            &format!("{uj}\n"),
-        );
-        write(
-            root,
-            &format!("sys/class/powercap/{id}/max_energy_range_uj"),
-            "262143328850\n",
-        );
+        write(root, &format!("sys/class/powercap/{id}/name"), &format!("{name}\n"));
+        write(root, &format!("sys/class/powercap/{id}/energy_uj"), &format!("{uj}\n"));
+        write(root, &format!("sys/class/powercap/{id}/max_energy_range_uj"), "262143328850\n");
     }
 
     fn usage(dt: f64) -> IntervalUsage {
-        IntervalUsage {
-            interval_s: dt,
-            ncpu: 2,
-            ..Default::default()
-        }
+        IntervalUsage { interval_s: dt, ncpu: 2, ..Default::default() }
     }
 
     #[test]
     fn model_only_machine_selects_model_and_says_why() {
         let tmp = tempfile::tempdir().unwrap();
         fake_proc(tmp.path());
-        let (set, probes) = discover_with(
-            &cfg(tmp.path()),
-            backends(ScriptedCounters::default(), vec![]),
-        );
+        let (set, probes) = discover_with(&cfg(tmp.path()), backends(ScriptedCounters::default(), vec![]));
         let mut set = set.unwrap();
         assert_eq!(set.cpu_source(), MeterSource::Model);
-        let names: Vec<(&str, bool, bool)> = probes
-            .iter()
-            .map(|p| (p.meter, p.found, p.selected))
-            .collect();
+        let names: Vec<(&str, bool, bool)> = probes.iter().map(|p| (p.meter, p.found, p.selected)).collect();
         assert_eq!(
             names,
             [
@@ -515,16 +425,8 @@ pub(crate) mod tests {
                 ("nvml", false, false)
             ]
         );
-        assert!(
-            probes[0].detail.contains("no perf power PMU"),
-            "{}",
-            probes[0].detail
-        );
-        assert!(
-            probes[1].detail.contains("no powercap"),
-            "{}",
-            probes[1].detail
-        );
+        assert!(probes[0].detail.contains("no perf power PMU"), "{}", probes[0].detail);
+        assert!(probes[1].detail.contains("no powercap"), "{}", probes[1].detail);
         let r = set.read_interval(&usage(1.0));
         assert_eq!(r.source, "model");
         assert!(r.estimated);
@@ -547,11 +449,7 @@ pub(crate) mod tests {
         let (set, probes) = discover_with(&c, backends(counters.clone(), vec![gpu.clone()]));
         let mut set = set.unwrap();
         assert_eq!(set.cpu_source(), MeterSource::RaplPerf);
-        assert!(
-            probes
-                .iter()
-                .any(|p| p.meter == "rapl-powercap" && p.found && !p.selected)
-        );
+        assert!(probes.iter().any(|p| p.meter == "rapl-powercap" && p.found && !p.selected));
         assert!(probes.iter().any(|p| p.meter == "nvml" && p.selected));
         counters.set(2, 0, 10 << 32); // 10 J package via perf
         powercap_zone(root, "intel-rapl:0", "package-0", 9_500_000); // 9.5 J via powercap
@@ -562,10 +460,7 @@ pub(crate) mod tests {
         assert_eq!(r.domains[&Domain::Package], 10.0);
         assert_eq!(r.domains[&Domain::Gpu], 30.0);
         let a = r.agreement.unwrap();
-        assert_eq!(
-            (a.other, a.selected_j, a.other_j),
-            ("rapl-powercap", 10.0, 9.5)
-        );
+        assert_eq!((a.other, a.selected_j, a.other_j), ("rapl-powercap", 10.0, 9.5));
         assert!((a.relative_difference - 0.05).abs() < 1e-12);
         // Per-interval, not cumulative.
         counters.set(2, 0, 12 << 32);
@@ -600,10 +495,7 @@ pub(crate) mod tests {
         c.meter = MeterChoice::RaplPowercap;
         let (set, probes) = discover_with(&c, backends(ScriptedCounters::default(), vec![]));
         let err = set.err().unwrap();
-        assert!(
-            err.contains("--meter rapl-powercap") && err.contains("no powercap"),
-            "{err}"
-        );
+        assert!(err.contains("--meter rapl-powercap") && err.contains("no powercap"), "{err}");
         assert!(probes[0].detail.contains("not tried"));
     }
 }

@@ -249,31 +249,21 @@ pub(crate) fn read_trimmed(reader: &dyn FileReader, path: &Path) -> Result<Strin
     match reader.read_to_string(path) {
         Ok(s) => Ok(s.trim().to_owned()),
         Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
-            Err(MeterError::PermissionDenied {
-                path: path.to_owned(),
-            })
+            Err(MeterError::PermissionDenied { path: path.to_owned() })
         }
-        Err(source) => Err(MeterError::Io {
-            path: path.to_owned(),
-            source,
-        }),
+        Err(source) => Err(MeterError::Io { path: path.to_owned(), source }),
     }
 }
 
 /// Reads a file holding one unsigned decimal integer.
 pub(crate) fn read_u64(reader: &dyn FileReader, path: &Path) -> Result<u64, MeterError> {
     let s = read_trimmed(reader, path)?;
-    s.parse()
-        .map_err(|_| malformed(path, &s, "an unsigned decimal integer"))
+    s.parse().map_err(|_| malformed(path, &s, "an unsigned decimal integer"))
 }
 
 /// Builds a [`MeterError::Malformed`], cutting long contents.
 pub(crate) fn malformed(path: &Path, content: &str, expected: &'static str) -> MeterError {
-    MeterError::Malformed {
-        path: path.to_owned(),
-        content: content.chars().take(80).collect(),
-        expected,
-    }
+    MeterError::Malformed { path: path.to_owned(), content: content.chars().take(80).collect(), expected }
 }
 
 #[cfg(test)]

@@ -29,13 +29,11 @@ use std::path::Path;
 use serde::Serialize;
 
 use super::{
-    Domain, EnergyMeter, FileReader, Measurement, MeterError, MeterSource, Resource, Tick,
-    malformed,
+    Domain, EnergyMeter, FileReader, Measurement, MeterError, MeterSource, Resource, Tick, malformed,
 };
 use crate::usage::IntervalUsage;
 
-const CCF_MICROARCHITECTURES: &str =
-    include_str!("../../data/energy/ccf-cpu-microarchitectures.csv");
+const CCF_MICROARCHITECTURES: &str = include_str!("../../data/energy/ccf-cpu-microarchitectures.csv");
 const CCF_AWS_USE: &str = include_str!("../../data/energy/ccf-coefficients-aws-use.csv");
 const CODECARBON_TDP: &str = include_str!("../../data/energy/codecarbon-cpu-power.csv");
 
@@ -159,10 +157,7 @@ fn best_match<'a, T>(model: &str, rows: &'a [(String, T)]) -> Option<&'a (String
 
 /// Splits a CSV line on commas (the shipped tables have no quoted fields).
 fn fields(line: &str) -> Vec<&str> {
-    line.trim_end_matches('\r')
-        .split(',')
-        .map(str::trim)
-        .collect()
+    line.trim_end_matches('\r').split(',').map(str::trim).collect()
 }
 
 /// CCF coefficients: microarchitecture → (min W, max W) per hardware thread.
@@ -172,10 +167,7 @@ fn ccf_coefficients() -> Vec<(String, (f64, f64))> {
         .skip(1)
         .filter_map(|l| {
             let f = fields(l);
-            Some((
-                f.get(1)?.to_string(),
-                (f.get(2)?.parse().ok()?, f.get(3)?.parse().ok()?),
-            ))
+            Some((f.get(1)?.to_string(), (f.get(2)?.parse().ok()?, f.get(3)?.parse().ok()?)))
         })
         .collect()
 }
@@ -197,10 +189,7 @@ fn ccf_models() -> Vec<(String, String)> {
         .skip(1)
         .filter_map(|l| {
             let f = fields(l);
-            Some((
-                f.get(2)?.to_string(),
-                ccf_family_to_architecture(f.first()?).to_owned(),
-            ))
+            Some((f.get(2)?.to_string(), ccf_family_to_architecture(f.first()?).to_owned()))
         })
         .collect()
 }
@@ -222,25 +211,17 @@ fn codecarbon_tdps() -> Vec<(String, f64)> {
 /// Per-CPU figures for a TDP (W per package) and threads per package.
 fn from_tdp(tdp: f64, threads_per_package: u32, source: String) -> CpuPowerFigures {
     let max_w = tdp / f64::from(threads_per_package.max(1));
-    CpuPowerFigures {
-        idle_w: CODECARBON_IDLE_FRACTION * max_w,
-        max_w,
-        source,
-    }
+    CpuPowerFigures { idle_w: CODECARBON_IDLE_FRACTION * max_w, max_w, source }
 }
 
 /// Resolves the per-CPU figures: overrides, then CCF, then CodeCarbon, then CCF's mean.
 pub fn cpu_power_figures(cpu: &CpuInfo, overrides: &ModelOverrides) -> CpuPowerFigures {
-    let threads = cpu
-        .siblings
-        .unwrap_or_else(|| (cpu.logical_cpus / cpu.packages).max(1));
+    let threads = cpu.siblings.unwrap_or_else(|| (cpu.logical_cpus / cpu.packages).max(1));
     let table = table_figures(cpu, threads);
     let base = match overrides.cpu_tdp_watts {
-        Some(tdp) => from_tdp(
-            tdp,
-            threads,
-            format!("--cpu-tdp-watts {tdp} W per package, {threads} threads"),
-        ),
+        Some(tdp) => {
+            from_tdp(tdp, threads, format!("--cpu-tdp-watts {tdp} W per package, {threads} threads"))
+        }
         None => table,
     };
     match (overrides.cpu_idle_watts, overrides.cpu_max_watts) {
@@ -250,10 +231,8 @@ pub fn cpu_power_figures(cpu: &CpuInfo, overrides: &ModelOverrides) -> CpuPowerF
             max_w: max.unwrap_or(base.max_w),
             source: format!(
                 "{}{}{}",
-                idle.map(|w| format!("--cpu-idle-watts {w}; "))
-                    .unwrap_or_default(),
-                max.map(|w| format!("--cpu-max-watts {w}; "))
-                    .unwrap_or_default(),
+                idle.map(|w| format!("--cpu-idle-watts {w}; ")).unwrap_or_default(),
+                max.map(|w| format!("--cpu-max-watts {w}; ")).unwrap_or_default(),
                 base.source
             ),
         },
@@ -316,33 +295,19 @@ impl ModelMeter {
         let cpuinfo_path = proc_root.join("cpuinfo");
         let cpuinfo = reader
             .read_to_string(&cpuinfo_path)
-            .map_err(|source| MeterError::Io {
-                path: cpuinfo_path.clone(),
-                source,
-            })?;
+            .map_err(|source| MeterError::Io { path: cpuinfo_path.clone(), source })?;
         let meminfo_path = proc_root.join("meminfo");
         let meminfo = reader
             .read_to_string(&meminfo_path)
-            .map_err(|source| MeterError::Io {
-                path: meminfo_path.clone(),
-                source,
-            })?;
+            .map_err(|source| MeterError::Io { path: meminfo_path.clone(), source })?;
         let mem = parse_mem_total_bytes(&meminfo).ok_or_else(|| {
-            malformed(
-                &meminfo_path,
-                meminfo.lines().next().unwrap_or(""),
-                "a line MemTotal: N kB",
-            )
+            malformed(&meminfo_path, meminfo.lines().next().unwrap_or(""), "a line MemTotal: N kB")
         })?;
         Self::new(&parse_cpuinfo(&cpuinfo), mem, overrides)
     }
 
     /// A model for these CPUs and this much memory.
-    pub fn new(
-        cpu: &CpuInfo,
-        mem_total_bytes: u64,
-        overrides: &ModelOverrides,
-    ) -> Result<Self, MeterError> {
+    pub fn new(cpu: &CpuInfo, mem_total_bytes: u64, overrides: &ModelOverrides) -> Result<Self, MeterError> {
         let figures = cpu_power_figures(cpu, overrides);
         for (flag, w) in [("cpu idle", figures.idle_w), ("cpu max", figures.max_w)] {
             if !(w.is_finite() && w >= 0.0) {
@@ -370,13 +335,7 @@ impl ModelMeter {
                 "{gib:.2} GiB × {CCF_DRAM_WATTS_PER_GB} W/GB (Cloud Carbon Footprint memory coefficient)"
             ),
         };
-        Ok(Self {
-            cpu: figures,
-            dram_w: gib * per_gb,
-            dram_source,
-            cpu_j: 0.0,
-            dram_j: 0.0,
-        })
+        Ok(Self { cpu: figures, dram_w: gib * per_gb, dram_source, cpu_j: 0.0, dram_j: 0.0 })
     }
 
     /// The CPU figures in use.
@@ -409,28 +368,14 @@ impl EnergyMeter for ModelMeter {
         self.cpu_j += ncpu * self.cpu.idle_w * dt + (self.cpu.max_w - self.cpu.idle_w) * busy_s;
         self.dram_j += self.dram_w * dt;
         Ok(vec![
-            Measurement {
-                resource: Resource::Machine,
-                domain: Domain::Package,
-                joules: self.cpu_j,
-            },
-            Measurement {
-                resource: Resource::Machine,
-                domain: Domain::Dram,
-                joules: self.dram_j,
-            },
+            Measurement { resource: Resource::Machine, domain: Domain::Package, joules: self.cpu_j },
+            Measurement { resource: Resource::Machine, domain: Domain::Dram, joules: self.dram_j },
         ])
     }
 
     /// The model's idle figures: CPUs × idle W per CPU, and all of DRAM's power.
     fn static_power_w(&self, usage: &IntervalUsage) -> Vec<(Domain, f64)> {
-        vec![
-            (
-                Domain::Package,
-                f64::from(usage.ncpu.max(1)) * self.cpu.idle_w,
-            ),
-            (Domain::Dram, self.dram_w),
-        ]
+        vec![(Domain::Package, f64::from(usage.ncpu.max(1)) * self.cpu.idle_w), (Domain::Dram, self.dram_w)]
     }
 }
 
@@ -444,12 +389,7 @@ mod tests {
     use crate::usage::ProcessCpu;
 
     fn cpu(model: &str) -> CpuInfo {
-        CpuInfo {
-            model_name: Some(model.into()),
-            logical_cpus: 8,
-            packages: 1,
-            siblings: Some(8),
-        }
+        CpuInfo { model_name: Some(model.into()), logical_cpus: 8, packages: 1, siblings: Some(8) }
     }
 
     #[test]
@@ -458,10 +398,7 @@ mod tests {
             normalize_model_name("Intel(R) Xeon(R) CPU E5-2680 v2 @ 2.80GHz"),
             "intel xeon e5-2680 v2"
         );
-        assert_eq!(
-            normalize_model_name("AMD EPYC 7763 64-Core Processor"),
-            "amd epyc 7763"
-        );
+        assert_eq!(normalize_model_name("AMD EPYC 7763 64-Core Processor"), "amd epyc 7763");
         assert!(word_bounded_contains("intel xeon e5-2680 v2", "e5-2680"));
         assert!(!word_bounded_contains("amd epyc 77630", "epyc 7763"));
         assert!(!word_bounded_contains("x", ""));
@@ -469,24 +406,14 @@ mod tests {
 
     #[test]
     fn ccf_match_picks_the_longest_model() {
-        let f = cpu_power_figures(
-            &cpu("Intel(R) Xeon(R) CPU E5-2680 v2 @ 2.80GHz"),
-            &ModelOverrides::default(),
-        );
+        let f =
+            cpu_power_figures(&cpu("Intel(R) Xeon(R) CPU E5-2680 v2 @ 2.80GHz"), &ModelOverrides::default());
         assert!(f.source.contains("Ivy Bridge"), "{}", f.source);
-        assert_eq!(
-            (f.idle_w, f.max_w),
-            (1.7074305555555556, 5.5569444444444445)
-        );
-        let f = cpu_power_figures(
-            &cpu("AMD EPYC 7763 64-Core Processor"),
-            &ModelOverrides::default(),
-        );
+        assert_eq!((f.idle_w, f.max_w), (1.7074305555555556, 5.5569444444444445));
+        let f = cpu_power_figures(&cpu("AMD EPYC 7763 64-Core Processor"), &ModelOverrides::default());
         assert!(f.source.contains("EPYC 3rd Gen"), "{}", f.source);
-        let f = cpu_power_figures(
-            &cpu("Intel(R) Xeon(R) Gold 6148 CPU @ 2.40GHz"),
-            &ModelOverrides::default(),
-        );
+        let f =
+            cpu_power_figures(&cpu("Intel(R) Xeon(R) Gold 6148 CPU @ 2.40GHz"), &ModelOverrides::default());
         assert!(f.source.contains("Skylake,"), "{}", f.source);
         assert_eq!(f.idle_w, 0.6129888539040325);
     }
@@ -501,11 +428,7 @@ mod tests {
             siblings: Some(8),
         };
         let f = cpu_power_figures(&info, &ModelOverrides::default());
-        assert!(
-            f.source.contains("CodeCarbon") && f.source.contains("65"),
-            "{}",
-            f.source
-        );
+        assert!(f.source.contains("CodeCarbon") && f.source.contains("65"), "{}", f.source);
         assert_eq!(f.max_w, 65.0 / 8.0);
         assert_eq!(f.idle_w, 0.1 * 65.0 / 8.0);
     }
@@ -522,23 +445,11 @@ mod tests {
 
     #[test]
     fn overrides_win() {
-        let o = ModelOverrides {
-            cpu_idle_watts: Some(1.0),
-            cpu_max_watts: Some(4.0),
-            ..Default::default()
-        };
+        let o = ModelOverrides { cpu_idle_watts: Some(1.0), cpu_max_watts: Some(4.0), ..Default::default() };
         let f = cpu_power_figures(&cpu("AMD EPYC"), &o);
         assert_eq!((f.idle_w, f.max_w), (1.0, 4.0));
-        assert!(
-            f.source
-                .starts_with("--cpu-idle-watts 1; --cpu-max-watts 4"),
-            "{}",
-            f.source
-        );
-        let o = ModelOverrides {
-            cpu_tdp_watts: Some(160.0),
-            ..Default::default()
-        };
+        assert!(f.source.starts_with("--cpu-idle-watts 1; --cpu-max-watts 4"), "{}", f.source);
+        let o = ModelOverrides { cpu_tdp_watts: Some(160.0), ..Default::default() };
         let f = cpu_power_figures(&cpu("AMD EPYC 7763"), &o);
         assert_eq!((f.idle_w, f.max_w), (2.0, 20.0));
     }
@@ -547,10 +458,7 @@ mod tests {
     fn every_ccf_family_has_coefficients() {
         let coefficients = ccf_coefficients();
         for (model, arch) in ccf_models() {
-            assert!(
-                coefficients.iter().any(|(a, _)| *a == arch),
-                "{model}: {arch} has no coefficients"
-            );
+            assert!(coefficients.iter().any(|(a, _)| *a == arch), "{model}: {arch} has no coefficients");
         }
         assert_eq!(codecarbon_tdps().len(), 4903 - 5);
     }
@@ -563,12 +471,7 @@ mod tests {
         );
         assert_eq!(
             info,
-            CpuInfo {
-                model_name: Some("AMD EPYC".into()),
-                logical_cpus: 2,
-                packages: 1,
-                siblings: Some(2)
-            }
+            CpuInfo { model_name: Some("AMD EPYC".into()), logical_cpus: 2, packages: 1, siblings: Some(2) }
         );
         assert_eq!(
             parse_mem_total_bytes("MemTotal:       24684092 kB\nMemFree: 1 kB\n"),
@@ -586,45 +489,26 @@ mod tests {
             "processor : 0\nmodel name : Mystery CPU\nprocessor : 1\nmodel name : Mystery CPU\n",
         );
         write(tmp.path(), "meminfo", "MemTotal: 8388608 kB\n"); // 8 GiB
-        let o = ModelOverrides {
-            cpu_idle_watts: Some(2.0),
-            cpu_max_watts: Some(10.0),
-            ..Default::default()
-        };
+        let o = ModelOverrides { cpu_idle_watts: Some(2.0), cpu_max_watts: Some(10.0), ..Default::default() };
         let mut m = ModelMeter::open(tmp.path(), &FsReader, &o).unwrap();
         assert_eq!(m.dram_watts(), 8.0 * 0.392);
         let usage = IntervalUsage {
             interval_s: 2.0,
             ncpu: 2,
-            processes: BTreeMap::from([(
-                7,
-                ProcessCpu {
-                    cpu_ns: 1_500_000_000,
-                    switches: 1,
-                },
-            )]),
+            processes: BTreeMap::from([(7, ProcessCpu { cpu_ns: 1_500_000_000, switches: 1 })]),
             kernel_cpu_ns: 500_000_000,
             idle_cpu_ns: 2_000_000_000,
         };
-        let r = m
-            .read(&Tick {
-                interval_s: 2.0,
-                usage: &usage,
-            })
-            .unwrap();
+        let r = m.read(&Tick { interval_s: 2.0, usage: &usage }).unwrap();
         // 2 CPUs × 2 W × 2 s + 8 W × 2 busy CPU-seconds.
         assert_eq!(r[0].joules, 8.0 + 16.0);
         assert_eq!(r[1].joules, 8.0 * 0.392 * 2.0);
-        assert_eq!(
-            m.static_power_w(&usage),
-            vec![(Domain::Package, 4.0), (Domain::Dram, 8.0 * 0.392)]
-        );
+        assert_eq!(m.static_power_w(&usage), vec![(Domain::Package, 4.0), (Domain::Dram, 8.0 * 0.392)]);
     }
 
     #[test]
     fn opens_on_this_machines_real_proc() {
-        let m =
-            ModelMeter::open(Path::new("/proc"), &FsReader, &ModelOverrides::default()).unwrap();
+        let m = ModelMeter::open(Path::new("/proc"), &FsReader, &ModelOverrides::default()).unwrap();
         assert!(m.cpu_figures().max_w > m.cpu_figures().idle_w && m.dram_watts() > 0.0);
     }
 
@@ -633,20 +517,11 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         write(tmp.path(), "cpuinfo", "processor : 0\n");
         write(tmp.path(), "meminfo", "MemFree: 1 kB\n");
-        let msg = ModelMeter::open(tmp.path(), &FsReader, &ModelOverrides::default())
-            .err()
-            .unwrap()
-            .to_string();
+        let msg =
+            ModelMeter::open(tmp.path(), &FsReader, &ModelOverrides::default()).err().unwrap().to_string();
         assert!(msg.contains("meminfo") && msg.contains("MemTotal"), "{msg}");
-        let o = ModelOverrides {
-            cpu_idle_watts: Some(5.0),
-            cpu_max_watts: Some(1.0),
-            ..Default::default()
-        };
-        let msg = ModelMeter::new(&cpu("x"), 1 << 30, &o)
-            .err()
-            .unwrap()
-            .to_string();
+        let o = ModelOverrides { cpu_idle_watts: Some(5.0), cpu_max_watts: Some(1.0), ..Default::default() };
+        let msg = ModelMeter::new(&cpu("x"), 1 << 30, &o).err().unwrap().to_string();
         assert!(msg.contains("below idle"), "{msg}");
     }
 }

@@ -89,9 +89,7 @@ pub struct NvmlDevice {
 
 impl NvmlDevice {
     fn device(&self) -> Result<nvml_wrapper::Device<'_>, MeterError> {
-        self.nvml
-            .device_by_index(self.info.index)
-            .map_err(|e| nvml_err("device_by_index", e))
+        self.nvml.device_by_index(self.info.index).map_err(|e| nvml_err("device_by_index", e))
     }
 }
 
@@ -109,9 +107,7 @@ impl GpuDevice for NvmlDevice {
     }
 
     fn power_mw(&mut self) -> Result<u32, MeterError> {
-        self.device()?
-            .power_usage()
-            .map_err(|e| nvml_err("power_usage", e))
+        self.device()?.power_usage().map_err(|e| nvml_err("power_usage", e))
     }
 
     fn process_samples(&mut self, since_us: u64) -> Result<Option<Vec<ProcessSample>>, MeterError> {
@@ -136,10 +132,7 @@ impl GpuDevice for NvmlDevice {
     fn processes(&mut self) -> Result<Vec<GpuProcess>, MeterError> {
         let device = self.device()?;
         let mut out: BTreeMap<u32, GpuProcess> = BTreeMap::new();
-        let lists = [
-            device.running_compute_processes(),
-            device.running_graphics_processes(),
-        ];
+        let lists = [device.running_compute_processes(), device.running_graphics_processes()];
         for list in lists {
             let list = match list {
                 Ok(l) => l,
@@ -185,26 +178,19 @@ pub fn open_nvml() -> Result<Vec<Box<dyn GpuDevice>>, String> {
         other => format!("NVML init failed: {other}"),
     })?;
     let nvml = Arc::new(nvml);
-    let count = nvml
-        .device_count()
-        .map_err(|e| format!("NVML device count: {e}"))?;
+    let count = nvml.device_count().map_err(|e| format!("NVML device count: {e}"))?;
     if count == 0 {
         return Err("NVML loaded but reports no GPU".to_owned());
     }
     let mut devices: Vec<Box<dyn GpuDevice>> = Vec::new();
     for index in 0..count {
-        let d = nvml
-            .device_by_index(index)
-            .map_err(|e| format!("NVML GPU {index}: {e}"))?;
+        let d = nvml.device_by_index(index).map_err(|e| format!("NVML GPU {index}: {e}"))?;
         let info = GpuInfo {
             index,
             name: d.name().unwrap_or_else(|_| "unknown".to_owned()),
             uuid: d.uuid().unwrap_or_default(),
         };
-        devices.push(Box::new(NvmlDevice {
-            nvml: nvml.clone(),
-            info,
-        }));
+        devices.push(Box::new(NvmlDevice { nvml: nvml.clone(), info }));
     }
     Ok(devices)
 }
@@ -213,9 +199,7 @@ pub fn open_nvml() -> Result<Vec<Box<dyn GpuDevice>>, String> {
 /// and `scripts/gpu-check.sh`. Errors when the GPU has no counter.
 pub fn nvml_total_energy_j(index: u32) -> Result<f64, String> {
     let mut devices = open_nvml()?;
-    let d = devices
-        .get_mut(index as usize)
-        .ok_or_else(|| format!("no GPU with index {index}"))?;
+    let d = devices.get_mut(index as usize).ok_or_else(|| format!("no GPU with index {index}"))?;
     match d.total_energy_mj() {
         Ok(Some(mj)) => Ok(mj as f64 / 1000.0),
         Ok(None) => Err(format!("GPU {index} has no total-energy counter")),
@@ -244,10 +228,7 @@ pub fn compute_shares(samples: Option<&[ProcessSample]>, processes: &[GpuProcess
     if total > 0.0 {
         by_pid.retain(|_, v| *v > 0.0);
         by_pid.values_mut().for_each(|v| *v /= total);
-        return GpuShares {
-            by_pid,
-            basis: "sm-utilization",
-        };
+        return GpuShares { by_pid, basis: "sm-utilization" };
     }
     let total_mem: u64 = processes.iter().filter_map(|p| p.used_memory).sum();
     if total_mem > 0 {
@@ -257,15 +238,9 @@ pub fn compute_shares(samples: Option<&[ProcessSample]>, processes: &[GpuProcess
                 *by_pid.entry(p.pid).or_default() += m as f64 / total_mem as f64;
             }
         }
-        return GpuShares {
-            by_pid,
-            basis: "memory",
-        };
+        return GpuShares { by_pid, basis: "memory" };
     }
-    GpuShares {
-        by_pid: BTreeMap::new(),
-        basis: "none",
-    }
+    GpuShares { by_pid: BTreeMap::new(), basis: "none" }
 }
 
 struct DeviceState {
@@ -302,11 +277,8 @@ impl NvmlMeter {
         for mut device in devices {
             let info = device.info();
             let first_mj = device.total_energy_mj()?;
-            let last_power_w = if first_mj.is_none() {
-                Some(f64::from(device.power_mw()?) / 1000.0)
-            } else {
-                None
-            };
+            let last_power_w =
+                if first_mj.is_none() { Some(f64::from(device.power_mw()?) / 1000.0) } else { None };
             // Start the sample window now: samples older than this are not ours.
             let last_sample_us = now_us();
             states.push(DeviceState {
@@ -332,11 +304,7 @@ impl NvmlMeter {
             .devices
             .iter()
             .map(|d| {
-                let how = if d.first_mj.is_some() {
-                    "energy counter"
-                } else {
-                    "power sampling"
-                };
+                let how = if d.first_mj.is_some() { "energy counter" } else { "power sampling" };
                 format!("GPU {} {} ({how})", d.info.index, d.info.name)
             })
             .collect();
@@ -350,10 +318,7 @@ impl NvmlMeter {
             let joules = match d.first_mj {
                 Some(first) => {
                     let now = d.device.total_energy_mj()?.ok_or_else(|| {
-                        MeterError::Nvml(format!(
-                            "GPU {}: total-energy counter disappeared",
-                            d.info.index
-                        ))
+                        MeterError::Nvml(format!("GPU {}: total-energy counter disappeared", d.info.index))
                     })?;
                     now.saturating_sub(first) as f64 / 1000.0
                 }
@@ -379,8 +344,7 @@ impl NvmlMeter {
                 out.utilization.insert(d.info.index, u);
             }
             let processes = d.device.processes()?;
-            out.shares
-                .insert(d.info.index, compute_shares(samples.as_deref(), &processes));
+            out.shares.insert(d.info.index, compute_shares(samples.as_deref(), &processes));
         }
         Ok(out)
     }
@@ -418,11 +382,7 @@ pub(crate) mod tests {
     impl GpuDevice for FakeGpu {
         fn info(&self) -> GpuInfo {
             let s = self.state.lock().unwrap();
-            GpuInfo {
-                index: s.index,
-                name: "Fake H100".into(),
-                uuid: format!("GPU-fake-{}", s.index),
-            }
+            GpuInfo { index: s.index, name: "Fake H100".into(), uuid: format!("GPU-fake-{}", s.index) }
         }
         fn total_energy_mj(&mut self) -> Result<Option<u64>, MeterError> {
             Ok(self.state.lock().unwrap().energy_mj)
@@ -430,17 +390,9 @@ pub(crate) mod tests {
         fn power_mw(&mut self) -> Result<u32, MeterError> {
             Ok(self.state.lock().unwrap().power_mw)
         }
-        fn process_samples(
-            &mut self,
-            since_us: u64,
-        ) -> Result<Option<Vec<ProcessSample>>, MeterError> {
+        fn process_samples(&mut self, since_us: u64) -> Result<Option<Vec<ProcessSample>>, MeterError> {
             let s = self.state.lock().unwrap();
-            Ok(s.samples.as_ref().map(|v| {
-                v.iter()
-                    .filter(|x| x.timestamp_us > since_us)
-                    .copied()
-                    .collect()
-            }))
+            Ok(s.samples.as_ref().map(|v| v.iter().filter(|x| x.timestamp_us > since_us).copied().collect()))
         }
         fn processes(&mut self) -> Result<Vec<GpuProcess>, MeterError> {
             Ok(self.state.lock().unwrap().processes.clone())
@@ -451,12 +403,7 @@ pub(crate) mod tests {
     }
 
     fn sample(pid: u32, t: u64, sm: u32) -> ProcessSample {
-        ProcessSample {
-            pid,
-            timestamp_us: t,
-            sm_util: sm,
-            mem_util: 0,
-        }
+        ProcessSample { pid, timestamp_us: t, sm_util: sm, mem_util: 0 }
     }
 
     #[test]
@@ -480,10 +427,7 @@ pub(crate) mod tests {
         assert_eq!(r.measurements[0].resource, Resource::Gpu(0));
         let sh = &r.shares[&0];
         assert_eq!(sh.basis, "sm-utilization");
-        assert_eq!(
-            sh.by_pid,
-            BTreeMap::from([(10, 50.0 / 60.0), (11, 10.0 / 60.0)])
-        );
+        assert_eq!(sh.by_pid, BTreeMap::from([(10, 50.0 / 60.0), (11, 10.0 / 60.0)]));
         assert!(r.integrated.is_empty());
         // Old samples are not counted twice: the window moved on.
         let r = m.read(1.0).unwrap();
@@ -512,21 +456,9 @@ pub(crate) mod tests {
             s.energy_mj = Some(0);
             s.samples = None; // MIG: not supported
             s.processes = vec![
-                GpuProcess {
-                    pid: 100,
-                    used_memory: Some(3 << 30),
-                    gpu_instance: Some(1),
-                },
-                GpuProcess {
-                    pid: 200,
-                    used_memory: Some(1 << 30),
-                    gpu_instance: Some(2),
-                },
-                GpuProcess {
-                    pid: 300,
-                    used_memory: None,
-                    gpu_instance: Some(2),
-                },
+                GpuProcess { pid: 100, used_memory: Some(3 << 30), gpu_instance: Some(1) },
+                GpuProcess { pid: 200, used_memory: Some(1 << 30), gpu_instance: Some(2) },
+                GpuProcess { pid: 300, used_memory: None, gpu_instance: Some(2) },
             ];
         }
         let mut m = NvmlMeter::new(vec![Box::new(gpu.clone())]).unwrap();
@@ -534,21 +466,14 @@ pub(crate) mod tests {
         let r = m.read(1.0).unwrap();
         assert_eq!(r.measurements[0].resource, Resource::Gpu(3));
         assert_eq!(r.shares[&3].basis, "memory");
-        assert_eq!(
-            r.shares[&3].by_pid,
-            BTreeMap::from([(100, 0.75), (200, 0.25)])
-        );
+        assert_eq!(r.shares[&3].by_pid, BTreeMap::from([(100, 0.75), (200, 0.25)]));
     }
 
     #[test]
     fn shares_are_empty_without_any_signal() {
         let s = compute_shares(
             Some(&[sample(1, 1, 0)]),
-            &[GpuProcess {
-                pid: 1,
-                used_memory: None,
-                gpu_instance: None,
-            }],
+            &[GpuProcess { pid: 1, used_memory: None, gpu_instance: None }],
         );
         assert!(s.by_pid.is_empty());
         assert_eq!(s.basis, "none");

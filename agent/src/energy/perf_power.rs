@@ -22,8 +22,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 use super::{
-    Domain, EnergyMeter, FileReader, Measurement, MeterError, MeterSource, Resource, Tick,
-    malformed, read_trimmed,
+    Domain, EnergyMeter, FileReader, Measurement, MeterError, MeterSource, Resource, Tick, malformed,
+    read_trimmed,
 };
 
 /// One RAPL event of the `power` PMU.
@@ -97,12 +97,10 @@ pub fn parse_event_code(s: &str) -> Option<u64> {
             return None;
         }
         let v = value.trim();
-        code = Some(
-            match v.strip_prefix("0x").or_else(|| v.strip_prefix("0X")) {
-                Some(hex) => u64::from_str_radix(hex, 16).ok()?,
-                None => v.parse().ok()?,
-            },
-        );
+        code = Some(match v.strip_prefix("0x").or_else(|| v.strip_prefix("0X")) {
+            Some(hex) => u64::from_str_radix(hex, 16).ok()?,
+            None => v.parse().ok()?,
+        });
     }
     code
 }
@@ -120,47 +118,34 @@ pub fn parse_pmu(sysfs_root: &Path, reader: &dyn FileReader) -> Result<PowerPmu,
             )));
         }
         Err(source) => {
-            return Err(MeterError::Io {
-                path: type_path,
-                source,
-            });
+            return Err(MeterError::Io { path: type_path, source });
         }
     };
-    let pmu_type: u32 = type_s
-        .trim()
-        .parse()
-        .map_err(|_| malformed(&type_path, type_s.trim(), "a perf PMU type number"))?;
+    let pmu_type: u32 =
+        type_s.trim().parse().map_err(|_| malformed(&type_path, type_s.trim(), "a perf PMU type number"))?;
     let mask_path = dir.join("cpumask");
     let mask = read_trimmed(reader, &mask_path)?;
-    let mask_cpus = parse_cpu_list(&mask)
-        .ok_or_else(|| malformed(&mask_path, &mask, "a CPU list like 0,28"))?;
+    let mask_cpus =
+        parse_cpu_list(&mask).ok_or_else(|| malformed(&mask_path, &mask, "a CPU list like 0,28"))?;
     let format_path = dir.join("format/event");
     let shift = match reader.read_to_string(&format_path) {
-        Ok(s) => parse_format_shift(&s)
-            .ok_or_else(|| malformed(&format_path, s.trim(), "config:LOW-HIGH"))?,
+        Ok(s) => {
+            parse_format_shift(&s).ok_or_else(|| malformed(&format_path, s.trim(), "config:LOW-HIGH"))?
+        }
         Err(_) => 0,
     };
     let mut cpus = Vec::new();
     for (i, cpu) in mask_cpus.iter().enumerate() {
-        let pkg_path = sysfs_root.join(format!(
-            "devices/system/cpu/cpu{cpu}/topology/physical_package_id"
-        ));
+        let pkg_path = sysfs_root.join(format!("devices/system/cpu/cpu{cpu}/topology/physical_package_id"));
         let package = match reader.read_to_string(&pkg_path) {
-            Ok(s) => s
-                .trim()
-                .parse()
-                .map_err(|_| malformed(&pkg_path, s.trim(), "a package number"))?,
+            Ok(s) => s.trim().parse().map_err(|_| malformed(&pkg_path, s.trim(), "a package number"))?,
             Err(_) => i as u32,
         };
         cpus.push((*cpu, package));
     }
     let events_dir = dir.join("events");
-    let names = reader
-        .list_dir(&events_dir)
-        .map_err(|source| MeterError::Io {
-            path: events_dir.clone(),
-            source,
-        })?;
+    let names =
+        reader.list_dir(&events_dir).map_err(|source| MeterError::Io { path: events_dir.clone(), source })?;
     let mut events = Vec::new();
     for name in names.iter().filter(|n| !n.contains('.')) {
         let Some(domain) = event_domain(name) else {
@@ -168,32 +153,20 @@ pub fn parse_pmu(sysfs_root: &Path, reader: &dyn FileReader) -> Result<PowerPmu,
         };
         let ev_path = events_dir.join(name);
         let desc = read_trimmed(reader, &ev_path)?;
-        let code =
-            parse_event_code(&desc).ok_or_else(|| malformed(&ev_path, &desc, "event=0xNN"))?;
+        let code = parse_event_code(&desc).ok_or_else(|| malformed(&ev_path, &desc, "event=0xNN"))?;
         let scale_path = events_dir.join(format!("{name}.scale"));
         let scale_s = read_trimmed(reader, &scale_path)?;
         let scale: f64 = scale_s
             .parse()
             .ok()
             .filter(|s: &f64| s.is_finite() && *s > 0.0)
-            .ok_or_else(|| {
-                malformed(
-                    &scale_path,
-                    &scale_s,
-                    "a positive number of joules per count",
-                )
-            })?;
+            .ok_or_else(|| malformed(&scale_path, &scale_s, "a positive number of joules per count"))?;
         let unit_path = events_dir.join(format!("{name}.unit"));
         let unit = read_trimmed(reader, &unit_path)?;
         if unit != "Joules" {
             return Err(malformed(&unit_path, &unit, "Joules"));
         }
-        events.push(PowerEvent {
-            name: name.clone(),
-            domain,
-            config: code << shift,
-            scale,
-        });
+        events.push(PowerEvent { name: name.clone(), domain, config: code << shift, scale });
     }
     if events.is_empty() {
         return Err(MeterError::Unavailable(format!(
@@ -201,11 +174,7 @@ pub fn parse_pmu(sysfs_root: &Path, reader: &dyn FileReader) -> Result<PowerPmu,
             dir.display()
         )));
     }
-    Ok(PowerPmu {
-        pmu_type,
-        cpus,
-        events,
-    })
+    Ok(PowerPmu { pmu_type, cpus, events })
 }
 
 /// An open counter: a cumulative 64-bit count.
@@ -253,10 +222,7 @@ impl PerfCounter for FdCounter {
             return Err(io::Error::last_os_error());
         }
         if n != 8 {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                format!("short perf read: {n} bytes"),
-            ));
+            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, format!("short perf read: {n} bytes")));
         }
         Ok(u64::from_ne_bytes(buf))
     }
@@ -285,9 +251,7 @@ impl PerfCounterSource for SyscallCounterSource {
             return Err(io::Error::last_os_error());
         }
         // SAFETY: the syscall returned a new file descriptor that nothing else owns.
-        Ok(Box::new(FdCounter(unsafe {
-            OwnedFd::from_raw_fd(fd as i32)
-        })))
+        Ok(Box::new(FdCounter(unsafe { OwnedFd::from_raw_fd(fd as i32) })))
     }
 }
 
@@ -315,11 +279,7 @@ impl PerfPowerMeter {
         let pmu = parse_pmu(sysfs_root, &*reader)?;
         let mut counters = Vec::new();
         for event in &pmu.events {
-            let cpus: &[(u32, u32)] = if event.domain == Domain::Psys {
-                &pmu.cpus[..1]
-            } else {
-                &pmu.cpus
-            };
+            let cpus: &[(u32, u32)] = if event.domain == Domain::Psys { &pmu.cpus[..1] } else { &pmu.cpus };
             for &(cpu, package) in cpus {
                 let what = format!("{} on cpu {cpu}", event.name);
                 let mut counter = source.open(pmu.pmu_type, event.config, cpu).map_err(|e| {
@@ -329,15 +289,10 @@ impl PerfPowerMeter {
                         }
                         _ => "",
                     };
-                    MeterError::Perf {
-                        what: format!("{what}{hint}"),
-                        source: e,
-                    }
+                    MeterError::Perf { what: format!("{what}{hint}"), source: e }
                 })?;
-                let first = counter.read().map_err(|source| MeterError::Perf {
-                    what: what.clone(),
-                    source,
-                })?;
+                let first =
+                    counter.read().map_err(|source| MeterError::Perf { what: what.clone(), source })?;
                 let resource = if event.domain == Domain::Psys {
                     Resource::Platform
                 } else {
@@ -370,10 +325,7 @@ impl EnergyMeter for PerfPowerMeter {
     fn read(&mut self, _tick: &Tick<'_>) -> Result<Vec<Measurement>, MeterError> {
         let mut out = Vec::with_capacity(self.counters.len());
         for c in &mut self.counters {
-            let now = c.counter.read().map_err(|source| MeterError::Perf {
-                what: c.what.clone(),
-                source,
-            })?;
+            let now = c.counter.read().map_err(|source| MeterError::Perf { what: c.what.clone(), source })?;
             out.push(Measurement {
                 resource: c.resource,
                 domain: c.domain,
@@ -411,10 +363,7 @@ pub(crate) mod tests {
 
     impl PerfCounterSource for ScriptedCounters {
         fn open(&mut self, _t: u32, config: u64, cpu: u32) -> io::Result<Box<dyn PerfCounter>> {
-            Ok(Box::new(Scripted {
-                key: (config, cpu),
-                counts: self.0.clone(),
-            }))
+            Ok(Box::new(Scripted { key: (config, cpu), counts: self.0.clone() }))
         }
     }
 
@@ -430,23 +379,9 @@ pub(crate) mod tests {
         write(root, &format!("{d}/type"), "23\n");
         write(root, &format!("{d}/cpumask"), &format!("{cpumask}\n"));
         write(root, &format!("{d}/format/event"), "config:0-7\n");
-        for (name, code) in [
-            ("pkg", 2),
-            ("cores", 1),
-            ("ram", 3),
-            ("gpu", 4),
-            ("psys", 5),
-        ] {
-            write(
-                root,
-                &format!("{d}/events/energy-{name}"),
-                &format!("event=0x{code:02x}\n"),
-            );
-            write(
-                root,
-                &format!("{d}/events/energy-{name}.scale"),
-                "2.3283064365386962890625e-10\n",
-            );
+        for (name, code) in [("pkg", 2), ("cores", 1), ("ram", 3), ("gpu", 4), ("psys", 5)] {
+            write(root, &format!("{d}/events/energy-{name}"), &format!("event=0x{code:02x}\n"));
+            write(root, &format!("{d}/events/energy-{name}.scale"), "2.3283064365386962890625e-10\n");
             write(root, &format!("{d}/events/energy-{name}.unit"), "Joules\n");
         }
         write(root, &format!("{d}/events/cycles"), "event=0x3c\n"); // not an energy event: ignored
@@ -473,24 +408,13 @@ pub(crate) mod tests {
     fn parses_a_fake_pmu_with_two_sockets() {
         let tmp = tempfile::tempdir().unwrap();
         fake_pmu(tmp.path(), "0,28");
-        write(
-            tmp.path(),
-            "devices/system/cpu/cpu28/topology/physical_package_id",
-            "1\n",
-        );
-        write(
-            tmp.path(),
-            "devices/system/cpu/cpu0/topology/physical_package_id",
-            "0\n",
-        );
+        write(tmp.path(), "devices/system/cpu/cpu28/topology/physical_package_id", "1\n");
+        write(tmp.path(), "devices/system/cpu/cpu0/topology/physical_package_id", "0\n");
         let pmu = parse_pmu(tmp.path(), &FsReader).unwrap();
         assert_eq!(pmu.pmu_type, 23);
         assert_eq!(pmu.cpus, vec![(0, 0), (28, 1)]);
-        let names: Vec<(&str, Domain, u64)> = pmu
-            .events
-            .iter()
-            .map(|e| (e.name.as_str(), e.domain, e.config))
-            .collect();
+        let names: Vec<(&str, Domain, u64)> =
+            pmu.events.iter().map(|e| (e.name.as_str(), e.domain, e.config)).collect();
         assert_eq!(
             names,
             [
@@ -510,26 +434,16 @@ pub(crate) mod tests {
         fake_pmu(tmp.path(), "0,1");
         let counts = ScriptedCounters::default();
         counts.set(2, 0, 1000);
-        let mut m =
-            PerfPowerMeter::open(tmp.path(), Arc::new(FsReader), Box::new(counts.clone())).unwrap();
+        let mut m = PerfPowerMeter::open(tmp.path(), Arc::new(FsReader), Box::new(counts.clone())).unwrap();
         // 4 events × 2 CPUs + psys once.
         assert_eq!(m.counters.len(), 9);
         counts.set(2, 0, 1000 + (1u64 << 32)); // 2^32 counts × 2^-32 J = 1 J
         counts.set(2, 1, 3 << 32);
         counts.set(5, 0, 10 << 32);
         let u = IntervalUsage::default();
-        let r = m
-            .read(&Tick {
-                interval_s: 1.0,
-                usage: &u,
-            })
-            .unwrap();
-        let get = |res, d| {
-            r.iter()
-                .find(|x: &&Measurement| x.resource == res && x.domain == d)
-                .unwrap()
-                .joules
-        };
+        let r = m.read(&Tick { interval_s: 1.0, usage: &u }).unwrap();
+        let get =
+            |res, d| r.iter().find(|x: &&Measurement| x.resource == res && x.domain == d).unwrap().joules;
         assert_eq!(get(Resource::Package(0), Domain::Package), 1.0);
         assert_eq!(get(Resource::Package(1), Domain::Package), 3.0);
         assert_eq!(get(Resource::Platform, Domain::Psys), 10.0);
@@ -544,16 +458,9 @@ pub(crate) mod tests {
 
         fake_pmu(tmp.path(), "0");
         let d = "bus/event_source/devices/power";
-        write(
-            tmp.path(),
-            &format!("{d}/events/energy-pkg.unit"),
-            "Watts\n",
-        );
+        write(tmp.path(), &format!("{d}/events/energy-pkg.unit"), "Watts\n");
         let msg = parse_pmu(tmp.path(), &FsReader).err().unwrap().to_string();
-        assert!(
-            msg.contains("energy-pkg.unit") && msg.contains("Watts") && msg.contains("Joules"),
-            "{msg}"
-        );
+        assert!(msg.contains("energy-pkg.unit") && msg.contains("Watts") && msg.contains("Joules"), "{msg}");
 
         fake_pmu(tmp.path(), "0");
         write(tmp.path(), &format!("{d}/events/energy-ram.scale"), "-1\n");
@@ -575,13 +482,8 @@ pub(crate) mod tests {
         }
         let tmp = tempfile::tempdir().unwrap();
         fake_pmu(tmp.path(), "0");
-        let msg = PerfPowerMeter::open(tmp.path(), Arc::new(FsReader), Box::new(Denied))
-            .err()
-            .unwrap()
-            .to_string();
-        assert!(
-            msg.contains("CAP_PERFMON") && msg.contains("energy-"),
-            "{msg}"
-        );
+        let msg =
+            PerfPowerMeter::open(tmp.path(), Arc::new(FsReader), Box::new(Denied)).err().unwrap().to_string();
+        assert!(msg.contains("CAP_PERFMON") && msg.contains("energy-"), "{msg}");
     }
 }

@@ -23,8 +23,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::{
-    Domain, EnergyMeter, FileReader, Measurement, MeterError, MeterSource, Resource, Tick,
-    malformed, read_trimmed, read_u64,
+    Domain, EnergyMeter, FileReader, Measurement, MeterError, MeterSource, Resource, Tick, malformed,
+    read_trimmed, read_u64,
 };
 
 /// Maximum power assumed for a zone without `constraint_*_max_power_uw` (dram zones,
@@ -75,19 +75,13 @@ impl WrapCounter {
             (self.range_uj.saturating_sub(self.last_raw) + raw) as f64
         };
         let max_uj = max_power_w * interval_s.max(0.0) * 1e6;
-        let max_extra = if max_uj > observed + range {
-            ((max_uj - observed) / range).floor()
-        } else {
-            0.0
-        };
+        let max_extra = if max_uj > observed + range { ((max_uj - observed) / range).floor() } else { 0.0 };
         let mut extra = 0.0;
         if max_extra >= 1.0 {
             self.ambiguous_reads += 1;
             if let Some(power) = self.last_power_w {
                 let expected = power * interval_s * 1e6;
-                extra = ((expected - observed) / range)
-                    .round()
-                    .clamp(0.0, max_extra);
+                extra = ((expected - observed) / range).round().clamp(0.0, max_extra);
                 self.extra_wraps += extra as u64;
             }
         }
@@ -164,10 +158,7 @@ fn parse_zone_id(id: &str) -> Option<(bool, u32, Option<u32>)> {
 fn parse_package_name(name: &str) -> Option<Resource> {
     let rest = name.strip_prefix("package-")?;
     match rest.split_once("-die-") {
-        Some((p, d)) => Some(Resource::Die {
-            package: p.parse().ok()?,
-            die: d.parse().ok()?,
-        }),
+        Some((p, d)) => Some(Resource::Die { package: p.parse().ok()?, die: d.parse().ok()? }),
         None => Some(Resource::Package(rest.parse().ok()?)),
     }
 }
@@ -226,13 +217,8 @@ impl PowercapMeter {
                     }
                 }
             };
-            if zones
-                .iter()
-                .any(|z| z.resource == resource && z.domain == domain)
-            {
-                skipped.push(format!(
-                    "{id}: {domain} of {resource:?} already read from another zone"
-                ));
+            if zones.iter().any(|z| z.resource == resource && z.domain == domain) {
+                skipped.push(format!("{id}: {domain} of {resource:?} already read from another zone"));
                 continue;
             }
             if sub.is_none() {
@@ -264,26 +250,12 @@ impl PowercapMeter {
                 max_power_w,
                 max_power_is_fallback: fallback,
             });
-            zones.push(Zone {
-                dir,
-                resource,
-                domain,
-                max_power_w,
-                counter: WrapCounter::new(raw, range_uj),
-            });
+            zones.push(Zone { dir, resource, domain, max_power_w, counter: WrapCounter::new(raw, range_uj) });
         }
         if zones.is_empty() {
-            return Err(MeterError::Unavailable(format!(
-                "no RAPL zone under {}",
-                base.display()
-            )));
+            return Err(MeterError::Unavailable(format!("no RAPL zone under {}", base.display())));
         }
-        Ok(Self {
-            reader,
-            zones,
-            infos,
-            skipped,
-        })
+        Ok(Self { reader, zones, infos, skipped })
     }
 
     /// The zones read.
@@ -304,15 +276,9 @@ impl PowercapMeter {
 
 /// The largest `constraint_*_max_power_uw` of a zone, in watts; `None` when it has none.
 fn max_constraint_power_w(reader: &dyn FileReader, dir: &Path) -> Result<Option<f64>, MeterError> {
-    let names = reader.list_dir(dir).map_err(|source| MeterError::Io {
-        path: dir.to_owned(),
-        source,
-    })?;
+    let names = reader.list_dir(dir).map_err(|source| MeterError::Io { path: dir.to_owned(), source })?;
     let mut max: Option<u64> = None;
-    for n in names
-        .iter()
-        .filter(|n| n.starts_with("constraint_") && n.ends_with("_max_power_uw"))
-    {
+    for n in names.iter().filter(|n| n.starts_with("constraint_") && n.ends_with("_max_power_uw")) {
         // Some zones have the file but the kernel returns ENODATA when reading it.
         match read_u64(reader, &dir.join(n)) {
             Ok(v) if v > 0 => max = Some(max.map_or(v, |m| m.max(v))),
@@ -329,11 +295,7 @@ impl EnergyMeter for PowercapMeter {
     }
 
     fn describe(&self) -> String {
-        let zones: Vec<String> = self
-            .infos
-            .iter()
-            .map(|z| format!("{} ({})", z.id, z.domain))
-            .collect();
+        let zones: Vec<String> = self.infos.iter().map(|z| format!("{} ({})", z.id, z.domain)).collect();
         format!("powercap RAPL zones: {}", zones.join(", "))
     }
 
@@ -343,11 +305,7 @@ impl EnergyMeter for PowercapMeter {
             let path = zone.dir.join("energy_uj");
             let raw = read_u64(&*self.reader, &path)?;
             if raw > zone.counter.range_uj {
-                return Err(malformed(
-                    &path,
-                    &raw.to_string(),
-                    "a value not above max_energy_range_uj",
-                ));
+                return Err(malformed(&path, &raw.to_string(), "a value not above max_energy_range_uj"));
             }
             zone.counter.update(raw, tick.interval_s, zone.max_power_w);
             out.push(Measurement {
@@ -370,49 +328,27 @@ mod tests {
     use crate::usage::IntervalUsage;
 
     fn tick(usage: &IntervalUsage, s: f64) -> Tick<'_> {
-        Tick {
-            interval_s: s,
-            usage,
-        }
+        Tick { interval_s: s, usage }
     }
 
     fn zone(root: &Path, id: &str, name: &str, energy: u64, range: u64, max_uw: Option<u64>) {
         let d = format!("class/powercap/{id}");
         write(root, &format!("{d}/name"), &format!("{name}\n"));
         write(root, &format!("{d}/energy_uj"), &format!("{energy}\n"));
-        write(
-            root,
-            &format!("{d}/max_energy_range_uj"),
-            &format!("{range}\n"),
-        );
+        write(root, &format!("{d}/max_energy_range_uj"), &format!("{range}\n"));
         write(root, &format!("{d}/constraint_0_name"), "long_term\n");
-        write(
-            root,
-            &format!("{d}/constraint_0_power_limit_uw"),
-            "65000000\n",
-        );
+        write(root, &format!("{d}/constraint_0_power_limit_uw"), "65000000\n");
         if let Some(uw) = max_uw {
-            write(
-                root,
-                &format!("{d}/constraint_0_max_power_uw"),
-                &format!("{uw}\n"),
-            );
+            write(root, &format!("{d}/constraint_0_max_power_uw"), &format!("{uw}\n"));
         }
     }
 
     fn set_energy(root: &Path, id: &str, energy: u64) {
-        write(
-            root,
-            &format!("class/powercap/{id}/energy_uj"),
-            &format!("{energy}\n"),
-        );
+        write(root, &format!("class/powercap/{id}/energy_uj"), &format!("{energy}\n"));
     }
 
     fn joules(m: &[Measurement], r: Resource, d: Domain) -> f64 {
-        m.iter()
-            .find(|x| x.resource == r && x.domain == d)
-            .unwrap()
-            .joules
+        m.iter().find(|x| x.resource == r && x.domain == d).unwrap().joules
     }
 
     #[test]
@@ -442,36 +378,16 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let root = tmp.path();
         let range = 262_143_328_850;
-        zone(
-            root,
-            "intel-rapl:0",
-            "package-0",
-            1_000_000,
-            range,
-            Some(200_000_000),
-        );
+        zone(root, "intel-rapl:0", "package-0", 1_000_000, range, Some(200_000_000));
         zone(root, "intel-rapl:0:0", "core", 500_000, range, None);
         zone(root, "intel-rapl:0:1", "dram", 100_000, range, None);
-        zone(
-            root,
-            "intel-rapl:1",
-            "package-1",
-            7_000_000,
-            range,
-            Some(200_000_000),
-        );
+        zone(root, "intel-rapl:1", "package-1", 7_000_000, range, Some(200_000_000));
         zone(root, "intel-rapl:1:0", "core", 0, range, None);
         zone(root, "intel-rapl:2", "psys", 0, range, None);
         write(root, "class/powercap/intel-rapl/enabled", "1\n"); // control type dir: ignored
         let mut m = PowercapMeter::open(root, Arc::new(FsReader)).unwrap();
         assert_eq!(m.zones().len(), 6);
-        assert!(
-            m.zones()
-                .iter()
-                .find(|z| z.id == "intel-rapl:0:1")
-                .unwrap()
-                .max_power_is_fallback
-        );
+        assert!(m.zones().iter().find(|z| z.id == "intel-rapl:0:1").unwrap().max_power_is_fallback);
         assert_eq!(m.zones()[0].max_power_w, 200.0);
         set_energy(root, "intel-rapl:0", 11_000_000);
         set_energy(root, "intel-rapl:0:0", 6_500_000);
@@ -497,14 +413,7 @@ mod tests {
     fn wrap_and_two_wraps_through_sysfs() {
         let tmp = tempfile::tempdir().unwrap();
         let root = tmp.path();
-        zone(
-            root,
-            "intel-rapl:0",
-            "package-0",
-            50_000_000,
-            60_000_000,
-            Some(100_000_000),
-        );
+        zone(root, "intel-rapl:0", "package-0", 50_000_000, 60_000_000, Some(100_000_000));
         let mut m = PowercapMeter::open(root, Arc::new(FsReader)).unwrap();
         let u = IntervalUsage::default();
         set_energy(root, "intel-rapl:0", 40_000_000); // wrapped: 10 + 40 = 50 J in 1 s
@@ -521,45 +430,20 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let root = tmp.path();
         zone(root, "intel-rapl:0", "package-0", 0, 1_000_000_000, None);
-        zone(
-            root,
-            "intel-rapl-mmio:0",
-            "package-0",
-            0,
-            1_000_000_000,
-            None,
-        );
+        zone(root, "intel-rapl-mmio:0", "package-0", 0, 1_000_000_000, None);
         zone(root, "intel-rapl:0:0", "core", 0, 1_000_000_000, None);
         let m = PowercapMeter::open(root, Arc::new(FsReader)).unwrap();
         let ids: Vec<&str> = m.zones().iter().map(|z| z.id.as_str()).collect();
         assert_eq!(ids, ["intel-rapl:0", "intel-rapl:0:0"]);
-        assert!(
-            m.skipped()[0].starts_with("intel-rapl-mmio:0"),
-            "{:?}",
-            m.skipped()
-        );
+        assert!(m.skipped()[0].starts_with("intel-rapl-mmio:0"), "{:?}", m.skipped());
     }
 
     #[test]
     fn multi_die_packages_are_separate_resources() {
         let tmp = tempfile::tempdir().unwrap();
         let root = tmp.path();
-        zone(
-            root,
-            "intel-rapl:0",
-            "package-0-die-0",
-            0,
-            1_000_000_000,
-            None,
-        );
-        zone(
-            root,
-            "intel-rapl:1",
-            "package-0-die-1",
-            0,
-            1_000_000_000,
-            None,
-        );
+        zone(root, "intel-rapl:0", "package-0-die-0", 0, 1_000_000_000, None);
+        zone(root, "intel-rapl:1", "package-0-die-1", 0, 1_000_000_000, None);
         let m = PowercapMeter::open(root, Arc::new(FsReader)).unwrap();
         assert_eq!(m.zones()[1].resource, Resource::Die { package: 0, die: 1 });
     }
@@ -570,10 +454,7 @@ mod tests {
         let root = tmp.path();
         zone(root, "intel-rapl:0", "package-0", 0, 1_000_000_000, None);
         let reader = FaultyReader::default();
-        reader.fail(
-            root.join("class/powercap/intel-rapl:0/energy_uj"),
-            io::ErrorKind::PermissionDenied,
-        );
+        reader.fail(root.join("class/powercap/intel-rapl:0/energy_uj"), io::ErrorKind::PermissionDenied);
         let err = PowercapMeter::open(root, Arc::new(reader)).err().unwrap();
         let msg = err.to_string();
         assert!(matches!(err, MeterError::PermissionDenied { .. }));
@@ -590,14 +471,8 @@ mod tests {
         zone(root, "intel-rapl:0", "package-0", 0, 1_000_000_000, None);
         set_energy(root, "intel-rapl:0", 0);
         write(root, "class/powercap/intel-rapl:0/energy_uj", "12abc\n");
-        let msg = PowercapMeter::open(root, Arc::new(FsReader))
-            .err()
-            .unwrap()
-            .to_string();
-        assert!(
-            msg.contains("energy_uj") && msg.contains("\"12abc\"") && msg.contains("integer"),
-            "{msg}"
-        );
+        let msg = PowercapMeter::open(root, Arc::new(FsReader)).err().unwrap().to_string();
+        assert!(msg.contains("energy_uj") && msg.contains("\"12abc\"") && msg.contains("integer"), "{msg}");
 
         write(root, "class/powercap/intel-rapl:0/energy_uj", "5\n");
         let mut m = PowercapMeter::open(root, Arc::new(FsReader)).unwrap();
@@ -605,37 +480,22 @@ mod tests {
         let u = IntervalUsage::default();
         let msg = m.read(&tick(&u, 1.0)).err().unwrap().to_string();
         assert!(msg.contains("unexpected contents \"\""), "{msg}");
-        write(
-            root,
-            "class/powercap/intel-rapl:0/energy_uj",
-            "2000000000\n",
-        );
+        write(root, "class/powercap/intel-rapl:0/energy_uj", "2000000000\n");
         let msg = m.read(&tick(&u, 1.0)).err().unwrap().to_string();
         assert!(msg.contains("max_energy_range_uj"), "{msg}");
 
-        write(
-            root,
-            "class/powercap/intel-rapl:0/max_energy_range_uj",
-            "0\n",
-        );
-        let msg = PowercapMeter::open(root, Arc::new(FsReader))
-            .err()
-            .unwrap()
-            .to_string();
+        write(root, "class/powercap/intel-rapl:0/max_energy_range_uj", "0\n");
+        let msg = PowercapMeter::open(root, Arc::new(FsReader)).err().unwrap().to_string();
         assert!(msg.contains("positive energy range"), "{msg}");
     }
 
     #[test]
     fn no_powercap_is_unavailable() {
         let tmp = tempfile::tempdir().unwrap();
-        let err = PowercapMeter::open(tmp.path(), Arc::new(FsReader))
-            .err()
-            .unwrap();
+        let err = PowercapMeter::open(tmp.path(), Arc::new(FsReader)).err().unwrap();
         assert!(matches!(err, MeterError::Unavailable(_)), "{err}");
         write(tmp.path(), "class/powercap/dtpm/name", "dtpm\n");
-        let err = PowercapMeter::open(tmp.path(), Arc::new(FsReader))
-            .err()
-            .unwrap();
+        let err = PowercapMeter::open(tmp.path(), Arc::new(FsReader)).err().unwrap();
         assert!(err.to_string().contains("no RAPL zone"), "{err}");
     }
 }

@@ -59,22 +59,13 @@ pub fn syscall_heavy_copy(src: &Path, dst: &Path, block: usize) -> Result<(Durat
 }
 
 fn set_bpf_stats(on: bool) -> Result<()> {
-    std::fs::write(
-        "/proc/sys/kernel/bpf_stats_enabled",
-        if on { "1" } else { "0" },
-    )
-    .context("enabling kernel.bpf_stats_enabled (needs root)")
+    std::fs::write("/proc/sys/kernel/bpf_stats_enabled", if on { "1" } else { "0" })
+        .context("enabling kernel.bpf_stats_enabled (needs root)")
 }
 
 /// Runs the benchmark in `dir` with a `file_bytes` file copied in `block` byte syscalls,
 /// alternating detached and attached runs `rounds` times (best of each is kept).
-pub fn run(
-    object: &[u8],
-    dir: &Path,
-    file_bytes: u64,
-    block: usize,
-    rounds: usize,
-) -> Result<IoBench> {
+pub fn run(object: &[u8], dir: &Path, file_bytes: u64, block: usize, rounds: usize) -> Result<IoBench> {
     let src = dir.join("carbon-io-bench.src");
     let dst = dir.join("carbon-io-bench.dst");
     std::fs::write(&src, vec![0x5au8; file_bytes as usize])?;
@@ -114,11 +105,7 @@ pub fn run(
     }
     set_bpf_stats(false)?;
     for h in &mut handlers {
-        h.ns_per_event = if h.run_count == 0 {
-            0.0
-        } else {
-            h.run_time_ns as f64 / h.run_count as f64
-        };
+        h.ns_per_event = if h.run_count == 0 { 0.0 } else { h.run_time_ns as f64 / h.run_count as f64 };
     }
     let sys_ns: u64 = handlers
         .iter()

@@ -21,20 +21,13 @@ const KIND_TYPE_TAG: u32 = 18;
 #[derive(Debug, Error)]
 pub enum BtfError {
     #[error("reading BTF from {path}: {source}")]
-    Read {
-        path: String,
-        source: std::io::Error,
-    },
+    Read { path: String, source: std::io::Error },
     #[error("malformed BTF: {0}")]
     Malformed(String),
     #[error("kernel BTF has no struct or union named `{0}`")]
     NoStruct(String),
     #[error("kernel BTF: `{strukt}` has no member `{member}` (looking up `{path}`)")]
-    NoMember {
-        strukt: String,
-        member: String,
-        path: String,
-    },
+    NoMember { strukt: String, member: String, path: String },
 }
 
 #[derive(Clone, Debug)]
@@ -67,10 +60,8 @@ impl Btf {
 
     /// Reads a BTF file.
     pub fn from_file(path: &Path) -> Result<Self, BtfError> {
-        let data = std::fs::read(path).map_err(|source| BtfError::Read {
-            path: path.display().to_string(),
-            source,
-        })?;
+        let data = std::fs::read(path)
+            .map_err(|source| BtfError::Read { path: path.display().to_string(), source })?;
         Self::parse(&data)
     }
 
@@ -82,9 +73,7 @@ impl Btf {
                 .ok_or_else(|| BtfError::Malformed(format!("truncated at byte {off}")))
         };
         if data.len() < 24 || data[0..2] != [0x9f, 0xeb] {
-            return Err(BtfError::Malformed(
-                "bad magic (expected 0xeB9F, little endian)".into(),
-            ));
+            return Err(BtfError::Malformed("bad magic (expected 0xeB9F, little endian)".into()));
         }
         let hdr_len = u32_at(4)? as usize;
         let (type_off, type_len) = (u32_at(8)? as usize, u32_at(12)? as usize);
@@ -97,12 +86,7 @@ impl Btf {
             let end = s.iter().position(|&b| b == 0).unwrap_or(s.len());
             String::from_utf8_lossy(&s[..end]).into_owned()
         };
-        let mut types = vec![Type {
-            kind: 0,
-            name: String::new(),
-            ref_type: 0,
-            members: vec![],
-        }];
+        let mut types = vec![Type { kind: 0, name: String::new(), ref_type: 0, members: vec![] }];
         let mut by_name = HashMap::new();
         let mut off = hdr_len + type_off;
         let end = off + type_len;
@@ -145,12 +129,7 @@ impl Btf {
                 // Keep the first complete definition.
                 by_name.entry(n.clone()).or_insert(id);
             }
-            types.push(Type {
-                kind,
-                name: n,
-                ref_type: size_or_type,
-                members,
-            });
+            types.push(Type { kind, name: n, ref_type: size_or_type, members });
         }
         Ok(Self { types, by_name })
     }
@@ -191,10 +170,7 @@ impl Btf {
 
     /// Byte offset of `path` (e.g. `"f_path.dentry"`) inside struct or union `strukt`.
     pub fn member_offset(&self, strukt: &str, path: &str) -> Result<u32, BtfError> {
-        let mut id = *self
-            .by_name
-            .get(strukt)
-            .ok_or_else(|| BtfError::NoStruct(strukt.into()))?;
+        let mut id = *self.by_name.get(strukt).ok_or_else(|| BtfError::NoStruct(strukt.into()))?;
         let mut bits = 0;
         for part in path.split('.') {
             let (b, ty) = self.find(id, part).ok_or_else(|| BtfError::NoMember {
@@ -206,9 +182,7 @@ impl Btf {
             id = self.resolve(ty);
         }
         if bits % 8 != 0 {
-            return Err(BtfError::Malformed(format!(
-                "{strukt}.{path} is a bit field"
-            )));
+            return Err(BtfError::Malformed(format!("{strukt}.{path} is a bit field")));
         }
         Ok(bits / 8)
     }
@@ -224,74 +198,26 @@ mod tests {
         let strings = b"\0int\0a\0b\0inner\0outer\0x\0u\0in\0p\0long\0";
         let s = |name: &str| -> u32 {
             let needle = format!("\0{name}\0");
-            strings
-                .windows(needle.len())
-                .position(|w| w == needle.as_bytes())
-                .unwrap() as u32
-                + 1
+            strings.windows(needle.len()).position(|w| w == needle.as_bytes()).unwrap() as u32 + 1
         };
         let mut t = Vec::new();
-        let push = |t: &mut Vec<u8>, vals: &[u32]| {
-            vals.iter()
-                .for_each(|v| t.extend_from_slice(&v.to_le_bytes()))
-        };
+        let push =
+            |t: &mut Vec<u8>, vals: &[u32]| vals.iter().for_each(|v| t.extend_from_slice(&v.to_le_bytes()));
         // 1: int
         push(&mut t, &[s("int"), 1 << 24, 4, 32]);
         // 2: struct inner { a @0, b @32 }
-        push(
-            &mut t,
-            &[
-                s("inner"),
-                (KIND_STRUCT << 24) | 2,
-                8,
-                s("a"),
-                1,
-                0,
-                s("b"),
-                1,
-                32,
-            ],
-        );
+        push(&mut t, &[s("inner"), (KIND_STRUCT << 24) | 2, 8, s("a"), 1, 0, s("b"), 1, 32]);
         // 3: anonymous union { u @0, in @0 }
-        push(
-            &mut t,
-            &[0, (KIND_UNION << 24) | 2, 8, s("u"), 1, 0, s("in"), 2, 0],
-        );
+        push(&mut t, &[0, (KIND_UNION << 24) | 2, 8, s("u"), 1, 0, s("in"), 2, 0]);
         // 4: long
         push(&mut t, &[s("long"), 1 << 24, 8, 64]);
         // 5: const inner, 6: ptr to 5
         push(&mut t, &[0, KIND_CONST << 24, 2]);
         push(&mut t, &[0, 2 << 24, 5]);
         // 7: struct outer { x @0, <anon> @64, p @128 }
-        push(
-            &mut t,
-            &[
-                s("outer"),
-                (KIND_STRUCT << 24) | 3,
-                24,
-                s("x"),
-                4,
-                0,
-                0,
-                3,
-                64,
-                s("p"),
-                6,
-                128,
-            ],
-        );
+        push(&mut t, &[s("outer"), (KIND_STRUCT << 24) | 3, 24, s("x"), 4, 0, 0, 3, 64, s("p"), 6, 128]);
         let mut out = Vec::new();
-        push(
-            &mut out,
-            &[
-                0x0001_eb9f,
-                24,
-                0,
-                t.len() as u32,
-                t.len() as u32,
-                strings.len() as u32,
-            ],
-        );
+        push(&mut out, &[0x0001_eb9f, 24, 0, t.len() as u32, t.len() as u32, strings.len() as u32]);
         out.extend_from_slice(&t);
         out.extend_from_slice(strings);
         out
@@ -312,10 +238,7 @@ mod tests {
         let btf = Btf::parse(&blob()).unwrap();
         let e = btf.member_offset("outer", "nope").unwrap_err().to_string();
         assert!(e.contains("`outer` has no member `nope`"), "{e}");
-        assert!(matches!(
-            btf.member_offset("task_struct", "pid"),
-            Err(BtfError::NoStruct(_))
-        ));
+        assert!(matches!(btf.member_offset("task_struct", "pid"), Err(BtfError::NoStruct(_))));
         assert!(Btf::parse(b"not btf at all, not at all").is_err());
     }
 

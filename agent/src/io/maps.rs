@@ -18,34 +18,15 @@ struct ElemAttr {
     flags: u64,
 }
 
-fn bpf_elem(
-    cmd: libc::c_long,
-    fd: BorrowedFd<'_>,
-    key: *const u8,
-    value: *mut u8,
-) -> std::io::Result<()> {
-    let attr = ElemAttr {
-        map_fd: fd.as_raw_fd() as u32,
-        _pad: 0,
-        key: key as u64,
-        value: value as u64,
-        flags: 0,
-    };
+fn bpf_elem(cmd: libc::c_long, fd: BorrowedFd<'_>, key: *const u8, value: *mut u8) -> std::io::Result<()> {
+    let attr =
+        ElemAttr { map_fd: fd.as_raw_fd() as u32, _pad: 0, key: key as u64, value: value as u64, flags: 0 };
     // SAFETY: `attr` is a valid bpf_attr prefix for the map element commands; key and value
     // point to buffers of the map's key and value size.
     let r = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            cmd,
-            &attr as *const ElemAttr,
-            std::mem::size_of::<ElemAttr>() as u32,
-        )
+        libc::syscall(libc::SYS_bpf, cmd, &attr as *const ElemAttr, std::mem::size_of::<ElemAttr>() as u32)
     };
-    if r < 0 {
-        Err(std::io::Error::last_os_error())
-    } else {
-        Ok(())
-    }
+    if r < 0 { Err(std::io::Error::last_os_error()) } else { Ok(()) }
 }
 
 /// All keys currently in the map (bounded by the map's capacity).
@@ -55,17 +36,8 @@ fn keys<K: Pod>(fd: BorrowedFd<'_>) -> Vec<K> {
     let mut next: K = unsafe { std::mem::zeroed() };
     let mut prev: Option<K> = None;
     loop {
-        let key_ptr = prev
-            .as_ref()
-            .map_or(std::ptr::null(), |k| k as *const K as *const u8);
-        if bpf_elem(
-            BPF_MAP_GET_NEXT_KEY,
-            fd,
-            key_ptr,
-            &mut next as *mut K as *mut u8,
-        )
-        .is_err()
-        {
+        let key_ptr = prev.as_ref().map_or(std::ptr::null(), |k| k as *const K as *const u8);
+        if bpf_elem(BPF_MAP_GET_NEXT_KEY, fd, key_ptr, &mut next as *mut K as *mut u8).is_err() {
             break;
         }
         out.push(next);
@@ -103,18 +75,11 @@ pub fn take_all_per_cpu<K: Pod, V: Pod>(fd: BorrowedFd<'_>, ncpus: usize) -> Vec
     keys::<K>(fd)
         .into_iter()
         .filter_map(|k| {
-            bpf_elem(
-                BPF_MAP_LOOKUP_AND_DELETE_ELEM,
-                fd,
-                &k as *const K as *const u8,
-                buf.as_mut_ptr(),
-            )
-            .ok()?;
+            bpf_elem(BPF_MAP_LOOKUP_AND_DELETE_ELEM, fd, &k as *const K as *const u8, buf.as_mut_ptr())
+                .ok()?;
             let vals = (0..ncpus)
                 // SAFETY: each stride holds one V written by the kernel.
-                .map(|i| unsafe {
-                    std::ptr::read_unaligned(buf.as_ptr().add(i * stride) as *const V)
-                })
+                .map(|i| unsafe { std::ptr::read_unaligned(buf.as_ptr().add(i * stride) as *const V) })
                 .collect();
             Some((k, vals))
         })

@@ -36,43 +36,19 @@ pub const IO_OFFSETS_GLOBAL: &str = OFFSETS_NAME;
 
 /// The I/O loss counters in the shared `STATS` array (index, name), for the lead's report.
 pub const IO_STATS: &[(u32, &str)] = &[
-    (
-        carbon_agent_common::stat::IO_TGID_MAP_FULL,
-        "io_tgid_map_full",
-    ),
-    (
-        carbon_agent_common::stat::IO_FILE_MAP_FULL,
-        "io_file_map_full",
-    ),
-    (
-        carbon_agent_common::stat::IO_COPY_BLOCK_MAP_FULL,
-        "io_copy_block_map_full",
-    ),
-    (
-        carbon_agent_common::stat::IO_EXTENTS_FULL,
-        "io_extents_ringbuf_full",
-    ),
-    (
-        carbon_agent_common::stat::IO_PATHS_FULL,
-        "io_paths_ringbuf_full",
-    ),
-    (
-        carbon_agent_common::stat::IO_ENTER_MISSING,
-        "io_syscall_enter_missing",
-    ),
-    (
-        carbon_agent_common::stat::IO_FD_UNRESOLVED,
-        "io_fd_unresolved",
-    ),
+    (carbon_agent_common::stat::IO_TGID_MAP_FULL, "io_tgid_map_full"),
+    (carbon_agent_common::stat::IO_FILE_MAP_FULL, "io_file_map_full"),
+    (carbon_agent_common::stat::IO_COPY_BLOCK_MAP_FULL, "io_copy_block_map_full"),
+    (carbon_agent_common::stat::IO_EXTENTS_FULL, "io_extents_ringbuf_full"),
+    (carbon_agent_common::stat::IO_PATHS_FULL, "io_paths_ringbuf_full"),
+    (carbon_agent_common::stat::IO_ENTER_MISSING, "io_syscall_enter_missing"),
+    (carbon_agent_common::stat::IO_FD_UNRESOLVED, "io_fd_unresolved"),
 ];
 
 /// Reads the offsets the I/O programs need from the running kernel's BTF.
 pub fn offsets_from_kernel() -> Result<IoOffsets> {
     if !cfg!(target_arch = "x86_64") {
-        bail!(
-            "the I/O probes use x86_64 syscall numbers and pt_regs; this is {}",
-            std::env::consts::ARCH
-        );
+        bail!("the I/O probes use x86_64 syscall numbers and pt_regs; this is {}", std::env::consts::ARCH);
     }
     let btf = btf::Btf::from_sys().context("I/O probes need the kernel BTF")?;
     Ok(offsets::io_offsets(&btf)?)
@@ -98,11 +74,7 @@ pub struct IoConfig {
 
 impl Default for IoConfig {
     fn default() -> Self {
-        Self {
-            page_cache_reads: false,
-            path_table_capacity: 65536,
-            max_ranges_per_file: 1024,
-        }
+        Self { page_cache_reads: false, path_table_capacity: 65536, max_ranges_per_file: 1024 }
     }
 }
 
@@ -319,10 +291,7 @@ pub struct IoProbes {
 }
 
 fn map_data(ebpf: &mut Ebpf, name: &str) -> Result<MapData> {
-    match ebpf
-        .take_map(name)
-        .with_context(|| format!("eBPF object has no map `{name}`"))?
-    {
+    match ebpf.take_map(name).with_context(|| format!("eBPF object has no map `{name}`"))? {
         Map::HashMap(d) | Map::PerCpuHashMap(d) | Map::LruHashMap(d) => Ok(d),
         _ => bail!("map `{name}` has an unexpected type"),
     }
@@ -338,10 +307,7 @@ pub fn ensure_tracefs() -> Result<()> {
     // SAFETY: valid NUL-terminated strings.
     let r = unsafe { libc::mount(src.as_ptr(), dst.as_ptr(), fs.as_ptr(), 0, std::ptr::null()) };
     if r != 0 {
-        bail!(
-            "mounting tracefs at /sys/kernel/tracing: {}",
-            std::io::Error::last_os_error()
-        );
+        bail!("mounting tracefs at /sys/kernel/tracing: {}", std::io::Error::last_os_error());
     }
     Ok(())
 }
@@ -352,13 +318,10 @@ pub fn attach(ebpf: &mut Ebpf, config: IoConfig) -> Result<IoProbes> {
     ensure_tracefs()?;
     let mut programs = Vec::new();
     for (name, tp) in [("io_sys_enter", "sys_enter"), ("io_sys_exit", "sys_exit")] {
-        let p: &mut RawTracePoint = ebpf
-            .program_mut(name)
-            .with_context(|| format!("no program {name}"))?
-            .try_into()?;
+        let p: &mut RawTracePoint =
+            ebpf.program_mut(name).with_context(|| format!("no program {name}"))?.try_into()?;
         p.load().with_context(|| format!("loading {name}"))?;
-        p.attach(tp)
-            .with_context(|| format!("attaching {name} to raw tracepoint {tp}"))?;
+        p.attach(tp).with_context(|| format!("attaching {name} to raw tracepoint {tp}"))?;
         programs.push(name);
     }
     let mut classic = vec![
@@ -372,18 +335,13 @@ pub fn attach(ebpf: &mut Ebpf, config: IoConfig) -> Result<IoProbes> {
         classic.push(("io_cache_get", "filemap", "mm_filemap_get_pages"));
     }
     for (name, cat, tp) in classic {
-        let p: &mut TracePoint = ebpf
-            .program_mut(name)
-            .with_context(|| format!("no program {name}"))?
-            .try_into()?;
+        let p: &mut TracePoint =
+            ebpf.program_mut(name).with_context(|| format!("no program {name}"))?.try_into()?;
         p.load().with_context(|| format!("loading {name}"))?;
-        p.attach(cat, tp)
-            .with_context(|| format!("attaching {name} to tracepoint {cat}:{tp}"))?;
+        p.attach(cat, tp).with_context(|| format!("attaching {name} to tracepoint {cat}:{tp}"))?;
         programs.push(name);
     }
-    let mounts = paths::parse_mountinfo(
-        &std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default(),
-    );
+    let mounts = paths::parse_mountinfo(&std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default());
     Ok(IoProbes {
         tgid_io: map_data(ebpf, names::TGID_IO)?,
         file_io: map_data(ebpf, names::FILE_IO)?,
@@ -401,9 +359,7 @@ pub fn attach(ebpf: &mut Ebpf, config: IoConfig) -> Result<IoProbes> {
 }
 
 fn ring(ebpf: &mut Ebpf, name: &str) -> Result<RingBuf<MapData>> {
-    let map = ebpf
-        .take_map(name)
-        .with_context(|| format!("eBPF object has no map `{name}`"))?;
+    let map = ebpf.take_map(name).with_context(|| format!("eBPF object has no map `{name}`"))?;
     RingBuf::try_from(map).with_context(|| format!("map `{name}` is not a ring buffer"))
 }
 
@@ -420,20 +376,16 @@ impl IoProbes {
         self.drain_paths(&mut out);
         let max = self.config.max_ranges_per_file;
         let mut files: BTreeMap<FileKey, FileActivity> = BTreeMap::new();
-        let entry =
-            |files: &mut BTreeMap<FileKey, FileActivity>, k: FileKey| -> *mut FileActivity {
-                files.entry(k).or_insert_with(|| FileActivity {
-                    tgid: k.tgid,
-                    file: FileId {
-                        dev: k.dev,
-                        ino: k.ino,
-                    },
-                    read_ranges: RangeSet::with_limit(max),
-                    write_ranges: RangeSet::with_limit(max),
-                    cache_ranges: RangeSet::with_limit(max),
-                    ..Default::default()
-                }) as *mut _
-            };
+        let entry = |files: &mut BTreeMap<FileKey, FileActivity>, k: FileKey| -> *mut FileActivity {
+            files.entry(k).or_insert_with(|| FileActivity {
+                tgid: k.tgid,
+                file: FileId { dev: k.dev, ino: k.ino },
+                read_ranges: RangeSet::with_limit(max),
+                write_ranges: RangeSet::with_limit(max),
+                cache_ranges: RangeSet::with_limit(max),
+                ..Default::default()
+            }) as *mut _
+        };
         while let Some(item) = self.extents.next() {
             let Some(e) = read_pod::<Extent>(&item) else {
                 continue;
@@ -460,16 +412,8 @@ impl IoProbes {
             out.processes.insert(k, ProcessIo::from_kernel(&v));
         }
         for (k, v) in maps::take_all::<CopyKey, CopyIo>(self.copy_io.fd().as_fd()) {
-            let (src, dst) = (
-                FileId {
-                    dev: k.src_dev,
-                    ino: k.src_ino,
-                },
-                FileId {
-                    dev: k.dst_dev,
-                    ino: k.dst_ino,
-                },
-            );
+            let (src, dst) =
+                (FileId { dev: k.src_dev, ino: k.src_ino }, FileId { dev: k.dst_dev, ino: k.dst_ino });
             out.copies.push(KernelCopy {
                 tgid: k.tgid,
                 src,
@@ -484,9 +428,7 @@ impl IoProbes {
             });
         }
         let mut block: BTreeMap<u32, BlockDeviceIo> = BTreeMap::new();
-        for (k, v) in
-            maps::take_all_per_cpu::<BlockKey, BlockIo>(self.block_io.fd().as_fd(), self.ncpus)
-        {
+        for (k, v) in maps::take_all_per_cpu::<BlockKey, BlockIo>(self.block_io.fd().as_fd(), self.ncpus) {
             let b = block.entry(k.dev).or_insert(BlockDeviceIo {
                 major: k.dev >> 20,
                 minor: k.dev & 0xf_ffff,
@@ -504,11 +446,7 @@ impl IoProbes {
         let mut proc_fd_cache: HashMap<u32, HashMap<FileId, PathBuf>> = HashMap::new();
         for (_, mut f) in files {
             f.path = self.paths.get(&f.file).cloned().or_else(|| {
-                proc_fd_cache
-                    .entry(f.tgid)
-                    .or_insert_with(|| proc_fd_paths(f.tgid))
-                    .get(&f.file)
-                    .cloned()
+                proc_fd_cache.entry(f.tgid).or_insert_with(|| proc_fd_paths(f.tgid)).get(&f.file).cloned()
             });
             if let Some(p) = &f.path {
                 self.paths.insert(f.file, p.clone());
@@ -531,10 +469,7 @@ impl IoProbes {
             match ev.kind {
                 path_kind::OPEN => {
                     if let Some(p) = paths::event_dir_path(&ev, &self.mounts) {
-                        let id = FileId {
-                            dev: ev.dev,
-                            ino: ev.ino,
-                        };
+                        let id = FileId { dev: ev.dev, ino: ev.ino };
                         self.paths.insert(id, p.clone());
                         if self.by_path.len() >= self.config.path_table_capacity {
                             self.by_path.clear();
@@ -548,13 +483,7 @@ impl IoProbes {
                         out.losses.unresolved_unlinks += 1;
                     }
                     let file = path.as_ref().and_then(|p| self.by_path.remove(p));
-                    out.unlinks.push(Unlink {
-                        tgid: ev.tgid,
-                        uid: ev.uid,
-                        path,
-                        file,
-                        ts_ns: ev.ts_ns,
-                    });
+                    out.unlinks.push(Unlink { tgid: ev.tgid, uid: ev.uid, path, file, ts_ns: ev.ts_ns });
                 }
                 _ => {}
             }
@@ -583,18 +512,11 @@ fn proc_fd_paths(tgid: u32) -> HashMap<FileId, PathBuf> {
         return out;
     };
     for e in dir.flatten().take(4096) {
-        let (Ok(target), Ok(meta)) = (std::fs::read_link(e.path()), std::fs::metadata(e.path()))
-        else {
+        let (Ok(target), Ok(meta)) = (std::fs::read_link(e.path()), std::fs::metadata(e.path())) else {
             continue;
         };
         if meta.is_file() {
-            out.insert(
-                FileId {
-                    dev: paths::udev_to_kdev(meta.dev()),
-                    ino: meta.ino(),
-                },
-                target,
-            );
+            out.insert(FileId { dev: paths::udev_to_kdev(meta.dev()), ino: meta.ino() }, target);
         }
     }
     out

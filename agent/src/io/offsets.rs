@@ -35,10 +35,7 @@ pub fn io_offsets(btf: &Btf) -> Result<IoOffsets, BtfError> {
         tp_fm_add_dev: m("trace_event_raw_mm_filemap_op_page_cache", "s_dev")?,
         tp_fm_add_order: m("trace_event_raw_mm_filemap_op_page_cache", "order")?,
         tp_fm_get_index: m("trace_event_raw_mm_filemap_op_page_cache_range", "index")?,
-        tp_fm_get_last_index: m(
-            "trace_event_raw_mm_filemap_op_page_cache_range",
-            "last_index",
-        )?,
+        tp_fm_get_last_index: m("trace_event_raw_mm_filemap_op_page_cache_range", "last_index")?,
         tp_sock_ret: m("trace_event_raw_sock_msg_length", "ret")?,
         tp_sock_flags: m("trace_event_raw_sock_msg_length", "flags")?,
         tp_blk_dev: m("trace_event_raw_block_rq_completion", "dev")?,
@@ -58,23 +55,12 @@ mod tests {
     fn tracepoint_offsets_agree_with_tracefs_formats() {
         let (Ok(btf), Ok(fmt)) = (
             Btf::from_sys(),
-            std::fs::read_to_string(
-                "/sys/kernel/tracing/events/filemap/mm_filemap_add_to_page_cache/format",
-            ),
+            std::fs::read_to_string("/sys/kernel/tracing/events/filemap/mm_filemap_add_to_page_cache/format"),
         ) else {
             return;
         };
         let o = io_offsets(&btf).unwrap();
-        assert!(
-            fmt.contains(&format!(
-                "unsigned long i_ino;\toffset:{};",
-                o.tp_fm_add_ino
-            )),
-            "{fmt}"
-        );
-        assert!(
-            fmt.contains(&format!("dev_t s_dev;\toffset:{};", o.tp_fm_add_dev)),
-            "{fmt}"
-        );
+        assert!(fmt.contains(&format!("unsigned long i_ino;\toffset:{};", o.tp_fm_add_ino)), "{fmt}");
+        assert!(fmt.contains(&format!("dev_t s_dev;\toffset:{};", o.tp_fm_add_dev)), "{fmt}");
     }
 }

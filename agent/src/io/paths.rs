@@ -47,10 +47,7 @@ pub fn parse_mountinfo(text: &str) -> HashMap<u32, Mount> {
             continue;
         };
         let dev = (maj << 20) | min;
-        let m = Mount {
-            root: PathBuf::from(unescape(f[3])),
-            mount_point: PathBuf::from(unescape(f[4])),
-        };
+        let m = Mount { root: PathBuf::from(unescape(f[3])), mount_point: PathBuf::from(unescape(f[4])) };
         match out.get(&dev) {
             Some(old) if old.root == Path::new("/") || m.root != Path::new("/") => {}
             _ => {
@@ -67,10 +64,7 @@ fn unescape(s: &str) -> String {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        if b[i] == b'\\'
-            && i + 3 < b.len()
-            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
-        {
+        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
             out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
             i += 4;
         } else {
@@ -100,20 +94,12 @@ pub fn event_dir_path(ev: &PathEvent, mounts: &HashMap<u32, Mount>) -> Option<Pa
     }
     let m = mounts.get(&ev.dev)?;
     let rel = fs_path.strip_prefix(&m.root).ok()?;
-    Some(if rel.as_os_str().is_empty() {
-        m.mount_point.clone()
-    } else {
-        m.mount_point.join(rel)
-    })
+    Some(if rel.as_os_str().is_empty() { m.mount_point.clone() } else { m.mount_point.join(rel) })
 }
 
 /// The user path of an unlink event, made absolute with its base directory.
 pub fn unlink_path(ev: &PathEvent, mounts: &HashMap<u32, Mount>) -> Option<PathBuf> {
-    let end = ev
-        .user_path
-        .iter()
-        .position(|&b| b == 0)
-        .unwrap_or(ev.user_path.len());
+    let end = ev.user_path.iter().position(|&b| b == 0).unwrap_or(ev.user_path.len());
     let user = PathBuf::from(String::from_utf8_lossy(&ev.user_path[..end]).into_owned());
     if ev.flags & path_flag::RELATIVE == 0 {
         return Some(normalize(&user));
@@ -153,12 +139,7 @@ pub struct PathTable {
 
 impl PathTable {
     pub fn new(capacity: usize) -> Self {
-        Self {
-            capacity: capacity.max(1),
-            by_id: HashMap::new(),
-            order: VecDeque::new(),
-            evicted: 0,
-        }
+        Self { capacity: capacity.max(1), by_id: HashMap::new(), order: VecDeque::new(), evicted: 0 }
     }
 
     /// Records that `id` is (now) at `path`.
@@ -188,8 +169,7 @@ impl PathTable {
 
     /// A snapshot of the known paths of `ids`.
     pub fn paths_of<'a>(&self, ids: impl Iterator<Item = &'a FileId>) -> BTreeMap<FileId, PathBuf> {
-        ids.filter_map(|id| self.by_id.get(id).map(|p| (*id, p.clone())))
-            .collect()
+        ids.filter_map(|id| self.by_id.get(id).map(|p| (*id, p.clone()))).collect()
     }
 }
 
@@ -239,43 +219,22 @@ mod tests {
     #[test]
     fn event_paths_under_their_mounts() {
         let m = parse_mountinfo(MOUNTINFO);
-        assert_eq!(
-            event_dir_path(&ev(254 << 20, &["f.bin", "work"], 0, ""), &m),
-            Some("/work/f.bin".into())
-        );
-        assert_eq!(
-            event_dir_path(&ev(25, &["x"], 0, ""), &m),
-            Some("/tmp/x".into())
-        );
-        assert_eq!(
-            event_dir_path(&ev(26, &["f", "data"], 0, ""), &m),
-            Some("/srv/f".into())
-        );
+        assert_eq!(event_dir_path(&ev(254 << 20, &["f.bin", "work"], 0, ""), &m), Some("/work/f.bin".into()));
+        assert_eq!(event_dir_path(&ev(25, &["x"], 0, ""), &m), Some("/tmp/x".into()));
+        assert_eq!(event_dir_path(&ev(26, &["f", "data"], 0, ""), &m), Some("/srv/f".into()));
         // Outside the mounted subtree, unknown device, cut path: not resolvable.
         assert_eq!(event_dir_path(&ev(26, &["f", "other"], 0, ""), &m), None);
         assert_eq!(event_dir_path(&ev(99, &["f"], 0, ""), &m), None);
-        assert_eq!(
-            event_dir_path(&ev(25, &["f"], path_flag::DEEP, ""), &m),
-            None
-        );
+        assert_eq!(event_dir_path(&ev(25, &["f"], path_flag::DEEP, ""), &m), None);
     }
 
     #[test]
     fn unlink_paths() {
         let m = parse_mountinfo(MOUNTINFO);
-        assert_eq!(
-            unlink_path(&ev(0, &[], 0, "/tmp/a/../b"), &m),
-            Some("/tmp/b".into())
-        );
+        assert_eq!(unlink_path(&ev(0, &[], 0, "/tmp/a/../b"), &m), Some("/tmp/b".into()));
         let rel = ev(254 << 20, &["d", "work"], path_flag::RELATIVE, "./out.bin");
         assert_eq!(unlink_path(&rel, &m), Some("/work/d/out.bin".into()));
-        assert_eq!(
-            unlink_path(
-                &ev(0, &[], path_flag::RELATIVE | path_flag::NO_BASE, "x"),
-                &m
-            ),
-            None
-        );
+        assert_eq!(unlink_path(&ev(0, &[], path_flag::RELATIVE | path_flag::NO_BASE, "x"), &m), None);
     }
 
     #[test]
@@ -296,9 +255,6 @@ mod tests {
         assert_eq!(t.evicted, 1);
         assert!(t.get(&FileId { dev: 1, ino: 0 }).is_none());
         t.insert(FileId { dev: 1, ino: 2 }, "/renamed".into());
-        assert_eq!(
-            t.get(&FileId { dev: 1, ino: 2 }),
-            Some(&PathBuf::from("/renamed"))
-        );
+        assert_eq!(t.get(&FileId { dev: 1, ino: 2 }), Some(&PathBuf::from("/renamed")));
     }
 }

@@ -39,7 +39,12 @@ pub struct TreeRow {
 
 /// Trees sorted by their CPU share in the interval (then by total), each followed by up to
 /// `members` of its busiest active processes.
-pub fn tree_rows(table: &ProcessTable, report: &IntervalReport, users: &Users, members: usize) -> Vec<TreeRow> {
+pub fn tree_rows(
+    table: &ProcessTable,
+    report: &IntervalReport,
+    users: &Users,
+    members: usize,
+) -> Vec<TreeRow> {
     let available_ns = report.usage.interval_s * 1e9 * f64::from(report.usage.ncpu.max(1));
     let pct = |ns: u64| if available_ns > 0.0 { ns as f64 / available_ns * 100.0 } else { 0.0 };
     let mut by_top: HashMap<Pid, Vec<Pid>> = HashMap::new();
@@ -71,7 +76,9 @@ pub fn tree_rows(table: &ProcessTable, report: &IntervalReport, users: &Users, m
         })
         .filter(|t| t.total_ns > 0)
         .collect();
-    trees.sort_by(|a, b| b.interval_ns.cmp(&a.interval_ns).then(b.total_ns.cmp(&a.total_ns)).then(a.root.cmp(&b.root)));
+    trees.sort_by(|a, b| {
+        b.interval_ns.cmp(&a.interval_ns).then(b.total_ns.cmp(&a.total_ns)).then(a.root.cmp(&b.root))
+    });
     let mut rows = Vec::new();
     for t in trees {
         let root = table.get(t.root);
@@ -150,7 +157,8 @@ async fn draw_loop(
 
 fn draw(frame: &mut Frame, session: &Session, report: Option<&IntervalReport>) {
     let [header, body, footer] =
-        Layout::vertical([Constraint::Length(2), Constraint::Min(3), Constraint::Length(1)]).areas(frame.area());
+        Layout::vertical([Constraint::Length(2), Constraint::Min(3), Constraint::Length(1)])
+            .areas(frame.area());
     let Some(report) = report else {
         frame.render_widget(Paragraph::new("carbon-agent: measuring the first interval…"), header);
         return;
@@ -181,7 +189,8 @@ fn draw(frame: &mut Frame, session: &Session, report: Option<&IntervalReport>) {
     let rows = tree_rows(&session.table, report, &session.users, 3);
     let table_rows = rows.iter().map(|r| {
         let name = if r.depth == 0 { r.comm.clone() } else { format!("  └ {}", r.comm) };
-        let style = if r.depth == 0 { Style::default().add_modifier(Modifier::BOLD) } else { Style::default() };
+        let style =
+            if r.depth == 0 { Style::default().add_modifier(Modifier::BOLD) } else { Style::default() };
         Row::new(vec![
             r.pid.to_string(),
             r.user.clone(),
@@ -202,7 +211,10 @@ fn draw(frame: &mut Frame, session: &Session, report: Option<&IntervalReport>) {
     ];
     let table = Table::new(table_rows, widths)
         .header(Row::new(["PID", "USER", "TREE / COMMAND", "PROCS", "CPU TIME", "CPU%"]).bold().underlined())
-        .block(Block::bordered().title(" process trees (CPU time since start; CPU% of the machine this interval) "));
+        .block(
+            Block::bordered()
+                .title(" process trees (CPU time since start; CPU% of the machine this interval) "),
+        );
     frame.render_widget(table, body);
     frame.render_widget(Paragraph::new("q quit").dim(), footer);
 }
@@ -212,15 +224,19 @@ mod tests {
     use std::{collections::BTreeMap, time::SystemTime};
 
     use super::*;
-    use crate::{
-        process::ProcInfo,
-        usage::ProcessCpu,
-    };
+    use crate::{process::ProcInfo, usage::ProcessCpu};
 
     #[test]
     fn trees_sorted_with_active_members() {
         let mut t = ProcessTable::new();
-        let info = |pid, ppid, comm: &str| ProcInfo { pid, ppid, uid: 0, comm: comm.into(), kind: ProcessKind::User, start_ns: None };
+        let info = |pid, ppid, comm: &str| ProcInfo {
+            pid,
+            ppid,
+            uid: 0,
+            comm: comm.into(),
+            kind: ProcessKind::User,
+            start_ns: None,
+        };
         t.seed([info(1, 0, "init"), info(100, 1, "sshd"), info(200, 1, "cron"), info(101, 100, "bash")]);
         t.fork(102, 101, "make", 0, 0, 1);
         let deltas: BTreeMap<_, _> = [(101, 100_000_000u64), (102, 900_000_000), (200, 50_000_000)]
@@ -235,7 +251,8 @@ mod tests {
             table_losses: Default::default(),
         };
         let rows = tree_rows(&t, &report, &Users::default(), 5);
-        let summary: Vec<_> = rows.iter().map(|r| (r.depth, r.pid, (r.cpu_percent * 10.0).round() / 10.0)).collect();
+        let summary: Vec<_> =
+            rows.iter().map(|r| (r.depth, r.pid, (r.cpu_percent * 10.0).round() / 10.0)).collect();
         assert_eq!(summary, vec![(0, 100, 50.0), (1, 102, 45.0), (1, 101, 5.0), (0, 200, 2.5)]);
         assert_eq!(rows[0].processes, 3);
         assert!((rows[0].cpu_total_s - 1.0).abs() < 1e-9);

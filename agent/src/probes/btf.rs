@@ -103,8 +103,8 @@ impl KernelBtf {
             let kind_flag = info >> 31 == 1;
             let mut members = Vec::new();
             let extra = match kind {
-                1 | 14 | 17 => 4,        // INT, VAR, DECL_TAG
-                3 => 12,                 // ARRAY
+                1 | 14 | 17 => 4, // INT, VAR, DECL_TAG
+                3 => 12,          // ARRAY
                 KIND_STRUCT | KIND_UNION => {
                     for i in 0..vlen {
                         let m = at + i * 12;
@@ -118,8 +118,8 @@ impl KernelBtf {
                     }
                     vlen * 12
                 }
-                6 | 13 => vlen * 8,      // ENUM, FUNC_PROTO
-                15 | 19 => vlen * 12,    // DATASEC, ENUM64
+                6 | 13 => vlen * 8,   // ENUM, FUNC_PROTO
+                15 | 19 => vlen * 12, // DATASEC, ENUM64
                 2 | 7..=12 | 16 | 18 => 0,
                 other => return Err(BtfError::Malformed(format!("unknown BTF kind {other}"))),
             };
@@ -150,10 +150,14 @@ impl KernelBtf {
     fn resolve(&self, mut id: u32) -> u32 {
         for _ in 0..32 {
             match self.types.get(id as usize) {
-                Some(t) if matches!(
-                    t.kind,
-                    KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT | KIND_TYPE_TAG
-                ) => id = t.type_ref,
+                Some(t)
+                    if matches!(
+                        t.kind,
+                        KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT | KIND_TYPE_TAG
+                    ) =>
+                {
+                    id = t.type_ref
+                }
                 _ => break,
             }
         }
@@ -217,7 +221,8 @@ mod tests {
         push(&[outer, (KIND_STRUCT << 24) | 3, 24, a, 3, 0, 0, 2, 64, d, 1, 128]);
         strings.push(0);
         let mut data = Vec::new();
-        for w in [0xeb9f_u32 | (1 << 16), 24, 0, types.len() as u32, types.len() as u32, strings.len() as u32] {
+        for w in [0xeb9f_u32 | (1 << 16), 24, 0, types.len() as u32, types.len() as u32, strings.len() as u32]
+        {
             data.extend_from_slice(&w.to_le_bytes());
         }
         // The first word packs magic (u16), version (u8), flags (u8).
@@ -239,7 +244,10 @@ mod tests {
     #[test]
     fn missing_things_are_named() {
         let btf = KernelBtf::parse(&sample()).unwrap();
-        assert_eq!(btf.member_offset("outer", "zz").unwrap_err().to_string(), "struct outer has no field zz in the kernel's BTF");
+        assert_eq!(
+            btf.member_offset("outer", "zz").unwrap_err().to_string(),
+            "struct outer has no field zz in the kernel's BTF"
+        );
         assert!(matches!(btf.member_offset("nope", "a"), Err(BtfError::NoStruct(_))));
     }
 

@@ -21,7 +21,10 @@ impl CounterDeltas {
         for (&tgid, now) in cumulative {
             let before = self.last.insert(tgid, *now).unwrap_or_default();
             let delta = if now.cpu_ns >= before.cpu_ns {
-                ProcessCpu { cpu_ns: now.cpu_ns - before.cpu_ns, switches: now.switches.saturating_sub(before.switches) }
+                ProcessCpu {
+                    cpu_ns: now.cpu_ns - before.cpu_ns,
+                    switches: now.switches.saturating_sub(before.switches),
+                }
             } else {
                 *now
             };

@@ -45,8 +45,13 @@ mod tests {
 
     fn raw(ev: &LifecycleEvent) -> Vec<u8> {
         // SAFETY: reading the bytes of a POD struct.
-        unsafe { std::slice::from_raw_parts((ev as *const LifecycleEvent).cast::<u8>(), size_of::<LifecycleEvent>()) }
-            .to_vec()
+        unsafe {
+            std::slice::from_raw_parts(
+                (ev as *const LifecycleEvent).cast::<u8>(),
+                size_of::<LifecycleEvent>(),
+            )
+        }
+        .to_vec()
     }
 
     #[test]
@@ -67,7 +72,12 @@ mod tests {
         ev.filename[..13].copy_from_slice(b"/usr/bin/sort");
         assert_eq!(
             decode(&raw(&ev)),
-            Some(Lifecycle::Exec { tgid: 7, comm: "sort".into(), filename: "/usr/bin/sort".into(), uid: 1000 })
+            Some(Lifecycle::Exec {
+                tgid: 7,
+                comm: "sort".into(),
+                filename: "/usr/bin/sort".into(),
+                uid: 1000
+            })
         );
         ev.kind = 99;
         assert_eq!(decode(&raw(&ev)), None);

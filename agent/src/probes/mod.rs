@@ -115,8 +115,8 @@ impl Probes {
                 SchedHook::BtfTracepoint
             }
             _ => {
-                tracefs_mounted_by_agent = tracefs::ensure_mounted().map_err(|e| anyhow!(e))?
-                    == tracefs::Tracefs::MountedByAgent;
+                tracefs_mounted_by_agent =
+                    tracefs::ensure_mounted().map_err(|e| anyhow!(e))? == tracefs::Tracefs::MountedByAgent;
                 let prog: &mut TracePoint = program(&mut ebpf, "sched_switch_tp")?.try_into()?;
                 prog.load().context("loading sched_switch (classic tracepoint)")?;
                 prog.attach("sched", "sched_switch").context("attaching sched:sched_switch")?;
@@ -192,7 +192,11 @@ impl StructOffsets {
         loader.override_global(globals::BINPRM_FILENAME_OFF, &self.binprm_filename, true);
         loader.override_global(globals::TASK_SUM_EXEC_RUNTIME_OFF, &self.task_sum_exec_runtime, true);
         loader.override_global(globals::SCHED_TASK_PID_OFF, &self.task_pid, true);
-        loader.override_global(globals::TASK_PREV_SUM_EXEC_RUNTIME_OFF, &self.task_prev_sum_exec_runtime, true);
+        loader.override_global(
+            globals::TASK_PREV_SUM_EXEC_RUNTIME_OFF,
+            &self.task_prev_sum_exec_runtime,
+            true,
+        );
     }
 }
 

@@ -34,10 +34,7 @@ pub struct Digest {
 
 impl Default for Digest {
     fn default() -> Self {
-        Self {
-            a: 0xcbf2_9ce4_8422_2325,
-            b: 0x6c62_272e_07bb_0142,
-        }
+        Self { a: 0xcbf2_9ce4_8422_2325, b: 0x6c62_272e_07bb_0142 }
     }
 }
 
@@ -45,9 +42,7 @@ impl Digest {
     pub fn update(&mut self, data: &[u8]) {
         for &x in data {
             self.a = (self.a ^ u64::from(x)).wrapping_mul(0x0000_0100_0000_01b3);
-            self.b = (self.b ^ u64::from(x))
-                .wrapping_mul(0x0000_0100_0000_01b3)
-                .rotate_left(5);
+            self.b = (self.b ^ u64::from(x)).wrapping_mul(0x0000_0100_0000_01b3).rotate_left(5);
         }
     }
     pub fn finish(&self) -> [u64; 2] {
@@ -64,11 +59,7 @@ pub struct FsHasher {
 
 impl FsHasher {
     pub fn new(budget_bytes: u64) -> Self {
-        Self {
-            budget_bytes,
-            read: 0,
-            cache: HashMap::new(),
-        }
+        Self { budget_bytes, read: 0, cache: HashMap::new() }
     }
 }
 
@@ -78,33 +69,19 @@ fn idle_io_priority() {
     const IOPRIO_WHO_PROCESS: libc::c_long = 1;
     const IOPRIO_CLASS_IDLE: libc::c_long = 3;
     // SAFETY: plain syscall on the calling thread; failure only means normal priority.
-    unsafe {
-        libc::syscall(
-            libc::SYS_ioprio_set,
-            IOPRIO_WHO_PROCESS,
-            0,
-            IOPRIO_CLASS_IDLE << 13,
-        )
-    };
+    unsafe { libc::syscall(libc::SYS_ioprio_set, IOPRIO_WHO_PROCESS, 0, IOPRIO_CLASS_IDLE << 13) };
 }
 
 impl ContentHasher for FsHasher {
     fn size(&mut self, path: &Path) -> Option<u64> {
-        std::fs::metadata(path)
-            .ok()
-            .filter(|m| m.is_file())
-            .map(|m| m.len())
+        std::fs::metadata(path).ok().filter(|m| m.is_file()).map(|m| m.len())
     }
 
     fn content(&mut self, path: &Path) -> Option<Content> {
         use std::os::unix::fs::MetadataExt;
         let meta = std::fs::metadata(path).ok().filter(|m| m.is_file())?;
-        let key = (
-            path.to_path_buf(),
-            meta.ino(),
-            meta.mtime_nsec() + meta.mtime() * 1_000_000_000,
-            meta.len(),
-        );
+        let key =
+            (path.to_path_buf(), meta.ino(), meta.mtime_nsec() + meta.mtime() * 1_000_000_000, meta.len());
         if let Some(c) = self.cache.get(&key) {
             return Some(*c);
         }
@@ -125,10 +102,7 @@ impl ContentHasher for FsHasher {
             size += n as u64;
             d.update(&buf[..n]);
         }
-        let c = Content {
-            size,
-            digest: d.finish(),
-        };
+        let c = Content { size, digest: d.finish() };
         if self.cache.len() > 65536 {
             self.cache.clear();
         }

@@ -64,10 +64,7 @@ pub struct Coefficients {
 
 impl Default for Coefficients {
     fn default() -> Self {
-        Self {
-            memory_j_per_byte: 0.5e-9,
-            storage_j_per_byte: 2.5e-9,
-        }
+        Self { memory_j_per_byte: 0.5e-9, storage_j_per_byte: 2.5e-9 }
     }
 }
 
@@ -84,11 +81,7 @@ pub struct Thresholds {
 
 impl Default for Thresholds {
     fn default() -> Self {
-        Self {
-            reread_factor: 2.0,
-            min_bytes: 1 << 20,
-            copy_size_tolerance: 0.01,
-        }
+        Self { reread_factor: 2.0, min_bytes: 1 << 20, copy_size_tolerance: 0.01 }
     }
 }
 
@@ -183,12 +176,7 @@ impl WasteTracker {
     }
 
     /// Adds one interval. `process` tells each tgid's tree root and command name.
-    pub fn observe(
-        &mut self,
-        iv: &IoInterval,
-        energy: IntervalEnergy,
-        process: &dyn Fn(u32) -> ProcessInfo,
-    ) {
+    pub fn observe(&mut self, iv: &IoInterval, energy: IntervalEnergy, process: &dyn Fn(u32) -> ProcessInfo) {
         self.intervals += 1;
         self.g_per_kwh_sum += energy.g_per_kwh;
         let info = |tgid: u32, comms: &mut HashMap<u32, String>| {
@@ -206,8 +194,7 @@ impl WasteTracker {
                 continue;
             }
             let t = self.files.entry(key).or_default();
-            *t.by_tgid.entry(f.tgid).or_default() +=
-                f.read_bytes + f.write_bytes + f.cache_miss_bytes;
+            *t.by_tgid.entry(f.tgid).or_default() += f.read_bytes + f.write_bytes + f.cache_miss_bytes;
             t.uids.insert(f.uid);
             if f.path.is_some() {
                 t.path = f.path.clone();
@@ -257,11 +244,7 @@ impl WasteTracker {
     }
 
     fn mean_g_per_kwh(&self) -> f64 {
-        if self.intervals == 0 {
-            0.0
-        } else {
-            self.g_per_kwh_sum / self.intervals as f64
-        }
+        if self.intervals == 0 { 0.0 } else { self.g_per_kwh_sum / self.intervals as f64 }
     }
 
     fn finding(
@@ -297,14 +280,10 @@ impl WasteTracker {
         let co = self.coefficients;
         let mut out = Vec::new();
         let path_str = |p: &Option<PathBuf>| {
-            p.as_ref()
-                .map_or_else(|| "(unresolved)".to_string(), |p| p.display().to_string())
+            p.as_ref().map_or_else(|| "(unresolved)".to_string(), |p| p.display().to_string())
         };
         let top = |t: &TreeFile| {
-            t.by_tgid
-                .iter()
-                .max_by_key(|(p, b)| (**b, std::cmp::Reverse(**p)))
-                .map_or(0, |(p, _)| *p)
+            t.by_tgid.iter().max_by_key(|(p, b)| (**b, std::cmp::Reverse(**p))).map_or(0, |(p, _)| *p)
         };
 
         // Files written (anywhere) in the window, per file: their written ranges and intervals.
@@ -332,15 +311,12 @@ impl WasteTracker {
             // read cannot be ordered and are not held against it.
             let first = t.first_read.unwrap_or(0);
             if written.get(id).is_some_and(|(ranges, when)| {
-                ranges.overlap(&t.read_ranges) > 0
-                    && when.iter().any(|w| *w > first && *w < t.last_read)
+                ranges.overlap(&t.read_ranges) > 0 && when.iter().any(|w| *w > first && *w < t.last_read)
             }) {
                 continue;
             }
             let redundant = t.read_bytes - distinct;
-            if (t.read_bytes as f64) < th.reread_factor * distinct as f64
-                || redundant < th.min_bytes
-            {
+            if (t.read_bytes as f64) < th.reread_factor * distinct as f64 || redundant < th.min_bytes {
                 continue;
             }
             let share = redundant as f64 / t.read_bytes as f64;
@@ -358,15 +334,12 @@ impl WasteTracker {
         }
 
         // Re-fetch from storage: per file over all trees.
-        let mut cache: BTreeMap<FileId, (u64, RangeSet, u32, u32, u64, Option<PathBuf>)> =
-            BTreeMap::new();
+        let mut cache: BTreeMap<FileId, (u64, RangeSet, u32, u32, u64, Option<PathBuf>)> = BTreeMap::new();
         for ((root, id), t) in &self.files {
             if t.cache_bytes == 0 {
                 continue;
             }
-            let e = cache
-                .entry(*id)
-                .or_insert_with(|| (0, RangeSet::default(), *root, top(t), 0, None));
+            let e = cache.entry(*id).or_insert_with(|| (0, RangeSet::default(), *root, top(t), 0, None));
             e.0 += t.cache_bytes;
             e.1.union(&t.cache_ranges);
             if t.cache_bytes > e.4 {
@@ -423,9 +396,8 @@ impl WasteTracker {
         }
         for (root, files) in &by_root {
             let mut used = BTreeSet::new();
-            for (dst_id, dst) in files
-                .iter()
-                .filter(|(_, t)| t.write_bytes >= th.min_bytes && t.read_bytes == 0)
+            for (dst_id, dst) in
+                files.iter().filter(|(_, t)| t.write_bytes >= th.min_bytes && t.read_bytes == 0)
             {
                 let size = dst.write_ranges.covered();
                 let best = files
@@ -515,19 +487,16 @@ impl WasteTracker {
                 }
             }
             for group in by_content.into_values().filter(|g| g.len() > 1) {
-                let who: BTreeSet<(u32, u32)> = group
-                    .iter()
-                    .flat_map(|id| readers[id].0.iter().copied())
-                    .collect();
+                let who: BTreeSet<(u32, u32)> =
+                    group.iter().flat_map(|id| readers[id].0.iter().copied()).collect();
                 let users: BTreeSet<u32> = who.iter().map(|w| w.0).collect();
                 let trees: BTreeSet<u32> = who.iter().map(|w| w.1).collect();
                 if users.len() < 2 && trees.len() < 2 {
                     continue;
                 }
                 let first = &readers[&group[0]];
-                let (cpu_j, cpu_g) = group.iter().skip(1).fold((0.0, 0.0), |a, id| {
-                    (a.0 + readers[id].4, a.1 + readers[id].5)
-                });
+                let (cpu_j, cpu_g) =
+                    group.iter().skip(1).fold((0.0, 0.0), |a, id| (a.0 + readers[id].4, a.1 + readers[id].5));
                 let n = group.len() as u64;
                 out.push(self.finding(
                     FindingKind::Duplicate,

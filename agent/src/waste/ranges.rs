@@ -20,11 +20,7 @@ impl Default for RangeSet {
 
 impl RangeSet {
     pub fn with_limit(limit: usize) -> Self {
-        Self {
-            ranges: Vec::new(),
-            limit: limit.max(1),
-            coarsened: 0,
-        }
+        Self { ranges: Vec::new(), limit: limit.max(1), coarsened: 0 }
     }
 
     /// Adds `[start, end)`; empty ranges are ignored.

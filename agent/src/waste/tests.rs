@@ -8,10 +8,7 @@ use super::*;
 use crate::io::{FileActivity, KernelCopy, Unlink};
 
 const MIB: u64 = 1 << 20;
-const E: IntervalEnergy = IntervalEnergy {
-    cpu_j_per_cpu_s: 10.0,
-    g_per_kwh: 360.0,
-};
+const E: IntervalEnergy = IntervalEnergy { cpu_j_per_cpu_s: 10.0, g_per_kwh: 360.0 };
 
 /// Files by path: (size, content id). Counts the bytes "read".
 #[derive(Default)]
@@ -27,10 +24,7 @@ impl ContentHasher for FakeHasher {
     fn content(&mut self, path: &Path) -> Option<Content> {
         let (size, id) = *self.files.get(path)?;
         self.read += size;
-        Some(Content {
-            size,
-            digest: [id, id],
-        })
+        Some(Content { size, digest: [id, id] })
     }
     fn bytes_read(&self) -> u64 {
         self.read
@@ -42,14 +36,7 @@ fn id(ino: u64) -> FileId {
 }
 
 fn file(tgid: u32, uid: u32, ino: u64, path: &str) -> FileActivity {
-    FileActivity {
-        tgid,
-        uid,
-        file: id(ino),
-        path: Some(path.into()),
-        io_ns: 1_000_000,
-        ..Default::default()
-    }
+    FileActivity { tgid, uid, file: id(ino), path: Some(path.into()), io_ns: 1_000_000, ..Default::default() }
 }
 
 fn read(mut f: FileActivity, ranges: &[(u64, u64)]) -> FileActivity {
@@ -75,19 +62,13 @@ fn tracker_with(ivs: &[IoInterval], tree: &[(u32, u32)]) -> WasteTracker {
     let mut t = WasteTracker::new(Thresholds::default(), Coefficients::default(), 1000);
     let m: HashMap<u32, u32> = tree.iter().copied().collect();
     for iv in ivs {
-        t.observe(iv, E, &|p| ProcessInfo {
-            root: *m.get(&p).unwrap_or(&p),
-            comm: format!("c{p}"),
-        });
+        t.observe(iv, E, &|p| ProcessInfo { root: *m.get(&p).unwrap_or(&p), comm: format!("c{p}") });
     }
     t
 }
 
 fn iv(files: Vec<FileActivity>) -> IoInterval {
-    IoInterval {
-        files,
-        ..Default::default()
-    }
+    IoInterval { files, ..Default::default() }
 }
 
 #[test]
@@ -96,19 +77,13 @@ fn reread_across_intervals_and_processes_of_one_tree() {
     let whole = [(0, 8 * MIB)];
     let ivs = vec![
         iv(vec![read(file(10, 0, 5, "/d/x"), &whole)]),
-        iv(vec![
-            read(file(10, 0, 5, "/d/x"), &whole),
-            read(file(11, 0, 5, "/d/x"), &whole),
-        ]),
+        iv(vec![read(file(10, 0, 5, "/d/x"), &whole), read(file(11, 0, 5, "/d/x"), &whole)]),
         iv(vec![read(file(11, 0, 5, "/d/x"), &whole)]),
     ];
     let t = tracker_with(&ivs, &[(11, 10)]);
     let f = t.findings(&mut FakeHasher::default());
     assert_eq!(f.len(), 1, "{f:#?}");
-    assert_eq!(
-        (f[0].kind, f[0].bytes, f[0].count, f[0].tree),
-        (FindingKind::Reread, 24 * MIB, 4, 10)
-    );
+    assert_eq!((f[0].kind, f[0].bytes, f[0].count, f[0].tree), (FindingKind::Reread, 24 * MIB, 4, 10));
     assert_eq!(f[0].paths, vec!["/d/x"]);
     // CPU part: 4 ms of syscalls at 10 J/s, 3/4 of it redundant = 0.03 J; bytes: 24 MiB × 0.5 nJ.
     let expect = 0.004 * 10.0 * 0.75 + (24 * MIB) as f64 * 0.5e-9;
@@ -120,15 +95,7 @@ fn reread_across_intervals_and_processes_of_one_tree() {
 #[test]
 fn overlapping_ranges_count_distinct_bytes_once() {
     // Overlapping windows (0..3, 2..5, 4..7 MiB) and a sliver re-read: 7 MiB distinct, 9.5 read.
-    let f = read(
-        file(1, 0, 5, "/x"),
-        &[
-            (0, 3 * MIB),
-            (2 * MIB, 5 * MIB),
-            (4 * MIB, 7 * MIB),
-            (0, MIB / 2),
-        ],
-    );
+    let f = read(file(1, 0, 5, "/x"), &[(0, 3 * MIB), (2 * MIB, 5 * MIB), (4 * MIB, 7 * MIB), (0, MIB / 2)]);
     let t = tracker_with(&[iv(vec![f])], &[]);
     // 9.5 < 2 × 7: not a re-read.
     assert!(t.findings(&mut FakeHasher::default()).is_empty());
@@ -152,14 +119,8 @@ fn sparse_file_reads_use_offsets_not_file_size() {
 #[test]
 fn file_replaced_between_reads_is_not_a_reread() {
     // Same path, new inode each time (write to temp + rename): different data, no finding.
-    let ivs: Vec<_> = (0..4)
-        .map(|i| {
-            iv(vec![read(
-                file(1, 0, 100 + i, "/data/current"),
-                &[(0, 4 * MIB)],
-            )])
-        })
-        .collect();
+    let ivs: Vec<_> =
+        (0..4).map(|i| iv(vec![read(file(1, 0, 100 + i, "/data/current"), &[(0, 4 * MIB)])])).collect();
     let t = tracker_with(&ivs, &[]);
     assert!(t.findings(&mut FakeHasher::default()).is_empty());
     // Same inode rewritten in place between reads (by another process): not a re-read either.
@@ -172,11 +133,7 @@ fn file_replaced_between_reads_is_not_a_reread() {
         ]),
     ];
     let t = tracker_with(&ivs, &[]);
-    assert!(
-        t.findings(&mut FakeHasher::default())
-            .iter()
-            .all(|f| f.kind != FindingKind::Reread)
-    );
+    assert!(t.findings(&mut FakeHasher::default()).iter().all(|f| f.kind != FindingKind::Reread));
 }
 
 #[test]
@@ -190,19 +147,12 @@ fn refetch_counts_pages_added_twice() {
     let t = tracker_with(&[iv(vec![a]), iv(vec![b])], &[]);
     let got = t.findings(&mut FakeHasher::default());
     assert_eq!(got.len(), 1, "{got:#?}");
-    assert_eq!(
-        (got[0].kind, got[0].bytes, got[0].count),
-        (FindingKind::Refetch, 8 * MIB, 2)
-    );
+    assert_eq!((got[0].kind, got[0].bytes, got[0].count), (FindingKind::Refetch, 8 * MIB, 2));
     // Distinct pages added once each: nothing.
     let mut c = file(1, 0, 6, "/big2");
     c.cache_ranges.insert(0, 8 * MIB);
     c.cache_miss_bytes = 8 * MIB;
-    assert!(
-        tracker_with(&[iv(vec![c])], &[])
-            .findings(&mut FakeHasher::default())
-            .is_empty()
-    );
+    assert!(tracker_with(&[iv(vec![c])], &[]).findings(&mut FakeHasher::default()).is_empty());
 }
 
 #[test]
@@ -242,56 +192,24 @@ fn userspace_copy_is_confirmed_by_content() {
     assert!(got.is_empty(), "same size, other content: {got:#?}");
     let got = tracker_with(&[iv(vec![src, same])], &[]).findings(&mut h);
     assert_eq!(got.len(), 1);
-    assert_eq!(
-        (got[0].kind, got[0].paths.clone()),
-        (FindingKind::Copy, vec!["/in".into(), "/copy".into()])
-    );
+    assert_eq!((got[0].kind, got[0].paths.clone()), (FindingKind::Copy, vec!["/in".into(), "/copy".into()]));
     assert!(h.bytes_read() > 0);
 }
 
 #[test]
 fn write_then_delete_needs_unlink_and_no_reader() {
     let w = write(file(1, 0, 8, "/tmp/t"), &[(0, 2 * MIB)]);
-    let unlink = Unlink {
-        tgid: 2,
-        uid: 0,
-        path: Some("/tmp/t".into()),
-        file: Some(id(8)),
-        ts_ns: 0,
-    };
-    let ivs = vec![
-        iv(vec![w.clone()]),
-        IoInterval {
-            unlinks: vec![unlink.clone()],
-            ..Default::default()
-        },
-    ];
+    let unlink = Unlink { tgid: 2, uid: 0, path: Some("/tmp/t".into()), file: Some(id(8)), ts_ns: 0 };
+    let ivs = vec![iv(vec![w.clone()]), IoInterval { unlinks: vec![unlink.clone()], ..Default::default() }];
     let got = tracker_with(&ivs, &[(2, 1)]).findings(&mut FakeHasher::default());
     assert_eq!(got.len(), 1);
-    assert_eq!(
-        (got[0].kind, got[0].bytes, got[0].pid),
-        (FindingKind::WriteThenDelete, 2 * MIB, 1)
-    );
+    assert_eq!((got[0].kind, got[0].bytes, got[0].pid), (FindingKind::WriteThenDelete, 2 * MIB, 1));
     // Read by someone before deletion: not wasted.
     let r = read(file(3, 0, 8, "/tmp/t"), &[(0, MIB)]);
-    let ivs = vec![
-        iv(vec![w.clone(), r]),
-        IoInterval {
-            unlinks: vec![unlink],
-            ..Default::default()
-        },
-    ];
-    assert!(
-        tracker_with(&ivs, &[])
-            .findings(&mut FakeHasher::default())
-            .is_empty()
-    );
+    let ivs = vec![iv(vec![w.clone(), r]), IoInterval { unlinks: vec![unlink], ..Default::default() }];
+    assert!(tracker_with(&ivs, &[]).findings(&mut FakeHasher::default()).is_empty());
     // Not deleted: nothing.
-    assert!(
-        tracker_with(&[iv(vec![w])], &[])
-            .findings(&mut FakeHasher::default())
-            .is_empty()
-    );
+    assert!(tracker_with(&[iv(vec![w])], &[]).findings(&mut FakeHasher::default()).is_empty());
 }
 
 #[test]
@@ -307,10 +225,7 @@ fn duplicates_need_other_users_or_trees_and_equal_content() {
     ];
     let got = tracker_with(&[iv(files.clone())], &[]).findings(&mut h);
     assert_eq!(got.len(), 1, "{got:#?}");
-    assert_eq!(
-        (got[0].kind, got[0].bytes, got[0].count),
-        (FindingKind::Duplicate, 4 * MIB, 2)
-    );
+    assert_eq!((got[0].kind, got[0].bytes, got[0].count), (FindingKind::Duplicate, 4 * MIB, 2));
     assert_eq!(got[0].paths, vec!["/home/a/d", "/home/b/d"]);
     // One user, one tree reading both copies: its own business, not reported.
     let same = vec![
@@ -320,11 +235,7 @@ fn duplicates_need_other_users_or_trees_and_equal_content() {
     assert!(tracker_with(&[iv(same)], &[]).findings(&mut h).is_empty());
     // The hash could not be computed (budget, file gone): no finding.
     let mut empty = FakeHasher::default();
-    assert!(
-        tracker_with(&[iv(files)], &[])
-            .findings(&mut empty)
-            .is_empty()
-    );
+    assert!(tracker_with(&[iv(files)], &[]).findings(&mut empty).is_empty());
 }
 
 #[test]
@@ -334,41 +245,22 @@ fn findings_sorted_largest_first_and_tracker_bounded() {
         read(file(1, 0, 2, "/large"), &[(0, 4 * MIB), (0, 4 * MIB)]),
     ])];
     let got = tracker_with(&ivs, &[]).findings(&mut FakeHasher::default());
-    assert_eq!(
-        got.iter().map(|f| f.bytes).collect::<Vec<_>>(),
-        vec![4 * MIB, 2 * MIB]
-    );
+    assert_eq!(got.iter().map(|f| f.bytes).collect::<Vec<_>>(), vec![4 * MIB, 2 * MIB]);
     let mut t = WasteTracker::new(Thresholds::default(), Coefficients::default(), 1);
-    t.observe(&ivs[0], E, &|p| ProcessInfo {
-        root: p,
-        comm: String::new(),
-    });
+    t.observe(&ivs[0], E, &|p| ProcessInfo { root: p, comm: String::new() });
     assert_eq!(t.dropped, 1);
 }
 
 #[test]
 fn finding_json_field_names() {
-    let ivs = vec![iv(vec![read(
-        file(1, 0, 2, "/large"),
-        &[(0, 4 * MIB), (0, 4 * MIB)],
-    )])];
+    let ivs = vec![iv(vec![read(file(1, 0, 2, "/large"), &[(0, 4 * MIB), (0, 4 * MIB)])])];
     let got = tracker_with(&ivs, &[]).findings(&mut FakeHasher::default());
     let v = serde_json::to_value(&got[0]).unwrap();
     let mut keys: Vec<_> = v.as_object().unwrap().keys().cloned().collect();
     keys.sort();
     assert_eq!(
         keys,
-        [
-            "bytes",
-            "comm",
-            "count",
-            "emissions_g",
-            "energy_j",
-            "kind",
-            "paths",
-            "pid",
-            "suggestion"
-        ]
+        ["bytes", "comm", "count", "emissions_g", "energy_j", "kind", "paths", "pid", "suggestion"]
     );
     assert_eq!(v["kind"], "reread");
 }

@@ -59,7 +59,10 @@ impl AgentUnderTest {
         match self {
             Self::Binary(path) => start_agent(path, section),
             Self::Handlers { object, btf } => {
-                let mut ebpf = EbpfLoader::new().allow_unsupported_maps().load(object).context("loading the agent's eBPF object")?;
+                let mut ebpf = EbpfLoader::new()
+                    .allow_unsupported_maps()
+                    .load(object)
+                    .context("loading the agent's eBPF object")?;
                 let prog_ids = section.attach_handlers(&mut ebpf, btf)?;
                 Ok(Attached::InProcess { _ebpf: ebpf, prog_ids })
             }
