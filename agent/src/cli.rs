@@ -4,6 +4,8 @@ use std::{path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::{carbon::CarbonArgs, config::ConfigArgs, energy::EnergyArgs, report::ReportArgs};
+
 /// Energy, carbon and wasted I/O per process tree, measured in the kernel with eBPF.
 ///
 /// With no subcommand: a live, top-like view of process trees on a terminal (quit with q or
@@ -38,6 +40,12 @@ pub struct WatchArgs {
     /// Stop after this long (e.g. 30s, 5m); default: run until interrupted.
     #[arg(long, value_parser = parse_duration)]
     pub duration: Option<Duration>,
+
+    #[command(flatten)]
+    pub energy: EnergyArgs,
+
+    #[command(flatten)]
+    pub carbon: CarbonArgs,
 }
 
 /// Options every mode shares.
@@ -50,6 +58,31 @@ pub struct AgentArgs {
     /// Capacity of the kernel's per-process CPU map (processes alive at once).
     #[arg(long, global = true, default_value_t = 32768, value_parser = clap::value_parser!(u32).range(1024..=4_194_304))]
     pub max_processes: u32,
+
+    /// Do not attach the I/O programs (no I/O columns, no wasted-I/O findings).
+    #[arg(long, global = true)]
+    pub no_io: bool,
+
+    /// Also count page-cache reads (hits included) per file: one more program run per read.
+    #[arg(long, global = true)]
+    pub io_page_cache_reads: bool,
+
+    #[command(flatten)]
+    pub config: ConfigArgs,
+}
+
+impl AgentArgs {
+    /// What to load into the kernel.
+    pub fn load_options(&self) -> crate::probes::LoadOptions {
+        crate::probes::LoadOptions {
+            max_processes: self.max_processes,
+            io: (!self.no_io).then(|| crate::io::IoConfig {
+                page_cache_reads: self.io_page_cache_reads,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -62,6 +95,13 @@ pub enum Command {
     /// Show what this machine offers (BTF, tracefs, program types, privileges, meters), what
     /// the agent will use, and how to fix what is missing.
     Doctor(DoctorArgs),
+    /// Write a disclosure statement (for a paper or a model card) from `run --json` documents.
+    Report(ReportArgs),
+    /// List the grid locations of the offline carbon-intensity tables (for --country/--region).
+    Locations {
+        /// Only locations whose code or name contains this (case-insensitive).
+        filter: Option<String>,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -70,9 +110,27 @@ pub struct RunArgs {
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,
 
+    /// Append one row to FILE in CodeCarbon's emissions.csv format (header written when new).
+    #[arg(long, value_name = "FILE")]
+    pub csv: Option<PathBuf>,
+
+    /// project_name for the CSV row.
+    #[arg(long, value_name = "NAME", default_value = "carbon-agent")]
+    pub project_name: String,
+
     /// How many of the largest processes the summary lists.
     #[arg(long, default_value_t = 10)]
     pub top: usize,
+
+    /// Bytes the agent may read to confirm duplicate files by content hash (at idle I/O priority).
+    #[arg(long, value_name = "BYTES", default_value_t = 1 << 30)]
+    pub hash_budget: u64,
+
+    #[command(flatten)]
+    pub energy: EnergyArgs,
+
+    #[command(flatten)]
+    pub carbon: CarbonArgs,
 
     /// The command and its arguments (after --).
     #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true, value_name = "CMD")]
@@ -84,6 +142,13 @@ pub struct DoctorArgs {
     /// Print the findings as JSON.
     #[arg(long)]
     pub json: bool,
+
+    /// Print GPU N's NVML total-energy counter in joules and exit (used by scripts/gpu-check.sh).
+    #[arg(long, value_name = "N", hide = true)]
+    pub gpu_energy: Option<u32>,
+
+    #[command(flatten)]
+    pub energy: EnergyArgs,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {

@@ -24,8 +24,8 @@
 //! [energy]
 //! sysfs_root = "/sys"
 //! static_share = "proportional"   # or "equal", "none"
-//! cpu_idle_watts = 20
-//! cpu_max_watts = 120
+//! cpu_idle_watts = 1.0           # estimation model, per logical CPU
+//! cpu_max_watts = 3.8
 //! dram_watts_per_gb = 0.3725
 //! [energy.idle_watts]
 //! cpu = 15
@@ -121,7 +121,8 @@ pub struct EnergyConfig {
     pub static_share: Option<StaticSharePolicy>,
     #[serde(default)]
     pub idle_watts: IdleWatts,
-    /// Estimation model: CPU power at idle and at full load, watts (whole machine).
+    /// Estimation model: power of one logical CPU at idle and at full load, watts (as the
+    /// `--cpu-idle-watts` / `--cpu-max-watts` flags).
     pub cpu_idle_watts: Option<f64>,
     pub cpu_max_watts: Option<f64>,
     /// Estimation model: DRAM watts per GB installed.

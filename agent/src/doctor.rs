@@ -28,7 +28,7 @@ fn check(name: &str, status: Status, detail: impl Into<String>, fix: Option<&str
 }
 
 /// Runs every check. Loading programs needs privileges; without them those checks say so.
-pub fn checks() -> Vec<Check> {
+pub fn checks(energy: &crate::energy::EnergyConfig) -> Vec<Check> {
     let mut out = Vec::new();
     let privileged = match privileges::check() {
         None => {
@@ -103,6 +103,36 @@ pub fn checks() -> Vec<Check> {
                 Some("check dmesg and the kernel's BPF support (CONFIG_BPF_SYSCALL)"),
             )),
         }
+
+        out.push(match crate::io::offsets_from_kernel() {
+            Ok(_) => check(
+                "I/O programs: kernel offsets",
+                Status::Ok,
+                "every struct and tracepoint field found in BTF",
+                None,
+            ),
+            Err(e) => check(
+                "I/O programs: kernel offsets",
+                Status::Missing,
+                format!("{e:#}"),
+                Some("I/O accounting and wasted-I/O findings will be off (x86_64 with BTF is needed)"),
+            ),
+        });
+    }
+    let (_, meters) = crate::energy::discover(energy);
+    for m in meters {
+        let name = format!("meter {}", m.meter);
+        let detail = if m.selected { format!("{} (selected)", m.detail) } else { m.detail };
+        out.push(match m.found {
+            true => check(&name, Status::Ok, detail, None),
+            false if m.meter == "nvml" => check(
+                &name,
+                Status::Warn,
+                detail,
+                Some("no NVIDIA GPU energy: install the NVIDIA driver (libnvidia-ml.so.1) on GPU machines"),
+            ),
+            false => check(&name, Status::Warn, detail, None),
+        });
     }
     out
 }
@@ -111,6 +141,12 @@ pub fn checks() -> Vec<Check> {
 pub fn plan(checks: &[Check]) -> Vec<String> {
     let ok = |name: &str| checks.iter().any(|c| c.name == name && c.status == Status::Ok);
     let mut plan = Vec::new();
+    for c in checks.iter().filter(|c| c.name.starts_with("meter ") && c.detail.ends_with("(selected)")) {
+        plan.push(format!("energy: {} ({})", &c.name[6..], c.detail.trim_end_matches(" (selected)")));
+    }
+    if ok("I/O programs: kernel offsets") {
+        plan.push("I/O: raw tracepoints sys_enter/sys_exit, page cache, writeback, sock, block".to_string());
+    }
     if ok("tp_btf/sched_switch") {
         plan.push("on-CPU time: tp_btf/sched_switch (per-tgid, per-CPU hash)".to_string());
     } else if ok("tracepoint/sched/sched_switch") {

@@ -12,6 +12,8 @@ pub struct HostInfo {
     pub cpu_model: Option<String>,
     pub cpu_count: u32,
     pub ram_total_bytes: Option<u64>,
+    /// NVIDIA GPUs found through NVML.
+    pub gpus: Vec<crate::energy::nvml::GpuInfo>,
 }
 
 impl HostInfo {
@@ -33,6 +35,19 @@ impl HostInfo {
             cpu_model: procfs.cpu_model(),
             cpu_count: online_cpus(),
             ram_total_bytes: procfs.mem_total_bytes(),
+            gpus: Vec::new(),
         }
     }
+}
+
+/// CPU sockets (distinct `physical id`s in `/proc/cpuinfo`), at least 1.
+pub fn cpu_sockets(procfs: &ProcFs) -> u32 {
+    let text = std::fs::read_to_string(procfs.root().join("cpuinfo")).unwrap_or_default();
+    let ids: std::collections::BTreeSet<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("physical id"))
+        .filter_map(|r| r.split(':').nth(1))
+        .map(str::trim)
+        .collect();
+    (ids.len() as u32).max(1)
 }

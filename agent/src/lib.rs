@@ -19,5 +19,6 @@ pub mod procfs;
 pub mod report;
 pub mod run;
 pub mod session;
+pub mod settings;
 pub mod usage;
 pub mod waste;

@@ -6,8 +6,8 @@ use carbon_agent::{
     cli::{AgentArgs, Cli, Command, WatchArgs},
     doctor,
     output::{json, live, text},
-    probes::LoadOptions,
     session::{Session, SessionOptions},
+    settings::Settings,
 };
 
 fn main() -> ExitCode {
@@ -39,7 +39,14 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
     match cli.command {
         Some(Command::Run(args)) => carbon_agent::run::run(args, &cli.agent).await,
         Some(Command::Doctor(args)) => {
-            let checks = doctor::checks();
+            if let Some(index) = args.gpu_energy {
+                let joules =
+                    carbon_agent::energy::nvml::nvml_total_energy_j(index).map_err(|e| anyhow::anyhow!(e))?;
+                println!("{joules}");
+                return Ok(0);
+            }
+            let settings = Settings::resolve(&cli.agent.config, &args.energy, &Default::default())?;
+            let checks = doctor::checks(&settings.energy);
             if args.json {
                 println!("{}", serde_json::json!({ "checks": checks, "plan": doctor::plan(&checks) }));
             } else {
@@ -47,16 +54,30 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
             }
             Ok(0)
         }
+        Some(Command::Report(args)) => {
+            print!("{}", carbon_agent::report::report_files(&args.files, args.format)?);
+            Ok(0)
+        }
+        Some(Command::Locations { filter }) => {
+            print!("{}", carbon_agent::carbon::locations_listing(filter.as_deref()));
+            Ok(0)
+        }
         None => watch(cli.watch, &cli.agent).await.map(|()| 0),
     }
 }
 
 async fn watch(args: WatchArgs, agent: &AgentArgs) -> anyhow::Result<()> {
+    let settings = Settings::resolve(&agent.config, &args.energy, &args.carbon)?;
     let mut session = Session::start(SessionOptions {
         interval: agent.interval,
-        load: LoadOptions { max_processes: agent.max_processes, ..Default::default() },
+        load: agent.load_options(),
         prune_exited: true,
+        settings,
     })?;
+    for w in session.carbon.warnings() {
+        eprintln!("carbon-agent: warning: {w}");
+    }
+    let pue = session.carbon.pue().value;
     let stdout = std::io::stdout();
     if !args.json && stdout.is_terminal() {
         return live::run(&mut session, args.duration).await;
@@ -68,7 +89,7 @@ async fn watch(args: WatchArgs, agent: &AgentArgs) -> anyhow::Result<()> {
             _ = tokio::signal::ctrl_c() => return Ok(()),
         };
         let line = if args.json {
-            serde_json::to_string(&json::interval_line(&report, &session.table, &session.users))?
+            serde_json::to_string(&json::interval_line(&report, &session.table, &session.users, pue))?
         } else {
             text::interval_line(&report, &session.table, 5)
         };

@@ -7,7 +7,12 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use crate::usage::{IntervalUsage, ProcessCpu};
+use crate::{
+    attribution::EnergyBreakdown,
+    carbon::Emissions,
+    io::ProcessIo,
+    usage::{IntervalUsage, ProcessCpu},
+};
 
 pub type Pid = u32;
 
@@ -22,17 +27,24 @@ pub enum ProcessKind {
     Kernel,
 }
 
-/// Usage that accumulates over time, per process and per tree.
+/// Usage that accumulates over time, per process and per tree: CPU time from the kernel,
+/// the energy attributed to it, its emissions, and its I/O.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Totals {
     pub cpu_ns: u64,
     pub switches: u64,
+    pub energy: EnergyBreakdown,
+    pub emissions: Emissions,
+    pub io: ProcessIo,
 }
 
 impl Totals {
     pub fn add(&mut self, other: &Totals) {
         self.cpu_ns += other.cpu_ns;
         self.switches += other.switches;
+        self.energy.accumulate(&other.energy);
+        self.emissions = self.emissions.add(&other.emissions);
+        self.io.add(&other.io);
     }
 
     pub fn cpu_s(&self) -> f64 {
@@ -258,7 +270,7 @@ impl ProcessTable {
                 continue;
             }
             let p = self.ensure(tgid, lookup);
-            p.interval = Totals { cpu_ns: cpu.cpu_ns, switches: cpu.switches };
+            p.interval = Totals { cpu_ns: cpu.cpu_ns, switches: cpu.switches, ..Default::default() };
             p.totals.cpu_ns += cpu.cpu_ns;
             p.totals.switches += cpu.switches;
             match p.kind {
@@ -269,6 +281,14 @@ impl ProcessTable {
             }
         }
         usage
+    }
+
+    /// Adds what the later pipeline stages attributed to `tgid` in the current interval
+    /// (energy, emissions, I/O) to its interval and its totals.
+    pub fn add_interval(&mut self, tgid: Pid, extra: &Totals, lookup: &impl ProcLookup) {
+        let p = self.ensure(tgid, lookup);
+        p.interval.add(extra);
+        p.totals.add(extra);
     }
 
     /// Exited processes whose last CPU time has certainly been read: exited at least one

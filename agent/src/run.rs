@@ -11,12 +11,24 @@ use anyhow::Context as _;
 use serde::Serialize;
 
 use crate::{
+    attribution::EnergyBreakdown,
+    carbon::{
+        Alternative, AlternativeScope, CarbonInfo, Emissions,
+        codecarbon_csv::{self, CodeCarbonRun, LocationColumns},
+        lowest_carbon_alternatives,
+    },
     cli::{AgentArgs, RunArgs},
     host::HostInfo,
+    io::IoJson,
     output::{fmt_secs, rfc3339},
-    probes::{KernelLosses, LoadOptions},
-    process::{Pid, ProcessTable},
+    probes::KernelLosses,
+    process::{Pid, ProcessTable, Totals},
     session::{Session, SessionOptions},
+    settings::Settings,
+    waste::{
+        Finding,
+        hash::{ContentHasher as _, FsHasher},
+    },
 };
 
 /// One process of the tree.
@@ -28,6 +40,9 @@ pub struct ChildRow {
     pub exe: Option<String>,
     pub cpu_time_s: f64,
     pub exit_code: Option<i32>,
+    pub energy_j: EnergyBreakdown,
+    pub emissions_g: Emissions,
+    pub io: IoJson,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -36,8 +51,30 @@ pub struct TreeSummary {
     /// Processes the tree had in all, the root included.
     pub processes: u64,
     pub cpu_time_s: f64,
+    pub energy_j: EnergyBreakdown,
+    pub emissions_g: Emissions,
+    pub io: IoJson,
     /// Every process of the tree, root first, then by CPU time.
     pub children: Vec<ChildRow>,
+}
+
+/// Where the energy figures come from.
+#[derive(Clone, Debug, Serialize)]
+pub struct MeterInfo {
+    /// e.g. `rapl-perf`, `rapl-powercap`, `model`, `+nvml` when GPUs are metered.
+    pub source: String,
+    /// Whether any of it was estimated rather than metered.
+    pub estimated: bool,
+}
+
+/// The tree's energy: IT energy by domain, facility energy (× PUE), and the meter.
+#[derive(Clone, Debug, Serialize)]
+pub struct RunEnergy {
+    #[serde(flatten)]
+    pub it: EnergyBreakdown,
+    /// IT energy × PUE.
+    pub facility: f64,
+    pub meter: MeterInfo,
 }
 
 /// The `run --json` document.
@@ -50,6 +87,16 @@ pub struct RunDocument {
     pub duration_s: f64,
     pub host: HostInfo,
     pub tree: TreeSummary,
+    pub energy_j: RunEnergy,
+    pub emissions_g: Emissions,
+    pub carbon: CarbonInfo,
+    /// What the same IT energy would have emitted in the lowest-carbon cloud regions.
+    pub alternatives: Vec<Alternative>,
+    pub io: IoJson,
+    /// Wasted I/O found in the tree, largest first.
+    pub findings: Vec<Finding>,
+    /// Bytes the agent itself read to compare file contents (duplicate/copy checks).
+    pub agent_hash_read_bytes: u64,
     pub losses: KernelLosses,
 }
 
@@ -67,12 +114,23 @@ pub fn tree_summary(table: &ProcessTable, root: Pid) -> TreeSummary {
                 exe: p.exe.clone(),
                 cpu_time_s: p.totals.cpu_s(),
                 exit_code: p.exited.map(|(_, status)| exit_code_of_wait_status(status)),
+                energy_j: p.totals.energy,
+                emissions_g: p.totals.emissions,
+                io: p.totals.io.json(),
             }
         })
         .collect();
     children[1..].sort_by(|a, b| b.cpu_time_s.total_cmp(&a.cpu_time_s).then(a.pid.cmp(&b.pid)));
-    let (totals, count) = table.tree_totals(root);
-    TreeSummary { root_pid: root, processes: count, cpu_time_s: totals.cpu_s(), children }
+    let (totals, count): (Totals, u64) = table.tree_totals(root);
+    TreeSummary {
+        root_pid: root,
+        processes: count,
+        cpu_time_s: totals.cpu_s(),
+        energy_j: totals.energy,
+        emissions_g: totals.emissions,
+        io: totals.io.json(),
+        children,
+    }
 }
 
 /// The exit code a shell would show for a kernel wait status: the code, or 128 + signal.
@@ -90,11 +148,17 @@ fn sudo_user() -> Option<(u32, u32)> {
 
 /// Runs the command; returns the exit code to exit with.
 pub async fn run(args: RunArgs, agent: &AgentArgs) -> anyhow::Result<i32> {
+    let settings = Settings::resolve(&agent.config, &args.energy, &args.carbon)?;
+    let location = LocationColumns::from_entry(settings.carbon.table_entry()?);
     let mut session = Session::start(SessionOptions {
         interval: agent.interval,
-        load: LoadOptions { max_processes: agent.max_processes, ..Default::default() },
+        load: agent.load_options(),
         prune_exited: false,
+        settings,
     })?;
+    for w in session.carbon.warnings() {
+        eprintln!("carbon-agent: warning: {w}");
+    }
     let start = SystemTime::now();
     let started = tokio::time::Instant::now();
 
@@ -114,11 +178,13 @@ pub async fn run(args: RunArgs, agent: &AgentArgs) -> anyhow::Result<i32> {
     }
     let mut child = cmd.spawn().with_context(|| format!("cannot run `{}`", args.command[0]))?;
     let root = child.id().context("the command exited before it could be followed")?;
+    session.run_root = Some(root);
 
+    let mut meter = MeterTally::default();
     let status = loop {
         tokio::select! {
             status = child.wait() => break status.context("waiting for the command")?,
-            _ = session.next_interval() => {}
+            report = session.next_interval() => meter.add(&report.energy.meter),
             // Ctrl-C reaches the command too (same process group); wait for it to exit.
             _ = tokio::signal::ctrl_c() => {}
         }
@@ -126,25 +192,95 @@ pub async fn run(args: RunArgs, agent: &AgentArgs) -> anyhow::Result<i32> {
     // The command's last time slice is accounted at its final context switch, which can
     // come just after the parent is woken: give it a moment before the last drain.
     tokio::time::sleep(Duration::from_millis(30)).await;
-    session.close_interval();
+    let last = session.close_interval();
+    meter.add(&last.energy.meter);
     let duration_s = started.elapsed().as_secs_f64();
     let exit_code = status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0));
 
+    let tree = tree_summary(&session.table, root);
+    let mut hasher = FsHasher::new(args.hash_budget);
+    let findings: Vec<Finding> =
+        session.waste.findings(&mut hasher).into_iter().filter(|f| f.tree == root).collect();
+    let pue = session.carbon.pue().value;
+    let it = tree.energy_j;
+    let mut host = HostInfo::read(&session.procfs);
+    host.gpus = session.energy.gpus();
     let doc = RunDocument {
         command: args.command.clone(),
         exit_code,
         start_time: rfc3339(start),
         end_time: rfc3339(SystemTime::now()),
         duration_s,
-        host: HostInfo::read(&session.procfs),
-        tree: tree_summary(&session.table, root),
+        host,
+        energy_j: RunEnergy { it, facility: it.total * pue, meter: meter.info() },
+        emissions_g: tree.emissions_g,
+        carbon: session.carbon.info(),
+        alternatives: lowest_carbon_alternatives(it.total, pue, 3, AlternativeScope::CloudRegions),
+        io: tree.io.clone(),
+        tree,
+        findings,
+        agent_hash_read_bytes: hasher.bytes_read(),
         losses: session.probes().losses(),
     };
     eprint!("{}", summary_text(&doc, args.top));
     if let Some(path) = &args.json {
         write_json(path, &doc)?;
     }
+    if let Some(path) = &args.csv {
+        codecarbon_csv::append_row(path, &codecarbon_row(&doc, &args.project_name, location))?;
+    }
     Ok(exit_code)
+}
+
+/// The meters seen over the run's intervals.
+#[derive(Debug, Default)]
+struct MeterTally {
+    sources: Vec<String>,
+    estimated: bool,
+}
+
+impl MeterTally {
+    fn add(&mut self, m: &crate::energy::MeterSummary) {
+        if !self.sources.contains(&m.source) {
+            self.sources.push(m.source.clone());
+        }
+        self.estimated |= m.estimated;
+    }
+
+    fn info(&self) -> MeterInfo {
+        MeterInfo { source: self.sources.join(","), estimated: self.estimated }
+    }
+}
+
+/// The run as a row of CodeCarbon's emissions.csv.
+pub fn codecarbon_row(doc: &RunDocument, project: &str, location: LocationColumns) -> CodeCarbonRun {
+    let e = &doc.energy_j;
+    let metered = |v: f64| (!e.meter.estimated || v > 0.0).then_some(v);
+    CodeCarbonRun {
+        end_time: humantime::parse_rfc3339(&doc.end_time).unwrap_or_else(|_| SystemTime::now()),
+        project_name: Some(project.to_string()),
+        run_id: None,
+        experiment_id: None,
+        duration_s: doc.duration_s,
+        operational_g: doc.emissions_g.operational,
+        cpu_energy_j: metered(e.it.cpu),
+        gpu_energy_j: metered(e.it.gpu),
+        ram_energy_j: metered(e.it.dram),
+        it_energy_j: e.it.total,
+        pue: doc.carbon.pue,
+        location,
+        os: Some(doc.host.os.clone()),
+        cpu_count: Some(doc.host.cpu_count),
+        cpu_model: doc.host.cpu_model.clone(),
+        gpu_count: Some(doc.host.gpus.len() as u32),
+        gpu_model: doc.host.gpus.first().map(|g| g.name.clone()),
+        ram_total_bytes: doc.host.ram_total_bytes,
+        cpu_utilization_percent: (doc.duration_s > 0.0 && doc.host.cpu_count > 0)
+            .then(|| doc.tree.cpu_time_s / (doc.duration_s * f64::from(doc.host.cpu_count)) * 100.0),
+        gpu_utilization_percent: None,
+        ram_utilization_percent: None,
+        ram_used_bytes: None,
+    }
 }
 
 fn write_json(path: &Path, doc: &RunDocument) -> anyhow::Result<()> {
@@ -155,10 +291,36 @@ fn write_json(path: &Path, doc: &RunDocument) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn fmt_j(j: f64) -> String {
+    if j >= 3.6e6 {
+        format!("{:.3} kWh", j / 3.6e6)
+    } else if j >= 3600.0 {
+        format!("{:.2} Wh ({j:.0} J)", j / 3600.0)
+    } else {
+        format!("{j:.2} J")
+    }
+}
+
+fn fmt_g(g: f64) -> String {
+    if g >= 1000.0 { format!("{:.3} kgCO2e", g / 1000.0) } else { format!("{g:.3} gCO2e") }
+}
+
+fn fmt_bytes(b: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let (mut v, mut i) = (b as f64, 0);
+    while v >= 1024.0 && i + 1 < UNITS.len() {
+        v /= 1024.0;
+        i += 1;
+    }
+    if i == 0 { format!("{b} B") } else { format!("{v:.1} {}", UNITS[i]) }
+}
+
 /// The human summary printed when the command exits.
 pub fn summary_text(doc: &RunDocument, top: usize) -> String {
     let mut s = String::new();
     let t = &doc.tree;
+    let e = &doc.energy_j;
+    let c = &doc.carbon;
     s.push_str(&format!(
         "\ncarbon-agent: `{}` exited with {} after {}\n",
         doc.command.join(" "),
@@ -166,25 +328,116 @@ pub fn summary_text(doc: &RunDocument, top: usize) -> String {
         fmt_secs(doc.duration_s)
     ));
     s.push_str(&format!(
-        "  process tree: {} processes, CPU time {} (measured in the kernel: sched_switch)\n",
+        "  process tree   {} processes, CPU time {} (measured in the kernel: sched_switch)\n",
         t.processes,
         fmt_secs(t.cpu_time_s)
     ));
+    s.push_str(&format!(
+        "  energy (IT)    {}: cpu {}, dram {}, gpu {}; dynamic {}, static {}  [{} {}]\n",
+        fmt_j(e.it.total),
+        fmt_j(e.it.cpu),
+        fmt_j(e.it.dram),
+        fmt_j(e.it.gpu),
+        fmt_j(e.it.dynamic),
+        fmt_j(e.it.static_),
+        if e.meter.estimated { "ESTIMATED by" } else { "metered by" },
+        e.meter.source
+    ));
+    s.push_str(&format!(
+        "  energy (site)  {} = IT x PUE {:.2} ({})\n",
+        fmt_j(e.facility),
+        c.pue,
+        c.pue_source
+    ));
+    s.push_str(&format!(
+        "  emissions      {} total = {} operational + {} embodied\n",
+        fmt_g(doc.emissions_g.total),
+        fmt_g(doc.emissions_g.operational),
+        fmt_g(doc.emissions_g.embodied)
+    ));
+    s.push_str(&format!(
+        "  intensity      {:.1} {} ({}{}){}\n",
+        c.intensity,
+        c.unit,
+        c.source,
+        c.year.map_or(String::new(), |y| format!(", {y}")),
+        if c.world_average { "  WORLD AVERAGE: pass --country or --region for a real figure" } else { "" }
+    ));
+    for w in &c.warnings {
+        s.push_str(&format!("  warning        {w}\n"));
+    }
     if t.children.len() > 1 {
         s.push_str("  largest processes:\n");
-        let mut by_cpu: Vec<_> = t.children.iter().collect();
-        by_cpu.sort_by(|a, b| b.cpu_time_s.total_cmp(&a.cpu_time_s));
-        for c in by_cpu.into_iter().take(top) {
-            s.push_str(&format!("    {:>8}  {:<16} {}\n", c.pid, c.comm, fmt_secs(c.cpu_time_s)));
+        let mut by_energy: Vec<_> = t.children.iter().collect();
+        by_energy.sort_by(|a, b| {
+            b.energy_j.total.total_cmp(&a.energy_j.total).then(b.cpu_time_s.total_cmp(&a.cpu_time_s))
+        });
+        for ch in by_energy.into_iter().take(top) {
+            s.push_str(&format!(
+                "    {:>8}  {:<16} cpu {:>8}  {:>12}  {}\n",
+                ch.pid,
+                ch.comm,
+                fmt_secs(ch.cpu_time_s),
+                fmt_j(ch.energy_j.total),
+                fmt_g(ch.emissions_g.total)
+            ));
+        }
+    }
+    if !doc.alternatives.is_empty() {
+        s.push_str("  the same run in the lowest-carbon regions (operational, their PUE):\n");
+        for a in &doc.alternatives {
+            s.push_str(&format!(
+                "    {:<28} {:>12}  ({:.0} gCO2e/kWh)\n",
+                a.location,
+                fmt_g(a.operational_g),
+                a.intensity
+            ));
+        }
+    }
+    let io = &doc.io;
+    if io.read_bytes + io.write_bytes + io.copied_bytes + io.net_tx_bytes + io.net_rx_bytes > 0 {
+        s.push_str(&format!(
+            "  I/O            read {}, written {}, copied in-kernel {}, net tx {} rx {}, from storage {}, CPU in I/O syscalls {}\n",
+            fmt_bytes(io.read_bytes),
+            fmt_bytes(io.write_bytes),
+            fmt_bytes(io.copied_bytes),
+            fmt_bytes(io.net_tx_bytes),
+            fmt_bytes(io.net_rx_bytes),
+            fmt_bytes(io.page_cache_misses_bytes),
+            fmt_secs(io.io_cpu_time_s)
+        ));
+    }
+    if !doc.findings.is_empty() {
+        s.push_str("  wasted I/O (largest first; energy estimated):\n");
+        for f in &doc.findings {
+            s.push_str(&format!(
+                "    {:<18} {:>10} x{:<3} {} [{}] {}: {}  ({}, {})\n",
+                format!("{:?}", f.kind).to_lowercase(),
+                fmt_bytes(f.bytes),
+                f.count,
+                f.comm,
+                f.pid,
+                f.paths.join(" -> "),
+                f.suggestion,
+                fmt_j(f.energy_j),
+                fmt_g(f.emissions_g)
+            ));
+        }
+        if doc.agent_hash_read_bytes > 0 {
+            s.push_str(&format!(
+                "    (the agent read {} itself to compare file contents)\n",
+                fmt_bytes(doc.agent_hash_read_bytes)
+            ));
         }
     }
     let l = &doc.losses;
-    if l.cpu_map_full + l.lifecycle_dropped > 0 {
+    if l.any() {
         s.push_str(&format!(
-            "  LOSSES: cpu map full {}x ({:.3}s of CPU time not attributed), lifecycle events dropped {}\n",
+            "  LOSSES: cpu map full {}x ({:.3}s of CPU time not attributed), lifecycle events dropped {}, I/O {:?}\n",
             l.cpu_map_full,
             l.lost_cpu_ns as f64 / 1e9,
-            l.lifecycle_dropped
+            l.lifecycle_dropped,
+            l.io.iter().filter(|(_, v)| **v > 0).collect::<Vec<_>>()
         ));
     }
     s

@@ -2,22 +2,30 @@
 //!
 //! Lifecycle events are read as they arrive (so the table knows every process, however short
 //! its life); CPU counters are drained once per interval, after the events queued before them,
-//! so that every tgid with CPU time is already known. The pipeline stages downstream of usage
-//! (energy, carbon, I/O) plug in here, once per interval.
+//! so that every tgid with CPU time is already known. Then the stages downstream of usage run
+//! once per interval: energy (meters and attribution), carbon, I/O and waste tracking.
 
-use std::time::{Duration, Instant, SystemTime};
+use std::{
+    collections::BTreeMap,
+    time::{Duration, Instant, SystemTime},
+};
 
 use aya::maps::{MapData, RingBuf};
 use tokio::io::unix::AsyncFd;
 
 use crate::{
+    carbon::{CarbonAccountant, ConsumerEnergy, Emissions, HostHardware, IntervalCarbon, shares_from_static},
+    energy::{EnergyAccountant, IntervalEnergy},
+    io::IoInterval,
     probes::{
         KernelLosses, LoadOptions, Probes,
         lifecycle::{self, Lifecycle},
     },
-    process::{ProcessTable, TableLosses},
+    process::{Pid, ProcessTable, TableLosses, Totals},
     procfs::{ProcFs, Users, online_cpus},
+    settings::Settings,
     usage::IntervalUsage,
+    waste::{self, WasteTracker},
 };
 
 #[derive(Clone, Debug)]
@@ -27,6 +35,8 @@ pub struct SessionOptions {
     /// Remove exited processes after a few intervals (their totals stay in their parents').
     /// Off for `run`, which reports every member of the tree.
     pub prune_exited: bool,
+    /// Energy and carbon settings.
+    pub settings: Settings,
 }
 
 /// One interval, ready for output.
@@ -35,12 +45,28 @@ pub struct IntervalReport {
     /// Wall-clock time at the end of the interval.
     pub timestamp: SystemTime,
     pub usage: IntervalUsage,
+    /// Energy per process, kernel and idle buckets, and what the meter said.
+    pub energy: IntervalEnergy,
+    /// Emissions per process (same keys as `energy.per_tgid`), and of the two buckets.
+    pub emissions: BTreeMap<u32, Emissions>,
+    pub kernel_emissions: Emissions,
+    pub idle_emissions: Emissions,
+    /// The intensity used for this interval.
+    pub carbon: IntervalCarbon,
+    /// I/O of the interval (empty when I/O accounting is off).
+    pub io: IoInterval,
     pub kernel_losses: KernelLosses,
     pub table_losses: TableLosses,
 }
 
 pub struct Session {
     probes: Probes,
+    pub energy: EnergyAccountant,
+    pub carbon: CarbonAccountant,
+    /// Wasted-I/O findings over the whole session.
+    pub waste: WasteTracker,
+    /// For `run`: the command's pid, the root that findings are attributed to.
+    pub run_root: Option<Pid>,
     ring: Option<AsyncFd<RingBuf<MapData>>>,
     pub table: ProcessTable,
     pub procfs: ProcFs,
@@ -56,6 +82,15 @@ impl Session {
     /// Loads the probes, then takes the processes that already exist from `/proc`. Must be
     /// called inside a tokio runtime.
     pub fn start(opts: SessionOptions) -> anyhow::Result<Self> {
+        // Settings that cannot work stop the agent before anything is loaded.
+        let energy = EnergyAccountant::new(opts.settings.energy.clone())?;
+        let procfs = ProcFs::default();
+        let hardware = HostHardware {
+            ram_bytes: procfs.mem_total_bytes().unwrap_or(0),
+            sockets: crate::host::cpu_sockets(&procfs),
+            gpus: energy.gpus().len() as u32,
+        };
+        let carbon = opts.settings.carbon.accountant(&hardware, crate::carbon::token_from_env())?;
         let mut probes = Probes::load(&opts.load)?;
         let ring = match probes.lifecycle.take() {
             // SAFETY: the ring buffer owns its fd, and the AsyncFd owns the ring buffer: the fd
@@ -66,12 +101,15 @@ impl Session {
             ),
             None => None,
         };
-        let procfs = ProcFs::default();
         let mut table = ProcessTable::new();
         // After attaching: a process forked in between is seen by both, which the table handles.
         table.seed(procfs.scan());
         let mut session = Session {
             probes,
+            energy,
+            carbon,
+            waste: WasteTracker::new(waste::Thresholds::default(), waste::Coefficients::default(), 65536),
+            run_root: None,
             ring,
             table,
             procfs,
@@ -84,6 +122,9 @@ impl Session {
         // Start the first interval now: discard CPU time accumulated while loading.
         session.drain_events();
         session.probes.cpu.drain();
+        if let Some(io) = session.probes.io.as_mut() {
+            io.drain();
+        }
         session.last_tick = Instant::now();
         Ok(session)
     }
@@ -148,14 +189,72 @@ impl Session {
         self.close_interval()
     }
 
-    /// Closes the current interval now: events first, then one pass over the CPU counters.
+    /// Closes the current interval now: events first, then one pass over each kernel map, then
+    /// the pipeline: usage → energy → carbon → per-process totals → waste tracking.
     pub fn close_interval(&mut self) -> IntervalReport {
         self.drain_events();
         let now = Instant::now();
+        let timestamp = SystemTime::now();
         let interval_s = now.duration_since(self.last_tick).as_secs_f64();
         self.last_tick = now;
         let deltas = self.probes.cpu.drain();
+        let io = self.probes.io.as_mut().map(|p| p.drain()).unwrap_or_default();
         let usage = self.table.apply_cpu(&deltas, interval_s, self.ncpu, &self.procfs);
+
+        let energy = self.energy.interval(&usage);
+        // Carbon: every process, then the kernel and idle buckets; embodied emissions follow
+        // the static-energy shares.
+        let mut consumers: Vec<ConsumerEnergy> = Vec::with_capacity(energy.per_tgid.len() + 2);
+        let mut static_j: Vec<f64> = Vec::with_capacity(energy.per_tgid.len() + 2);
+        for e in energy.per_tgid.values().chain([&energy.kernel, &energy.idle]) {
+            consumers.push(ConsumerEnergy { it_energy_j: e.total, static_share: 0.0 });
+            static_j.push(e.static_);
+        }
+        for (c, share) in consumers.iter_mut().zip(shares_from_static(&static_j)) {
+            c.static_share = share;
+        }
+        let carbon = self.carbon.account(timestamp, interval_s, &consumers);
+        let n = energy.per_tgid.len();
+        let emissions: BTreeMap<u32, Emissions> =
+            energy.per_tgid.keys().copied().zip(carbon.consumers.iter().copied()).collect();
+        let (kernel_emissions, idle_emissions) = (carbon.consumers[n], carbon.consumers[n + 1]);
+
+        // Per-process totals: energy and emissions, and I/O.
+        let mut extra: BTreeMap<u32, Totals> = BTreeMap::new();
+        for (&tgid, e) in &energy.per_tgid {
+            let t = extra.entry(tgid).or_default();
+            t.energy = *e;
+            t.emissions = emissions[&tgid];
+        }
+        for (&tgid, pio) in &io.processes {
+            extra.entry(tgid).or_default().io = *pio;
+        }
+        for (tgid, t) in &extra {
+            if self.table.get(*tgid).is_some_and(|p| p.kind == crate::process::ProcessKind::Kernel) {
+                // Kernel threads' energy is in the kernel bucket already.
+                continue;
+            }
+            self.table.add_interval(*tgid, t, &self.procfs);
+        }
+
+        // Waste findings: the measured CPU time of I/O at this interval's CPU energy per
+        // CPU-second, emissions at this interval's intensity and PUE.
+        let process_cpu_s = usage.process_cpu_ns() as f64 / 1e9;
+        let process_cpu_j: f64 = energy.per_tgid.values().map(|e| e.cpu).sum();
+        let ctx = waste::IntervalEnergy {
+            cpu_j_per_cpu_s: if process_cpu_s > 0.0 { process_cpu_j / process_cpu_s } else { 0.0 },
+            g_per_kwh: carbon.intensity.g_per_kwh * self.carbon.pue().value,
+        };
+        let table = &self.table;
+        let run_root = self.run_root;
+        self.waste.observe(&io, ctx, &|tgid| waste::ProcessInfo {
+            root: match run_root {
+                Some(root) if table.is_in_tree(tgid, root) => root,
+                _ => table.top_of(tgid),
+            },
+            comm: table.get(tgid).map_or_else(|| "?".into(), |p| p.comm.clone()),
+        });
+
         // Processes that exited before the previous interval have had their last CPU time
         // read: their map entries can go (once /proc confirms they are gone).
         let gone: Vec<_> = self
@@ -169,8 +268,14 @@ impl Session {
             self.table.prune_exited(5);
         }
         IntervalReport {
-            timestamp: SystemTime::now(),
+            timestamp,
             usage,
+            energy,
+            emissions,
+            kernel_emissions,
+            idle_emissions,
+            carbon,
+            io,
             kernel_losses: self.probes.losses(),
             table_losses: self.table.losses.clone(),
         }

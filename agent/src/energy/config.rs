@@ -122,9 +122,9 @@ impl Default for EnergyConfig {
 /// The energy flags, for `#[command(flatten)]`.
 #[derive(Clone, Debug, PartialEq, clap::Args)]
 pub struct EnergyArgs {
-    /// Read energy meters under this sysfs root instead of /sys.
-    #[arg(long, value_name = "DIR", default_value = "/sys")]
-    pub sysfs_root: PathBuf,
+    /// Read energy meters under this sysfs root instead of /sys [default: /sys]
+    #[arg(long, value_name = "DIR")]
+    pub sysfs_root: Option<PathBuf>,
     /// Read cpuinfo and meminfo under this procfs root instead of /proc.
     #[arg(long, value_name = "DIR", default_value = "/proc", hide = true)]
     pub proc_root: PathBuf,
@@ -139,9 +139,9 @@ pub struct EnergyArgs {
     #[arg(long, value_name = "DOMAIN=W,...", value_parser = parse_idle_watts)]
     pub idle_watts: Option<IdleWatts>,
     /// How static energy is shared: proportional to busy CPU time, equally among active
-    /// processes, or none (all to the idle bucket).
-    #[arg(long, value_enum, value_name = "POLICY", default_value_t = StaticShare::Proportional)]
-    pub static_share: StaticShare,
+    /// processes, or none (all to the idle bucket) [default: proportional]
+    #[arg(long, value_enum, value_name = "POLICY")]
+    pub static_share: Option<StaticShare>,
     /// Estimation model: idle power of one logical CPU, W.
     #[arg(long, value_name = "W", value_parser = parse_watts)]
     pub cpu_idle_watts: Option<f64>,
@@ -160,12 +160,12 @@ impl EnergyArgs {
     /// The configuration these flags describe.
     pub fn config(&self) -> EnergyConfig {
         EnergyConfig {
-            sysfs_root: self.sysfs_root.clone(),
+            sysfs_root: self.sysfs_root.clone().unwrap_or_else(|| PathBuf::from("/sys")),
             proc_root: self.proc_root.clone(),
             meter: self.meter,
             gpu: !self.no_gpu,
             idle_watts: self.idle_watts.unwrap_or_default(),
-            static_share: self.static_share,
+            static_share: self.static_share.unwrap_or(StaticShare::Proportional),
             model: ModelOverrides {
                 cpu_idle_watts: self.cpu_idle_watts,
                 cpu_max_watts: self.cpu_max_watts,

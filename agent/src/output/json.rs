@@ -3,6 +3,10 @@
 use serde::Serialize;
 
 use crate::{
+    attribution::EnergyBreakdown,
+    carbon::Emissions,
+    energy::MeterSummary,
+    io::IoJson,
     probes::KernelLosses,
     process::{ProcessKind, ProcessTable, TableLosses},
     procfs::Users,
@@ -19,11 +23,27 @@ pub struct ProcessRow {
     pub comm: String,
     /// On-CPU time in this interval.
     pub cpu_time_s: f64,
+    /// Energy attributed in this interval (see `meter` for where it comes from).
+    pub energy_j: EnergyBreakdown,
+    pub emissions_g: Emissions,
+    /// I/O in this interval.
+    pub io: IoJson,
 }
 
 #[derive(Clone, Debug, Serialize)]
 pub struct Bucket {
     pub cpu_time_s: f64,
+    pub energy_j: EnergyBreakdown,
+    pub emissions_g: Emissions,
+}
+
+/// The carbon intensity used for the interval.
+#[derive(Clone, Debug, Serialize)]
+pub struct IntervalIntensity {
+    /// gCO2e/kWh.
+    pub intensity: f64,
+    pub source: String,
+    pub pue: f64,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -49,17 +69,23 @@ pub struct IntervalLine {
     pub cpus: u32,
     pub processes: Vec<ProcessRow>,
     pub buckets: Buckets,
+    /// What the meter measured (or the model estimated) in the interval: the rows and the
+    /// buckets add up to `meter.energy_j.total`.
+    pub meter: MeterSummary,
+    pub carbon: IntervalIntensity,
     /// Cumulative counts of what was lost for lack of capacity (zero when nothing was).
     pub losses: Losses,
 }
 
 /// The JSON line of one interval: rows sorted by CPU time, largest first.
-pub fn interval_line(report: &IntervalReport, table: &ProcessTable, users: &Users) -> IntervalLine {
-    let mut processes: Vec<ProcessRow> = report
-        .usage
-        .processes
-        .iter()
-        .map(|(&pid, cpu)| {
+pub fn interval_line(report: &IntervalReport, table: &ProcessTable, users: &Users, pue: f64) -> IntervalLine {
+    // Every process with CPU time or energy (a GPU-only process has energy without CPU time).
+    let mut pids: Vec<u32> = report.usage.processes.keys().copied().collect();
+    pids.extend(report.energy.per_tgid.keys().filter(|p| !report.usage.processes.contains_key(p)));
+    let mut processes: Vec<ProcessRow> = pids
+        .into_iter()
+        .map(|pid| {
+            let cpu_ns = report.usage.processes.get(&pid).map_or(0, |c| c.cpu_ns);
             let p = table.get(pid);
             ProcessRow {
                 pid,
@@ -67,7 +93,10 @@ pub fn interval_line(report: &IntervalReport, table: &ProcessTable, users: &User
                 uid: p.map_or(u32::MAX, |p| p.uid),
                 user: users.name(p.map_or(u32::MAX, |p| p.uid)),
                 comm: p.map_or_else(|| "?".into(), |p| p.comm.clone()),
-                cpu_time_s: cpu.cpu_ns as f64 / 1e9,
+                cpu_time_s: cpu_ns as f64 / 1e9,
+                energy_j: report.energy.per_tgid.get(&pid).copied().unwrap_or_default(),
+                emissions_g: report.emissions.get(&pid).copied().unwrap_or_default(),
+                io: report.io.processes.get(&pid).map(|io| io.json()).unwrap_or_default(),
             }
         })
         .collect();
@@ -79,8 +108,22 @@ pub fn interval_line(report: &IntervalReport, table: &ProcessTable, users: &User
         cpus: report.usage.ncpu,
         processes,
         buckets: Buckets {
-            kernel: Bucket { cpu_time_s: report.usage.kernel_cpu_ns as f64 / 1e9 },
-            idle: Bucket { cpu_time_s: report.usage.idle_cpu_ns as f64 / 1e9 },
+            kernel: Bucket {
+                cpu_time_s: report.usage.kernel_cpu_ns as f64 / 1e9,
+                energy_j: report.energy.kernel,
+                emissions_g: report.kernel_emissions,
+            },
+            idle: Bucket {
+                cpu_time_s: report.usage.idle_cpu_ns as f64 / 1e9,
+                energy_j: report.energy.idle,
+                emissions_g: report.idle_emissions,
+            },
+        },
+        meter: report.energy.meter.clone(),
+        carbon: IntervalIntensity {
+            intensity: report.carbon.intensity.g_per_kwh,
+            source: report.carbon.intensity.source.clone(),
+            pue,
         },
         losses: Losses { kernel: report.kernel_losses.clone(), table: report.table_losses.clone() },
     }

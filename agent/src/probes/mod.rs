@@ -43,11 +43,18 @@ pub struct LoadOptions {
     pub lifecycle_ring_bytes: u32,
     /// Use the classic `sched:sched_switch` tracepoint even when BTF is there (for comparison).
     pub force_classic_sched: bool,
+    /// The I/O programs' settings; `None` leaves I/O accounting off.
+    pub io: Option<crate::io::IoConfig>,
 }
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        LoadOptions { max_processes: 32768, lifecycle_ring_bytes: 4 << 20, force_classic_sched: false }
+        LoadOptions {
+            max_processes: 32768,
+            lifecycle_ring_bytes: 4 << 20,
+            force_classic_sched: false,
+            io: Some(crate::io::IoConfig::default()),
+        }
     }
 }
 
@@ -68,6 +75,16 @@ pub struct KernelLosses {
     pub lost_cpu_ns: u64,
     /// Lifecycle events dropped because the ring buffer was full.
     pub lifecycle_dropped: u64,
+    /// The I/O programs' loss counters (see `docs/io.md`), by name.
+    #[serde(flatten)]
+    pub io: std::collections::BTreeMap<&'static str, u64>,
+}
+
+impl KernelLosses {
+    /// Whether anything at all was lost.
+    pub fn any(&self) -> bool {
+        self.cpu_map_full + self.lifecycle_dropped + self.io.values().sum::<u64>() > 0
+    }
 }
 
 /// The loaded and attached programs, and the maps userspace reads.
@@ -79,6 +96,10 @@ pub struct Probes {
     pub cpu: CpuCounters,
     /// Lifecycle events; `None` where the kernel has no BTF (processes then come from /proc).
     pub lifecycle: Option<RingBuf<MapData>>,
+    /// The I/O programs, when attached.
+    pub io: Option<crate::io::IoProbes>,
+    /// Why I/O accounting is off, when it was asked for and could not be set up.
+    pub io_error: Option<String>,
     /// Log records from the programs' cold paths (aya-log); poll with `flush`.
     pub logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
     stats: PerCpuArray<MapData, u64>,
@@ -98,8 +119,16 @@ impl Probes {
             Some(btf) => Some(StructOffsets::read(btf)?),
             None => None,
         };
+        let mut io_error = None;
+        let io_offsets = match opts.io {
+            Some(_) => crate::io::offsets_from_kernel().map_err(|e| io_error = Some(format!("{e:#}"))).ok(),
+            None => None,
+        };
         let mut loader = new_loader();
         loader.btf(aya_btf.as_ref());
+        if let Some(o) = &io_offsets {
+            crate::io::configure_loader(&mut loader, o);
+        }
         loader.map_max_entries("TGID_CPU", opts.max_processes);
         loader.map_max_entries("LIFECYCLE", opts.lifecycle_ring_bytes);
         if let Some(o) = &offsets {
@@ -137,9 +166,22 @@ impl Probes {
             }
             _ => None,
         };
+        let io = match (&opts.io, &io_offsets) {
+            (Some(cfg), Some(_)) => match crate::io::attach(&mut ebpf, cfg.clone()) {
+                Ok(io) => Some(io),
+                Err(e) => {
+                    io_error = Some(format!("{e:#}"));
+                    None
+                }
+            },
+            _ => None,
+        };
+        if let Some(e) = &io_error {
+            tracing::warn!("I/O accounting is off: {e}");
+        }
         let cpu = CpuCounters::new(PerCpuHashMap::try_from(take_map(&mut ebpf, "TGID_CPU")?)?);
         let stats = PerCpuArray::try_from(take_map(&mut ebpf, "STATS")?)?;
-        Ok(Probes { ebpf, sched_hook, tracefs_mounted_by_agent, cpu, lifecycle, logger, stats })
+        Ok(Probes { ebpf, sched_hook, tracefs_mounted_by_agent, cpu, lifecycle, io, io_error, logger, stats })
     }
 
     /// Loss counters summed over CPUs.
@@ -148,6 +190,7 @@ impl Probes {
             cpu_map_full: self.stat(stat::TGID_MAP_FULL),
             lost_cpu_ns: self.stat(stat::LOST_CPU_NS),
             lifecycle_dropped: self.stat(stat::LIFECYCLE_RINGBUF_FULL),
+            io: crate::io::IO_STATS.iter().map(|&(i, name)| (name, self.stat(i))).collect(),
         }
     }
 
