@@ -37,7 +37,7 @@ pub fn shares_from_static(static_j: &[f64]) -> Vec<f64> {
 }
 
 /// Result of one interval.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct IntervalCarbon {
     /// The intensity used for this interval.
     pub intensity: IntensityReading,

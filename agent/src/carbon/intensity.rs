@@ -20,7 +20,7 @@ use super::provider::LiveIntensity;
 use super::tables::{self, GridEntry, LocationKind};
 
 /// Which kind of source gave an intensity.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SourceKind {
     /// `--intensity` / `carbon.intensity`.
@@ -32,11 +32,12 @@ pub enum SourceKind {
     /// An offline table.
     Table,
     /// The world average: no location was known.
+    #[default]
     World,
 }
 
 /// An intensity with where it comes from.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct IntensityReading {
     /// gCO2e/kWh.
     pub g_per_kwh: f64,

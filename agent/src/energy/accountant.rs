@@ -60,7 +60,7 @@ pub struct StaticPower {
 }
 
 /// What was metered in the interval (the JSON `meter` object of each interval line).
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct MeterSummary {
     /// `rapl-perf`, `rapl-powercap`, `model`, with `+nvml` when GPUs are metered.
     pub source: String,
@@ -85,7 +85,7 @@ pub struct MeterSummary {
 ///
 /// Conservation: `Σ per_tgid.total + kernel.total + idle.total == meter.energy_j.total`
 /// within 1e-9 relative.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct IntervalEnergy {
     /// Per tgid: every process with CPU time (or a GPU share) in the interval.
     pub per_tgid: BTreeMap<u32, EnergyBreakdown>,

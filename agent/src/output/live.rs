@@ -16,7 +16,7 @@ use ratatui::{
 };
 
 use crate::{
-    process::{Pid, ProcessKind, ProcessTable},
+    process::{Pid, ProcessKind, ProcessTable, Totals},
     procfs::Users,
     session::{IntervalReport, Session},
 };
@@ -35,6 +35,16 @@ pub struct TreeRow {
     pub cpu_total_s: f64,
     /// Share of the machine's CPU time in the last interval, in percent.
     pub cpu_percent: f64,
+    /// Power drawn in the last interval (energy attributed ÷ interval), W.
+    pub watts: f64,
+    /// Energy and emissions since the agent started (whole tree for a root row).
+    pub energy_j: f64,
+    pub emissions_g: f64,
+    /// Bytes read and written per second in the last interval.
+    pub read_bps: f64,
+    pub write_bps: f64,
+    /// Wasted-I/O findings in this tree so far (root rows only).
+    pub findings: usize,
 }
 
 /// Trees sorted by their CPU share in the interval (then by total), each followed by up to
@@ -44,7 +54,9 @@ pub fn tree_rows(
     report: &IntervalReport,
     users: &Users,
     members: usize,
+    findings_by_tree: &HashMap<Pid, usize>,
 ) -> Vec<TreeRow> {
+    let per_s = |v: f64| if report.usage.interval_s > 0.0 { v / report.usage.interval_s } else { 0.0 };
     let available_ns = report.usage.interval_s * 1e9 * f64::from(report.usage.ncpu.max(1));
     let pct = |ns: u64| if available_ns > 0.0 { ns as f64 / available_ns * 100.0 } else { 0.0 };
     let mut by_top: HashMap<Pid, Vec<Pid>> = HashMap::new();
@@ -57,15 +69,28 @@ pub fn tree_rows(
         total_ns: u64,
         count: u64,
         active: Vec<(u64, Pid)>,
+        interval: Totals,
+        total: Totals,
     }
     let mut trees: Vec<Tree> = by_top
         .into_iter()
         .map(|(root, pids)| {
-            let mut t = Tree { root, interval_ns: 0, total_ns: 0, count: 0, active: Vec::new() };
+            let mut t = Tree {
+                root,
+                interval_ns: 0,
+                total_ns: 0,
+                count: 0,
+                active: Vec::new(),
+                interval: Totals::default(),
+                total: Totals::default(),
+            };
             for pid in pids {
                 let p = table.get(pid).expect("listed");
                 t.interval_ns += p.interval.cpu_ns;
                 t.total_ns += p.totals.cpu_ns + p.reaped.cpu_ns;
+                t.interval.add(&p.interval);
+                t.total.add(&p.totals);
+                t.total.add(&p.reaped);
                 t.count += 1 + p.reaped_count;
                 if p.interval.cpu_ns > 0 {
                     t.active.push((p.interval.cpu_ns, pid));
@@ -90,6 +115,12 @@ pub fn tree_rows(
             processes: t.count,
             cpu_total_s: t.total_ns as f64 / 1e9,
             cpu_percent: pct(t.interval_ns),
+            watts: per_s(t.interval.energy.total),
+            energy_j: t.total.energy.total,
+            emissions_g: t.total.emissions.total,
+            read_bps: per_s(t.interval.io.read_bytes as f64),
+            write_bps: per_s(t.interval.io.write_bytes as f64),
+            findings: findings_by_tree.get(&t.root).copied().unwrap_or(0),
         });
         for &(ns, pid) in t.active.iter().filter(|(_, pid)| *pid != t.root).take(members) {
             let p = table.get(pid).expect("listed");
@@ -101,6 +132,12 @@ pub fn tree_rows(
                 processes: 1,
                 cpu_total_s: p.totals.cpu_ns as f64 / 1e9,
                 cpu_percent: pct(ns),
+                watts: per_s(p.interval.energy.total),
+                energy_j: p.totals.energy.total,
+                emissions_g: p.totals.emissions.total,
+                read_bps: per_s(p.interval.io.read_bytes as f64),
+                write_bps: per_s(p.interval.io.write_bytes as f64),
+                findings: 0,
             });
         }
     }
@@ -140,13 +177,23 @@ async fn draw_loop(
 ) -> anyhow::Result<()> {
     let started = tokio::time::Instant::now();
     let mut last: Option<IntervalReport> = None;
-    terminal.draw(|f| draw(f, session, last.as_ref()))?;
+    let mut findings: HashMap<Pid, usize> = HashMap::new();
+    let mut n = 0u64;
+    terminal.draw(|f| draw(f, session, last.as_ref(), &findings))?;
     loop {
         tokio::select! {
             _ = quit.recv() => return Ok(()),
             report = session.next_interval() => {
+                // The waste marker: findings that need no content hash, every 5 intervals.
+                if n % 5 == 0 {
+                    findings.clear();
+                    for f in session.waste.findings(&mut NoContentHash) {
+                        *findings.entry(f.tree).or_default() += 1;
+                    }
+                }
+                n += 1;
                 last = Some(report);
-                terminal.draw(|f| draw(f, session, last.as_ref()))?;
+                terminal.draw(|f| draw(f, session, last.as_ref(), &findings))?;
             }
         }
         if duration.is_some_and(|d| started.elapsed() >= d) {
@@ -155,7 +202,37 @@ async fn draw_loop(
     }
 }
 
-fn draw(frame: &mut Frame, session: &Session, report: Option<&IntervalReport>) {
+/// Findings for the live marker are not confirmed by content: no file is read for them.
+struct NoContentHash;
+
+impl crate::waste::hash::ContentHasher for NoContentHash {
+    fn size(&mut self, path: &std::path::Path) -> Option<u64> {
+        std::fs::metadata(path).ok().map(|m| m.len())
+    }
+    fn content(&mut self, _: &std::path::Path) -> Option<crate::waste::hash::Content> {
+        None
+    }
+    fn bytes_read(&self) -> u64 {
+        0
+    }
+}
+
+fn human_rate(bps: f64) -> String {
+    if bps < 1.0 {
+        "-".into()
+    } else if bps < 1024.0 * 1024.0 {
+        format!("{:.0}K", bps / 1024.0)
+    } else {
+        format!("{:.1}M", bps / 1024.0 / 1024.0)
+    }
+}
+
+fn draw(
+    frame: &mut Frame,
+    session: &Session,
+    report: Option<&IntervalReport>,
+    findings: &HashMap<Pid, usize>,
+) {
     let [header, body, footer] =
         Layout::vertical([Constraint::Length(2), Constraint::Min(3), Constraint::Length(1)])
             .areas(frame.area());
@@ -165,15 +242,28 @@ fn draw(frame: &mut Frame, session: &Session, report: Option<&IntervalReport>) {
     };
     let u = &report.usage;
     let losses = &report.kernel_losses;
-    let mut head = vec![Line::from(format!(
-        "carbon-agent  interval {:.2}s  CPU busy {:.1}% of {} CPUs  kernel {:.2}s  processes known {}",
-        u.interval_s,
-        u.utilization() * 100.0,
-        u.ncpu,
-        u.kernel_cpu_ns as f64 / 1e9,
-        session.table.len()
-    ))];
-    if losses.cpu_map_full + losses.lifecycle_dropped > 0 {
+    let m = &report.energy.meter;
+    let mut head = vec![
+        Line::from(format!(
+            "carbon-agent  interval {:.2}s  CPU busy {:.1}% of {} CPUs  processes known {}",
+            u.interval_s,
+            u.utilization() * 100.0,
+            u.ncpu,
+            session.table.len()
+        )),
+        Line::from(format!(
+            "power {:.1} W ({} {})  kernel {:.1} W  idle {:.1} W  intensity {:.0} gCO2e/kWh ({})  PUE {:.2}",
+            m.energy_j.total / u.interval_s.max(1e-9),
+            if m.estimated { "ESTIMATED by" } else { "metered by" },
+            m.source,
+            report.energy.kernel.total / u.interval_s.max(1e-9),
+            report.energy.idle.total / u.interval_s.max(1e-9),
+            report.carbon.intensity.g_per_kwh,
+            report.carbon.intensity.source,
+            session.carbon.pue().value,
+        )),
+    ];
+    if losses.any() {
         head.push(
             Line::from(format!(
                 "LOSSES: cpu map full {}x ({:.3}s lost), lifecycle events dropped {}",
@@ -186,9 +276,12 @@ fn draw(frame: &mut Frame, session: &Session, report: Option<&IntervalReport>) {
     }
     frame.render_widget(Paragraph::new(head), header);
 
-    let rows = tree_rows(&session.table, report, &session.users, 3);
+    let rows = tree_rows(&session.table, report, &session.users, 3, findings);
     let table_rows = rows.iter().map(|r| {
-        let name = if r.depth == 0 { r.comm.clone() } else { format!("  └ {}", r.comm) };
+        let mut name = if r.depth == 0 { r.comm.clone() } else { format!("  └ {}", r.comm) };
+        if r.findings > 0 {
+            name.push_str(&format!("  [waste: {}]", r.findings));
+        }
         let style =
             if r.depth == 0 { Style::default().add_modifier(Modifier::BOLD) } else { Style::default() };
         Row::new(vec![
@@ -198,23 +291,45 @@ fn draw(frame: &mut Frame, session: &Session, report: Option<&IntervalReport>) {
             if r.depth == 0 { r.processes.to_string() } else { String::new() },
             super::fmt_secs(r.cpu_total_s),
             format!("{:.1}", r.cpu_percent),
+            format!("{:.1}", r.watts),
+            format!("{:.1}", r.energy_j),
+            format!("{:.3}", r.emissions_g),
+            human_rate(r.read_bps),
+            human_rate(r.write_bps),
         ])
         .style(style)
     });
     let widths = [
         Constraint::Length(8),
-        Constraint::Length(10),
+        Constraint::Length(9),
         Constraint::Min(20),
         Constraint::Length(6),
         Constraint::Length(9),
         Constraint::Length(6),
+        Constraint::Length(7),
+        Constraint::Length(9),
+        Constraint::Length(9),
+        Constraint::Length(7),
+        Constraint::Length(7),
+    ];
+    let header = [
+        "PID",
+        "USER",
+        "TREE / COMMAND",
+        "PROCS",
+        "CPU TIME",
+        "CPU%",
+        "W",
+        "J",
+        "gCO2e",
+        "READ/s",
+        "WRITE/s",
     ];
     let table = Table::new(table_rows, widths)
-        .header(Row::new(["PID", "USER", "TREE / COMMAND", "PROCS", "CPU TIME", "CPU%"]).bold().underlined())
-        .block(
-            Block::bordered()
-                .title(" process trees (CPU time since start; CPU% of the machine this interval) "),
-        );
+        .header(Row::new(header).bold().underlined())
+        .block(Block::bordered().title(
+        " process trees: CPU time, energy (J), gCO2e since start; CPU%, power (W), I/O rates this interval ",
+    ));
     frame.render_widget(table, body);
     frame.render_widget(Paragraph::new("q quit").dim(), footer);
 }
@@ -247,10 +362,19 @@ mod tests {
         let report = IntervalReport {
             timestamp: SystemTime::now(),
             usage,
+            energy: crate::energy::IntervalEnergy::default(),
+            emissions: Default::default(),
+            kernel_emissions: Default::default(),
+            idle_emissions: Default::default(),
+            carbon: crate::carbon::IntervalCarbon::default(),
+            io: Default::default(),
             kernel_losses: Default::default(),
             table_losses: Default::default(),
         };
-        let rows = tree_rows(&t, &report, &Users::default(), 5);
+        let mut findings = HashMap::new();
+        findings.insert(100, 2);
+        let rows = tree_rows(&t, &report, &Users::default(), 5, &findings);
+        assert_eq!(rows[0].findings, 2);
         let summary: Vec<_> =
             rows.iter().map(|r| (r.depth, r.pid, (r.cpu_percent * 10.0).round() / 10.0)).collect();
         assert_eq!(summary, vec![(0, 100, 50.0), (1, 102, 45.0), (1, 101, 5.0), (0, 200, 2.5)]);
