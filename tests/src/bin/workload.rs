@@ -4,6 +4,8 @@
 //! - `threads N MS`: N threads each burn MS ms of CPU time.
 //! - `fork-storm N MS`: fork N children that each burn MS ms of CPU and exit; wait for all,
 //!   then print `{"children_cpu_ns": ...}` from getrusage(RUSAGE_CHILDREN).
+//! - `spin SECS THREADS CPU`: THREADS threads spin for SECS seconds of wall-clock time, all
+//!   pinned to CPU (so the scheduler shares that CPU equally among all spinning threads).
 //! - `exit CODE`: exit with CODE.
 use std::time::Duration;
 
@@ -64,6 +66,33 @@ fn main() {
             unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru) };
             let ns = |tv: libc::timeval| tv.tv_sec as u64 * 1_000_000_000 + tv.tv_usec as u64 * 1000;
             println!("{{\"children_cpu_ns\": {}}}", ns(ru.ru_utime) + ns(ru.ru_stime));
+        }
+        Some("spin") => {
+            let (secs, threads, cpu) = (arg(&args, 2), arg(&args, 3), arg(&args, 4) as usize);
+            // SAFETY: a zeroed cpu_set_t with one CPU set, for this whole process.
+            unsafe {
+                let mut set: libc::cpu_set_t = std::mem::zeroed();
+                libc::CPU_SET(cpu, &mut set);
+                if libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set) != 0 {
+                    eprintln!("workload: sched_setaffinity: {}", std::io::Error::last_os_error());
+                    std::process::exit(1);
+                }
+            }
+            let end = std::time::Instant::now() + Duration::from_secs(secs);
+            let handles: Vec<_> = (0..threads)
+                .map(|_| {
+                    std::thread::spawn(move || {
+                        let mut x = 0u64;
+                        while std::time::Instant::now() < end {
+                            for i in 0..10_000u64 {
+                                x = x.wrapping_mul(6364136223846793005).wrapping_add(i);
+                            }
+                            std::hint::black_box(x);
+                        }
+                    })
+                })
+                .collect();
+            handles.into_iter().for_each(|h| h.join().unwrap());
         }
         Some("sleep") => std::thread::sleep(Duration::from_millis(arg(&args, 2))),
         Some("exit") => std::process::exit(arg(&args, 2) as i32),
