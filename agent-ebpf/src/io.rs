@@ -15,13 +15,13 @@
 //! x86_64 syscall numbers (userspace refuses to attach on other architectures).
 
 use aya_ebpf::{
-    Global,
+    EbpfContext, Global,
     helpers::{
         bpf_get_current_pid_tgid, bpf_get_current_task, bpf_get_current_uid_gid, bpf_ktime_get_ns,
         bpf_probe_read_kernel, bpf_probe_read_kernel_str_bytes, bpf_probe_read_user_str_bytes,
     },
     macros::{map, raw_tracepoint, tracepoint},
-    maps::{HashMap, LruHashMap, PerCpuHashMap, RingBuf},
+    maps::{Array, HashMap, PerCpuHashMap, RingBuf},
     programs::{RawTracePointContext, TracePointContext},
 };
 use carbon_agent_common::{
@@ -123,16 +123,44 @@ static IO_EXTENTS: RingBuf = RingBuf::with_byte_size(1 << 22, 0);
 #[map]
 static IO_PATHS: RingBuf = RingBuf::with_byte_size(1 << 22, 0);
 
-/// Per thread: the enter time and number of the I/O syscall in progress. An LRU, so that
-/// threads that died mid-syscall do not fill it.
+/// Slots of [`IO_THREADS`] (a power of two; threads are placed by `tid % THREADS`).
+const THREADS: u32 = 32768;
+
+/// Per thread (slot `tid % THREADS`, tagged with the tid): the I/O syscall in progress and a
+/// small cache of what its last file descriptors resolved to. An array: its lookup is inlined
+/// by the verifier (no hashing), which is what makes the enter handler cheap. Two live
+/// threads whose tids are equal modulo `THREADS` share a slot: the one that does not own it
+/// at exit loses the syscall's time (counted as `IO_ENTER_MISSING`) and walks the fd table
+/// without the cache. With `pid_max` ≤ 32768 (the default below 32 CPUs) that cannot happen.
 #[map]
-static IO_ENTER: LruHashMap<u32, Enter> = LruHashMap::with_max_entries(16384, 0);
+static IO_THREADS: Array<Thread> = Array::with_max_entries(THREADS, 0);
 
 #[repr(C)]
 #[derive(Clone, Copy)]
-struct Enter {
+struct Thread {
+    tid: u32,
+    /// Syscall number at enter (I/O syscalls only).
+    nr: u32,
+    /// Enter time; 0 once its exit was seen.
     ts: u64,
-    nr: u64,
+    /// Two cached fd resolutions, indexed by `fd & 1` (a copy loop alternates two fds).
+    cache: [FdCache; 2],
+}
+
+/// `fd` resolved to `file`, whose `f_inode` was `inode` with `i_ino` `ino`. Valid while
+/// `current->files->fdt->fd[fd]`, its `f_inode` and that inode's `i_ino` are still the same
+/// (checked at each use: a `struct file` or `struct inode` can be freed and reused at the same
+/// address, the inode number tells the reuse apart).
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct FdCache {
+    file: u64,
+    inode: u64,
+    ino: u64,
+    fd: u32,
+    dev: u32,
+    kind: u32,
+    _pad: u32,
 }
 
 /// What a file descriptor resolves to.
@@ -184,7 +212,7 @@ fn is_io(nr: u64) -> bool {
 }
 
 /// `sys_enter(struct pt_regs *regs, long id)`: remember when an I/O syscall started; report
-/// unlinks with their path.
+/// unlinks with their path. Any other syscall returns after one comparison.
 #[raw_tracepoint(tracepoint = "sys_enter")]
 pub fn io_sys_enter(ctx: RawTracePointContext) -> i32 {
     let nr: u64 = ctx.arg(1);
@@ -192,11 +220,18 @@ pub fn io_sys_enter(ctx: RawTracePointContext) -> i32 {
         let tid = bpf_get_current_pid_tgid() as u32;
         // SAFETY: bpf helper without preconditions.
         let ts = unsafe { bpf_ktime_get_ns() };
-        if let Some(e) = IO_ENTER.get_ptr_mut(&tid) {
-            // SAFETY: map value pointer, only this thread uses its entry.
-            unsafe { *e = Enter { ts, nr } };
-        } else {
-            let _ = IO_ENTER.insert(&tid, &Enter { ts, nr }, 0);
+        if let Some(t) = IO_THREADS.get_ptr_mut(tid & (THREADS - 1)) {
+            // SAFETY: array slot; only the thread that owns it (tid tag) writes it, except
+            // when two live threads share a slot (then the tag tells at exit).
+            unsafe {
+                if (*t).tid != tid {
+                    (*t).tid = tid;
+                    (*t).cache[0].file = 0;
+                    (*t).cache[1].file = 0;
+                }
+                (*t).nr = nr as u32;
+                (*t).ts = ts;
+            }
         }
     } else if nr == NR_UNLINK || nr == NR_UNLINKAT {
         let regs: *const u8 = ctx.arg(0);
@@ -232,31 +267,36 @@ fn on_io_exit(o: &IoOffsets, regs: *const u8, nr: u64, ret: i64) {
     // SAFETY: bpf helper without preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
     let mut ns = 0u64;
-    match IO_ENTER.get_ptr_mut(&tid) {
-        // SAFETY: map value pointer of this thread.
-        Some(e) => unsafe {
-            if (*e).nr == nr && (*e).ts != 0 && now > (*e).ts {
-                ns = now - (*e).ts;
+    // The thread's slot, when it owns it.
+    let mut thread: *mut Thread = core::ptr::null_mut();
+    match IO_THREADS.get_ptr_mut(tid & (THREADS - 1)) {
+        // SAFETY: array slot of this thread (tag checked).
+        Some(t) if unsafe { (*t).tid } == tid => unsafe {
+            if (*t).nr as u64 == nr && (*t).ts != 0 && now > (*t).ts {
+                ns = now - (*t).ts;
             } else {
                 stats::add(stat::IO_ENTER_MISSING, 1);
             }
-            (*e).ts = 0;
+            (*t).ts = 0;
+            thread = t;
         },
-        None => stats::add(stat::IO_ENTER_MISSING, 1),
+        _ => stats::add(stat::IO_ENTER_MISSING, 1),
     }
     let bytes = if ret > 0 { ret as u64 } else { 0 };
     let Some(fd) = (unsafe { rd::<u64>(regs, o.regs_di) }) else {
         return;
     };
-    let Some(t) = tgid_entry(tgid) else {
-        return;
-    };
-    let t = unsafe { &mut *t };
-    t.io_ns += ns;
 
     if nr == NR_SENDFILE || nr == NR_SPLICE || nr == NR_COPY_FILE_RANGE {
-        t.copy_calls += 1;
-        t.copy_bytes += bytes;
+        let Some(t) = tgid_entry(tgid) else {
+            return;
+        };
+        // SAFETY: per-CPU map value.
+        unsafe {
+            (*t).io_ns += ns;
+            (*t).copy_calls += 1;
+            (*t).copy_bytes += bytes;
+        }
         if bytes == 0 {
             return;
         }
@@ -266,7 +306,9 @@ fn on_io_exit(o: &IoOffsets, regs: *const u8, nr: u64, ret: i64) {
             return;
         };
         let (src, dst) = if nr == NR_SENDFILE { (other, fd) } else { (fd, other) };
-        let (Some(s), Some(d)) = (resolve_fd(o, src as i64), resolve_fd(o, dst as i64)) else {
+        let (Some(s), Some(d)) =
+            (resolve_cached(o, src as i64, thread), resolve_cached(o, dst as i64, thread))
+        else {
             stats::add(stat::IO_FD_UNRESOLVED, 1);
             return;
         };
@@ -292,6 +334,29 @@ fn on_io_exit(o: &IoOffsets, regs: *const u8, nr: u64, ret: i64) {
     }
 
     let is_read = matches!(nr, NR_READ | NR_PREAD64 | NR_READV | NR_PREADV | NR_PREADV2);
+    // A failed call moved no bytes: count it per tgid without resolving its fd (which may
+    // not even be open: EBADF).
+    let f = if ret >= 0 {
+        let f = resolve_cached(o, fd as i64, thread);
+        if f.is_none() {
+            stats::add(stat::IO_FD_UNRESOLVED, 1);
+        }
+        f
+    } else {
+        None
+    };
+    if let Some(f) = f {
+        if f.kind == file_kind::REG && on_file_io(o, regs, nr, tgid, &f, is_read, bytes, ns) {
+            return;
+        }
+    }
+    // Not a regular file, or its per-file entry could not be had: per-tgid totals.
+    let Some(t) = tgid_entry(tgid) else {
+        return;
+    };
+    // SAFETY: per-CPU map value.
+    let t = unsafe { &mut *t };
+    t.io_ns += ns;
     if is_read {
         t.read_calls += 1;
         t.read_bytes += bytes;
@@ -299,11 +364,11 @@ fn on_io_exit(o: &IoOffsets, regs: *const u8, nr: u64, ret: i64) {
         t.write_calls += 1;
         t.write_bytes += bytes;
     }
-    let Some(f) = resolve_fd(o, fd as i64) else {
-        stats::add(stat::IO_FD_UNRESOLVED, 1);
-        return;
+    let kind = match f {
+        Some(f) => f.kind,
+        None => return,
     };
-    match (f.kind, is_read) {
+    match (kind, is_read) {
         (file_kind::REG, true) => t.read_file_bytes += bytes,
         (file_kind::REG, false) => t.write_file_bytes += bytes,
         (file_kind::PIPE, true) => t.read_pipe_bytes += bytes,
@@ -312,8 +377,41 @@ fn on_io_exit(o: &IoOffsets, regs: *const u8, nr: u64, ret: i64) {
         (file_kind::SOCK, false) => t.write_sock_bytes += bytes,
         _ => {}
     }
-    if f.kind != file_kind::REG {
-        return;
+}
+
+/// A read or write of a regular file: one update of its per-(tgid, file) entry, which also
+/// carries the tgid's regular-file totals (userspace sums them). `false` when the entry could
+/// not be had (map full): the caller then counts the tgid totals.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn on_file_io(
+    o: &IoOffsets,
+    regs: *const u8,
+    nr: u64,
+    tgid: u32,
+    f: &Fd,
+    is_read: bool,
+    bytes: u64,
+    ns: u64,
+) -> bool {
+    let key = FileKey { tgid, dev: f.dev, ino: f.ino };
+    let Some(e) = file_entry(&key) else {
+        return false;
+    };
+    // SAFETY: map value pointer; concurrent updates of the same entry from threads of one
+    // process on other CPUs are possible, see [`add`].
+    unsafe {
+        add(&raw mut (*e).io_ns, ns);
+        if is_read {
+            add(&raw mut (*e).read_bytes, bytes);
+            add(&raw mut (*e).read_calls, 1);
+        } else {
+            add(&raw mut (*e).write_bytes, bytes);
+            add(&raw mut (*e).write_calls, 1);
+        }
+    }
+    if bytes == 0 {
+        return true;
     }
     // Where the bytes were: pread/pwrite(v)(2) give the offset (arg 3; -1 for v2 means the
     // file position); the others used and advanced f_pos.
@@ -335,27 +433,13 @@ fn on_io_exit(o: &IoOffsets, regs: *const u8, nr: u64, ret: i64) {
             }
         }
     }
-    let key = FileKey { tgid, dev: f.dev, ino: f.ino };
     let kind = if is_read { extent_kind::READ } else { extent_kind::WRITE };
-    let Some(e) = file_entry(&key) else {
-        return;
-    };
-    // SAFETY: map value pointer; concurrent updates of the same entry from threads of one
-    // process on other CPUs are possible, see [`add`].
+    // SAFETY: as above.
     unsafe {
-        add(&raw mut (*e).io_ns, ns);
-        if is_read {
-            add(&raw mut (*e).read_bytes, bytes);
-            add(&raw mut (*e).read_calls, 1);
-        } else {
-            add(&raw mut (*e).write_bytes, bytes);
-            add(&raw mut (*e).write_calls, 1);
-        }
-        if bytes > 0 {
-            let run = if is_read { &raw mut (*e).read_run } else { &raw mut (*e).write_run };
-            extend_run(&key, kind, &mut *run, start, start + bytes);
-        }
+        let run = if is_read { &raw mut (*e).read_run } else { &raw mut (*e).write_run };
+        extend_run(&key, kind, &mut *run, start, start + bytes);
     }
+    true
 }
 
 /// Extends `run` with `[start, end)` when it continues it; otherwise sends the old run as an
@@ -442,13 +526,51 @@ fn resolve_fd(o: &IoOffsets, fd: i64) -> Option<Fd> {
         let ino = rd::<u64>(inode, o.inode_ino)?;
         let sb = rd::<*const u8>(inode, o.inode_sb)?;
         let dev = rd::<u32>(sb, o.sb_dev)?;
-        let kind = match mode & S_IFMT {
-            S_IFREG => file_kind::REG,
-            S_IFIFO => file_kind::PIPE,
-            S_IFSOCK => file_kind::SOCK,
-            _ => file_kind::OTHER,
-        };
+        Some(Fd { file, dev, kind: kind_of(mode), ino })
+    }
+}
+
+/// [`resolve_fd`] through the calling thread's cache (`thread` null: no cache). A hit costs
+/// `files`, `fdt`, `fd`, `fd[fd]`, `f_inode` and `i_ino` reads instead of also `i_mode`,
+/// `i_sb` and `s_dev`. Only for fds of a call that succeeded (`fd < max_fds` then).
+#[inline(always)]
+fn resolve_cached(o: &IoOffsets, fd: i64, thread: *mut Thread) -> Option<Fd> {
+    if fd < 0 {
+        return None;
+    }
+    if thread.is_null() {
+        return resolve_fd(o, fd);
+    }
+    unsafe {
+        let files = rd::<*const u8>(current_task(), o.task_files)?;
+        let fdt = rd::<*const u8>(files, o.files_fdt)?;
+        let arr = rd::<*const u8>(fdt, o.fdt_fd)?;
+        let file = rd::<*const u8>(arr, (fd as u32) * 8)?;
+        if file.is_null() {
+            return None;
+        }
+        let inode = rd::<*const u8>(file, o.file_inode)?;
+        let ino = rd::<u64>(inode, o.inode_ino)?;
+        let c = &mut (*thread).cache[(fd & 1) as usize];
+        if c.file == file as u64 && c.fd == fd as u32 && c.inode == inode as u64 && c.ino == ino {
+            return Some(Fd { file, dev: c.dev, kind: c.kind, ino });
+        }
+        let mode = rd::<u16>(inode, o.inode_mode)? as u32;
+        let sb = rd::<*const u8>(inode, o.inode_sb)?;
+        let dev = rd::<u32>(sb, o.sb_dev)?;
+        let kind = kind_of(mode);
+        *c = FdCache { file: file as u64, inode: inode as u64, ino, fd: fd as u32, dev, kind, _pad: 0 };
         Some(Fd { file, dev, kind, ino })
+    }
+}
+
+#[inline(always)]
+fn kind_of(mode: u32) -> u32 {
+    match mode & S_IFMT {
+        S_IFREG => file_kind::REG,
+        S_IFIFO => file_kind::PIPE,
+        S_IFSOCK => file_kind::SOCK,
+        _ => file_kind::OTHER,
     }
 }
 
@@ -573,27 +695,46 @@ fn on_unlink(regs: *const u8, nr: u64) {
     slot.submit(0);
 }
 
+/// Bytes of a classic tracepoint record read at once by [`record`]; userspace checks that
+/// every record field offset used lies within (`io::offsets`).
+const RECORD: usize = 64;
+
+/// The first [`RECORD`] bytes of a classic tracepoint record, in one probe read (instead of
+/// one per field: a helper call each).
+#[inline(always)]
+fn record(ctx: &TracePointContext) -> Option<[u8; RECORD]> {
+    // SAFETY: bpf_probe_read_kernel copes with any address; the record is in a per-CPU buffer
+    // at least as large.
+    unsafe { bpf_probe_read_kernel(ctx.as_ptr() as *const [u8; RECORD]).ok() }
+}
+
+/// Field at byte `off` of a [`record`] (offsets come from BTF, known constants to the
+/// verifier; clamped so that the read stays inside the buffer).
+#[inline(always)]
+fn field<T: Copy>(rec: &[u8; RECORD], off: u32) -> T {
+    let off = (off as usize).min(RECORD - core::mem::size_of::<T>());
+    // SAFETY: in bounds (clamped above); T is a plain integer type.
+    unsafe { core::ptr::read_unaligned(rec.as_ptr().add(off) as *const T) }
+}
+
 /// `filemap:mm_filemap_add_to_page_cache`: a folio inserted in the page cache (a miss), in
-/// the context of the task that caused the read.
+/// the context of the task that caused the read. One per-file update (which also carries the
+/// tgid total); the per-tgid map only when the per-file one is full.
 #[tracepoint(category = "filemap", name = "mm_filemap_add_to_page_cache")]
 pub fn io_cache_add(ctx: TracePointContext) -> i32 {
     let o = offs();
     if o.ready == 0 {
         return 0;
     }
-    let (Ok(ino), Ok(index), Ok(dev), Ok(order)) = (
-        unsafe { ctx.read_at::<u64>(o.tp_fm_add_ino as usize) },
-        unsafe { ctx.read_at::<u64>(o.tp_fm_add_index as usize) },
-        unsafe { ctx.read_at::<u32>(o.tp_fm_add_dev as usize) },
-        unsafe { ctx.read_at::<u8>(o.tp_fm_add_order as usize) },
-    ) else {
+    let Some(rec) = record(&ctx) else {
         return 0;
     };
+    let ino: u64 = field(&rec, o.tp_fm_add_ino);
+    let index: u64 = field(&rec, o.tp_fm_add_index);
+    let dev: u32 = field(&rec, o.tp_fm_add_dev);
+    let order: u8 = field(&rec, o.tp_fm_add_order);
     let pages = 1u64 << (order & 31);
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    if let Some(t) = tgid_entry(tgid) {
-        unsafe { (*t).cache_miss_pages += pages };
-    }
     let key = FileKey { tgid, dev, ino };
     if let Some(e) = file_entry(&key) {
         unsafe {
@@ -607,6 +748,8 @@ pub fn io_cache_add(ctx: TracePointContext) -> i32 {
                 start + pages * carbon_agent_common::io::PAGE_SIZE,
             );
         }
+    } else if let Some(t) = tgid_entry(tgid) {
+        unsafe { (*t).cache_miss_pages += pages };
     }
     0
 }
@@ -619,11 +762,11 @@ pub fn io_cache_get(ctx: TracePointContext) -> i32 {
     if o.ready == 0 {
         return 0;
     }
-    let (Ok(index), Ok(last)) = (unsafe { ctx.read_at::<u64>(o.tp_fm_get_index as usize) }, unsafe {
-        ctx.read_at::<u64>(o.tp_fm_get_last_index as usize)
-    }) else {
+    let Some(rec) = record(&ctx) else {
         return 0;
     };
+    let index: u64 = field(&rec, o.tp_fm_get_index);
+    let last: u64 = field(&rec, o.tp_fm_get_last_index);
     if last < index {
         return 0;
     }
@@ -646,8 +789,9 @@ pub fn io_dirty(_ctx: TracePointContext) -> i32 {
 
 #[inline(always)]
 fn sock_len(ctx: &TracePointContext, o: &IoOffsets) -> Option<u64> {
-    let ret = unsafe { ctx.read_at::<i32>(o.tp_sock_ret as usize) }.ok()?;
-    let flags = unsafe { ctx.read_at::<i32>(o.tp_sock_flags as usize) }.ok()?;
+    let rec = record(ctx)?;
+    let ret: i32 = field(&rec, o.tp_sock_ret);
+    let flags: i32 = field(&rec, o.tp_sock_flags);
     if ret <= 0 || flags & MSG_PEEK != 0 { None } else { Some(ret as u64) }
 }
 
@@ -691,13 +835,12 @@ pub fn io_block_done(ctx: TracePointContext) -> i32 {
     if o.ready == 0 {
         return 0;
     }
-    let (Ok(dev), Ok(sectors), Ok(rwbs)) = (
-        unsafe { ctx.read_at::<u32>(o.tp_blk_dev as usize) },
-        unsafe { ctx.read_at::<u32>(o.tp_blk_nr_sector as usize) },
-        unsafe { ctx.read_at::<[u8; 4]>(o.tp_blk_rwbs as usize) },
-    ) else {
+    let Some(rec) = record(&ctx) else {
         return 0;
     };
+    let dev: u32 = field(&rec, o.tp_blk_dev);
+    let sectors: u32 = field(&rec, o.tp_blk_nr_sector);
+    let rwbs: [u8; 2] = field(&rec, o.tp_blk_rwbs);
     // rwbs: optional 'F' (flush) then 'R', 'W', 'D' (discard), 'N' (none), ...
     let op = if rwbs[0] == b'F' { rwbs[1] } else { rwbs[0] };
     let dir = match op {

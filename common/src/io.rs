@@ -29,6 +29,10 @@ pub mod file_kind {
 }
 
 /// Per-tgid I/O totals (a per-CPU hash keyed by tgid; userspace sums the CPUs).
+///
+/// Reads and writes of regular files, and page-cache misses, are counted only in the
+/// per-file [`FileIo`] entries (one map update per event); userspace adds those to the
+/// tgid's totals. They land here only when the per-file map was full.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct TgidIo {
@@ -280,5 +284,5 @@ pub mod maps {
     pub const BLOCK_IO: &str = "BLOCK_IO";
     pub const IO_EXTENTS: &str = "IO_EXTENTS";
     pub const IO_PATHS: &str = "IO_PATHS";
-    pub const IO_ENTER: &str = "IO_ENTER";
+    pub const IO_THREADS: &str = "IO_THREADS";
 }

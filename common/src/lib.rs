@@ -51,7 +51,7 @@ pub mod stat {
     pub const IO_EXTENTS_FULL: u32 = 6;
     /// I/O: a path event could not be reserved in `IO_PATHS`.
     pub const IO_PATHS_FULL: u32 = 7;
-    /// I/O: a syscall exit without its enter timestamp (the `IO_ENTER` LRU evicted it, or the
+    /// I/O: a syscall exit without its enter timestamp (its `IO_THREADS` slot was taken, or the
     /// programs were attached mid-call): its time is not counted.
     pub const IO_ENTER_MISSING: u32 = 8;
     /// I/O: a file descriptor could not be resolved to a file (its bytes count, not per file).

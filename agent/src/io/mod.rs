@@ -136,6 +136,21 @@ impl ProcessIo {
         p
     }
 
+    /// Adds what the kernel counted per file (regular files only) to the totals.
+    fn add_file(&mut self, f: &FileActivity) {
+        if self.uid == 0 {
+            self.uid = f.uid;
+        }
+        self.read_bytes += f.read_bytes;
+        self.write_bytes += f.write_bytes;
+        self.read_file_bytes += f.read_bytes;
+        self.write_file_bytes += f.write_bytes;
+        self.read_calls += f.read_calls;
+        self.write_calls += f.write_calls;
+        self.io_cpu_ns += f.io_ns;
+        self.page_cache_misses_bytes += f.cache_miss_bytes;
+    }
+
     /// Adds another row (for roll-ups per tree, user, cgroup).
     pub fn add(&mut self, o: &ProcessIo) {
         self.read_bytes += o.read_bytes;
@@ -411,6 +426,10 @@ impl IoProbes {
         for (k, v) in maps::take_all_per_cpu::<u32, TgidIo>(self.tgid_io.fd().as_fd(), self.ncpus) {
             out.processes.insert(k, ProcessIo::from_kernel(&v));
         }
+        // The kernel counts regular-file reads, writes and page-cache misses only per file.
+        for f in files.values().filter(|f| f.read_calls + f.write_calls + f.cache_miss_bytes > 0) {
+            out.processes.entry(f.tgid).or_default().add_file(f);
+        }
         for (k, v) in maps::take_all::<CopyKey, CopyIo>(self.copy_io.fd().as_fd()) {
             let (src, dst) =
                 (FileId { dev: k.src_dev, ino: k.src_ino }, FileId { dev: k.dst_dev, ino: k.dst_ino });
@@ -520,4 +539,43 @@ fn proc_fd_paths(tgid: u32) -> HashMap<FileId, PathBuf> {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Regular-file activity is counted only per file in the kernel; the tgid totals must
+    /// include it exactly once, beside what the per-tgid map holds (pipes, sockets, ...).
+    #[test]
+    fn file_activity_adds_to_the_process_totals() {
+        let mut p = ProcessIo::from_kernel(&[
+            TgidIo {
+                read_bytes: 10,
+                read_pipe_bytes: 10,
+                read_calls: 1,
+                io_ns: 5,
+                uid: 7,
+                ..TgidIo::default()
+            },
+            TgidIo { write_bytes: 3, write_sock_bytes: 3, write_calls: 1, ..TgidIo::default() },
+        ]);
+        p.add_file(&FileActivity {
+            uid: 7,
+            read_bytes: 100,
+            write_bytes: 40,
+            read_calls: 2,
+            write_calls: 4,
+            io_ns: 50,
+            cache_miss_bytes: 8192,
+            ..FileActivity::default()
+        });
+        assert_eq!(p.uid, 7);
+        assert_eq!((p.read_bytes, p.write_bytes), (110, 43));
+        assert_eq!((p.read_file_bytes, p.write_file_bytes), (100, 40));
+        assert_eq!((p.read_pipe_bytes, p.write_sock_bytes), (10, 3));
+        assert_eq!((p.read_calls, p.write_calls), (3, 5));
+        assert_eq!(p.io_cpu_ns, 55);
+        assert_eq!(p.page_cache_misses_bytes, 8192);
+    }
 }

@@ -8,7 +8,7 @@ use super::btf::{Btf, BtfError};
 /// the first struct or member the kernel does not have.
 pub fn io_offsets(btf: &Btf) -> Result<IoOffsets, BtfError> {
     let m = |s: &str, f: &str| btf.member_offset(s, f);
-    Ok(IoOffsets {
+    let o = IoOffsets {
         regs_di: m("pt_regs", "di")?,
         regs_si: m("pt_regs", "si")?,
         regs_dx: m("pt_regs", "dx")?,
@@ -42,12 +42,52 @@ pub fn io_offsets(btf: &Btf) -> Result<IoOffsets, BtfError> {
         tp_blk_nr_sector: m("trace_event_raw_block_rq_completion", "nr_sector")?,
         tp_blk_rwbs: m("trace_event_raw_block_rq_completion", "rwbs")?,
         ready: 1,
-    })
+    };
+    check_record_offsets(&o)?;
+    Ok(o)
+}
+
+/// Bytes of a classic tracepoint record the programs read at once (`RECORD` in
+/// `agent-ebpf/src/io.rs`).
+pub const RECORD_BYTES: u32 = 64;
+
+/// Every tracepoint record field the programs read (offset, size, name) must lie within the
+/// first [`RECORD_BYTES`] of the record.
+fn check_record_offsets(o: &IoOffsets) -> Result<(), BtfError> {
+    let fields = [
+        (o.tp_fm_add_ino, 8, "mm_filemap_op_page_cache.i_ino"),
+        (o.tp_fm_add_index, 8, "mm_filemap_op_page_cache.index"),
+        (o.tp_fm_add_dev, 4, "mm_filemap_op_page_cache.s_dev"),
+        (o.tp_fm_add_order, 1, "mm_filemap_op_page_cache.order"),
+        (o.tp_fm_get_index, 8, "mm_filemap_op_page_cache_range.index"),
+        (o.tp_fm_get_last_index, 8, "mm_filemap_op_page_cache_range.last_index"),
+        (o.tp_sock_ret, 4, "sock_msg_length.ret"),
+        (o.tp_sock_flags, 4, "sock_msg_length.flags"),
+        (o.tp_blk_dev, 4, "block_rq_completion.dev"),
+        (o.tp_blk_nr_sector, 4, "block_rq_completion.nr_sector"),
+        (o.tp_blk_rwbs, 2, "block_rq_completion.rwbs"),
+    ];
+    match fields.iter().find(|(off, size, _)| off + size > RECORD_BYTES) {
+        Some((off, _, name)) => Err(BtfError::Malformed(format!(
+            "tracepoint record field {name} at offset {off} lies beyond the {RECORD_BYTES} bytes \
+             the I/O programs read"
+        ))),
+        None => Ok(()),
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn record_offsets_beyond_the_read_prefix_are_refused() {
+        let mut o = IoOffsets { tp_fm_add_ino: 16, tp_blk_rwbs: 62, ..IoOffsets::default() };
+        assert!(check_record_offsets(&o).is_ok());
+        o.tp_blk_rwbs = 63;
+        let e = check_record_offsets(&o).unwrap_err().to_string();
+        assert!(e.contains("block_rq_completion.rwbs at offset 63"), "{e}");
+    }
 
     /// The record offsets from BTF must match what tracefs prints for the same tracepoints
     /// (where both are available: this is a check of the BTF reader against the kernel).
