@@ -216,7 +216,7 @@ pub async fn run(args: RunArgs, agent: &AgentArgs) -> anyhow::Result<i32> {
         emissions_g: tree.emissions_g,
         carbon: session.carbon.info(),
         alternatives: lowest_carbon_alternatives(it.total, pue, 3, AlternativeScope::CloudRegions),
-        io: tree.io.clone(),
+        io: tree.io,
         tree,
         findings,
         agent_hash_read_bytes: hasher.bytes_read(),

@@ -20,6 +20,19 @@ pub struct Settings {
     pub config_path: Option<PathBuf>,
 }
 
+impl Default for Settings {
+    /// Every default: the estimation model or whatever meter `auto` finds, no location (the
+    /// world average), default PUE. No config file is read.
+    fn default() -> Self {
+        Settings {
+            energy: EnergyConfig::default(),
+            carbon: CarbonOptions::merge(&Default::default(), &CarbonArgs::default(), "(none)")
+                .expect("the defaults are valid"),
+            config_path: None,
+        }
+    }
+}
+
 impl Settings {
     pub fn resolve(config: &ConfigArgs, energy: &EnergyArgs, carbon: &CarbonArgs) -> anyhow::Result<Self> {
         let (file, path) = Config::load(config.config.as_deref())?;

@@ -19,6 +19,7 @@ fn session() -> Session {
         interval: Duration::from_millis(200),
         load: LoadOptions::default(),
         prune_exited: false,
+        settings: Default::default(),
     })
     .expect("loading the probes")
 }

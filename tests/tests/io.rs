@@ -125,6 +125,10 @@ fn byte_counts_match_proc_io() {
     // SAFETY: fork in a test; the child only does syscalls and exits.
     let pid = unsafe { libc::fork() };
     if pid == 0 {
+        #[expect(
+            clippy::unused_io_amount,
+            reason = "the test compares whatever was read and written with /proc/<pid>/io"
+        )]
         let run = || -> std::io::Result<()> {
             let mut f = std::fs::OpenOptions::new().read(true).write(true).open(&path)?;
             let mut buf = vec![0u8; 64 << 10];

@@ -185,7 +185,7 @@ async fn draw_loop(
             _ = quit.recv() => return Ok(()),
             report = session.next_interval() => {
                 // The waste marker: findings that need no content hash, every 5 intervals.
-                if n % 5 == 0 {
+                if n.is_multiple_of(5) {
                     findings.clear();
                     for f in session.waste.findings(&mut NoContentHash) {
                         *findings.entry(f.tree).or_default() += 1;

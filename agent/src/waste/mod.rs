@@ -235,10 +235,10 @@ impl WasteTracker {
             a.cpu_g += g_of(j, energy.g_per_kwh);
         }
         for u in &iv.unlinks {
-            if let (Some(file), Some(path)) = (u.file, &u.path) {
-                if self.unlinked.len() < self.capacity {
-                    self.unlinked.insert(file, (u.tgid, path.clone()));
-                }
+            if let (Some(file), Some(path)) = (u.file, &u.path)
+                && self.unlinked.len() < self.capacity
+            {
+                self.unlinked.insert(file, (u.tgid, path.clone()));
             }
         }
     }
@@ -247,6 +247,10 @@ impl WasteTracker {
         if self.intervals == 0 { 0.0 } else { self.g_per_kwh_sum / self.intervals as f64 }
     }
 
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "one call per finding kind; the tuple pairs keep them readable"
+    )]
     fn finding(
         &self,
         kind: FindingKind,
@@ -334,7 +338,10 @@ impl WasteTracker {
         }
 
         // Re-fetch from storage: per file over all trees.
-        let mut cache: BTreeMap<FileId, (u64, RangeSet, u32, u32, u64, Option<PathBuf>)> = BTreeMap::new();
+        // Per file: bytes added to the cache, their distinct ranges, the busiest (tree, tgid),
+        // that tgid's bytes, and the path.
+        type CacheAcc = (u64, RangeSet, u32, u32, u64, Option<PathBuf>);
+        let mut cache: BTreeMap<FileId, CacheAcc> = BTreeMap::new();
         for ((root, id), t) in &self.files {
             if t.cache_bytes == 0 {
                 continue;
@@ -458,8 +465,10 @@ impl WasteTracker {
         }
 
         // Duplicate datasets: different inodes, same content, read by different users or trees.
-        let mut readers: BTreeMap<FileId, (BTreeSet<(u32, u32)>, PathBuf, u32, u32, f64, f64)> =
-            BTreeMap::new();
+        // Per file: the (uid, tree) pairs that read it, its path, the first reader's tree and
+        // tgid, and the CPU energy and emissions of those reads.
+        type Readers = (BTreeSet<(u32, u32)>, PathBuf, u32, u32, f64, f64);
+        let mut readers: BTreeMap<FileId, Readers> = BTreeMap::new();
         for ((root, id), t) in &self.files {
             let (Some(path), true) = (&t.path, t.read_bytes > 0) else {
                 continue;
