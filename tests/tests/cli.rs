@@ -122,6 +122,22 @@ fn run_document_has_the_schema_and_the_exit_code() {
     assert_eq!(col("python_version"), "");
     assert_eq!(col("codecarbon_version"), "");
 
+    // The disclosure statement from that document.
+    let json = tmp("for-report.json");
+    std::fs::write(&json, serde_json::to_vec(&doc).unwrap()).unwrap();
+    for (format, marker) in [("markdown", "gCO2e"), ("latex", "CO")] {
+        let out = Command::new(agent_bin())
+            .args(["report", json.to_str().unwrap(), "--format", format])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            text.contains(marker) && text.contains("1.5") && text.to_lowercase().contains("estimated"),
+            "{text}"
+        );
+    }
+
     // A second run appends a row, not a header.
     let (code, _, _) = run(&["--csv", csv.to_str().unwrap(), "--country", "FRA"], &[WORKLOAD, "exit", "0"]);
     assert_eq!(code, 0);
