@@ -246,3 +246,29 @@ fn rereading_a_file_is_a_finding_in_the_run_document() {
     assert!(stderr.contains("wasted I/O"));
     std::fs::remove_file(&file).unwrap();
 }
+
+#[test]
+fn a_full_map_is_counted_and_reported() {
+    require_root();
+    // 2000 processes in one 10 s interval, in a map sized for 1024: some inserts must fail.
+    let (code, doc, stderr) =
+        run(&["--max-processes", "1024", "--interval", "10s"], &[WORKLOAD, "fork-storm", "2000", "2"]);
+    assert_eq!(code, 0, "{stderr}");
+    let losses = &doc["losses"];
+    assert!(losses["cpu_map_full"].as_u64().unwrap() > 0, "{losses}");
+    assert!(losses["lost_cpu_ns"].as_u64().unwrap() > 0, "{losses}");
+    assert!(stderr.contains("LOSSES"), "{stderr}");
+}
+
+#[test]
+fn started_through_sudo_the_command_runs_as_the_invoking_user() {
+    require_root();
+    let out = Command::new(agent_bin())
+        .args(["run", "--", "id", "-u"])
+        .env("SUDO_UID", "65534")
+        .env("SUDO_GID", "65534")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "65534");
+}
