@@ -165,16 +165,8 @@ pub async fn run(args: RunArgs, agent: &AgentArgs) -> anyhow::Result<i32> {
     let mut cmd = tokio::process::Command::new(&args.command[0]);
     cmd.args(&args.command[1..]);
     if let Some((uid, gid)) = sudo_user() {
+        // As root, std also drops root's supplementary groups before switching user.
         cmd.uid(uid).gid(gid);
-        // SAFETY: setgroups is async-signal-safe; drops root's supplementary groups.
-        unsafe {
-            cmd.pre_exec(move || {
-                if libc::setgroups(1, &gid) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
     }
     let mut child = cmd.spawn().with_context(|| format!("cannot run `{}`", args.command[0]))?;
     let root = child.id().context("the command exited before it could be followed")?;
