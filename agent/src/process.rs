@@ -85,6 +85,8 @@ pub struct Process {
     /// File name of the last exec seen, if any.
     pub exe: Option<String>,
     pub cgroup_id: u64,
+    /// cgroup path, read from `/proc` the first time the process is active (None: unknown).
+    pub cgroup: Option<String>,
     pub kind: ProcessKind,
     pub start_ns: Option<u64>,
     /// Monotonic ns of the exit, and the exit code as the kernel reported it.
@@ -112,6 +114,7 @@ impl Process {
             comm: info.comm,
             exe: None,
             cgroup_id: 0,
+            cgroup: None,
             kind: info.kind,
             start_ns: info.start_ns,
             exited: None,
@@ -289,6 +292,13 @@ impl ProcessTable {
         let p = self.ensure(tgid, lookup);
         p.interval.add(extra);
         p.totals.add(extra);
+    }
+
+    /// Sets the cgroup path of `pid` (once known it is kept: processes rarely move).
+    pub fn set_cgroup(&mut self, pid: Pid, path: String) {
+        if let Some(p) = self.procs.get_mut(&pid) {
+            p.cgroup = Some(path);
+        }
     }
 
     /// Exited processes whose last CPU time has certainly been read: exited at least one

@@ -77,6 +77,12 @@ impl ProcFs {
         self.root.join(pid.to_string()).exists()
     }
 
+    /// The process's cgroup path: the cgroup v2 entry (`0::/path`), else the systemd one.
+    pub fn cgroup_path(&self, pid: Pid) -> Option<String> {
+        let text = fs::read_to_string(self.root.join(pid.to_string()).join("cgroup")).ok()?;
+        parse_cgroup(&text)
+    }
+
     /// The kernel's own on-CPU nanoseconds for a process (first field of `schedstat`).
     pub fn schedstat_ns(&self, pid: Pid) -> Option<u64> {
         let s = fs::read_to_string(self.root.join(pid.to_string()).join("schedstat")).ok()?;
@@ -105,6 +111,25 @@ impl ProcLookup for ProcFs {
     fn lookup(&self, pid: Pid) -> Option<ProcInfo> {
         self.process(pid)
     }
+}
+
+/// The cgroup v2 path of a `/proc/<pid>/cgroup` file, else the `name=systemd` hierarchy's.
+pub fn parse_cgroup(text: &str) -> Option<String> {
+    let v2 = text.lines().find_map(|l| l.strip_prefix("0::"));
+    let systemd = text.lines().find_map(|l| l.split_once(":name=systemd:").map(|(_, p)| p));
+    v2.or(systemd).map(|p| p.trim().to_owned())
+}
+
+/// The systemd unit a cgroup path belongs to: its innermost `.service` or `.scope`, else its
+/// innermost `.slice`.
+pub fn systemd_unit(cgroup: &str) -> Option<&str> {
+    let parts: Vec<&str> = cgroup.split('/').filter(|p| !p.is_empty()).collect();
+    parts
+        .iter()
+        .rev()
+        .find(|p| p.ends_with(".service") || p.ends_with(".scope"))
+        .or_else(|| parts.iter().rev().find(|p| p.ends_with(".slice")))
+        .copied()
 }
 
 struct Stat {
@@ -212,6 +237,22 @@ mod tests {
         assert_eq!(fs_.mem_total_bytes(), Some(2048 * 1024));
         assert!(fs_.process(78).is_none());
         fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn cgroups_and_units() {
+        let hybrid =
+            "9:name=systemd:/system.slice/nginx.service\n4:memory:/x\n0::/system.slice/nginx.service\n";
+        assert_eq!(parse_cgroup(hybrid).as_deref(), Some("/system.slice/nginx.service"));
+        assert_eq!(parse_cgroup("1:name=systemd:/user.slice\n").as_deref(), Some("/user.slice"));
+        assert_eq!(parse_cgroup("4:memory:/x\n"), None);
+        assert_eq!(systemd_unit("/system.slice/nginx.service"), Some("nginx.service"));
+        assert_eq!(
+            systemd_unit("/user.slice/user-1000.slice/user@1000.service/app.slice/run-r1.scope"),
+            Some("run-r1.scope")
+        );
+        assert_eq!(systemd_unit("/user.slice/user-1000.slice"), Some("user-1000.slice"));
+        assert_eq!(systemd_unit("/"), None);
     }
 
     #[test]

@@ -237,6 +237,19 @@ impl Session {
             self.table.add_interval(*tgid, t, &self.procfs);
         }
 
+        // cgroup paths for the roll-ups: read once per process, the first time it is active.
+        let need: Vec<Pid> = usage
+            .processes
+            .keys()
+            .copied()
+            .filter(|pid| self.table.get(*pid).is_some_and(|p| p.cgroup.is_none() && p.is_alive()))
+            .collect();
+        for pid in need {
+            if let Some(path) = self.procfs.cgroup_path(pid) {
+                self.table.set_cgroup(pid, path);
+            }
+        }
+
         // Waste findings: the measured CPU time of I/O at this interval's CPU energy per
         // CPU-second, emissions at this interval's intensity and PUE.
         let process_cpu_s = usage.process_cpu_ns() as f64 / 1e9;

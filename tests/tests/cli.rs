@@ -218,6 +218,11 @@ fn json_lines_add_up_to_the_meter() {
             + l["buckets"]["idle"]["energy_j"]["total"].as_f64().unwrap();
         let metered = l["meter"]["energy_j"]["total"].as_f64().unwrap();
         assert!(close(sum, metered, 1e-9), "rows + buckets {sum} vs meter {metered}");
+        for by in ["users", "cgroups", "units"] {
+            let groups: f64 =
+                l["rollups"][by].as_array().unwrap().iter().map(|g| g["energy_j"].as_f64().unwrap()).sum();
+            assert!(close(groups, rows, 1e-9), "{by} roll-up {groups} vs rows {rows}");
+        }
         assert_eq!(l["meter"]["estimated"], true);
         for p in l["processes"].as_array().unwrap() {
             for key in ["pid", "ppid", "uid", "comm", "cpu_time_s", "energy_j", "emissions_g", "io"] {

@@ -73,6 +73,8 @@ pub struct IntervalLine {
     /// buckets add up to `meter.energy_j.total`.
     pub meter: MeterSummary,
     pub carbon: IntervalIntensity,
+    /// The same rows summed by user, cgroup and systemd unit.
+    pub rollups: super::rollup::Rollups,
     /// Cumulative counts of what was lost for lack of capacity (zero when nothing was).
     pub losses: Losses,
 }
@@ -102,7 +104,9 @@ pub fn interval_line(report: &IntervalReport, table: &ProcessTable, users: &User
         .collect();
     processes.sort_by(|a, b| b.cpu_time_s.total_cmp(&a.cpu_time_s).then(a.pid.cmp(&b.pid)));
     debug_assert!(processes.iter().all(|r| table.get(r.pid).is_none_or(|p| p.kind == ProcessKind::User)));
+    let rollups = super::rollup::rollups(&processes, |pid| table.get(pid).and_then(|p| p.cgroup.clone()));
     IntervalLine {
+        rollups,
         timestamp: super::rfc3339(report.timestamp),
         interval_s: report.usage.interval_s,
         cpus: report.usage.ncpu,

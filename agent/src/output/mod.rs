@@ -3,6 +3,7 @@
 
 pub mod json;
 pub mod live;
+pub mod rollup;
 pub mod text;
 
 use std::time::SystemTime;
