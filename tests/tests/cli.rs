@@ -277,3 +277,19 @@ fn started_through_sudo_the_command_runs_as_the_invoking_user() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "65534");
 }
+
+#[test]
+fn without_privileges_it_says_which_are_missing() {
+    require_root();
+    // Root with every capability dropped (util-linux's setpriv, part of every Debian system).
+    let out = Command::new("setpriv")
+        .args(["--inh-caps=-all", "--bounding-set=-all", "--ambient-caps=-all"])
+        .arg(agent_bin())
+        .args(["--json", "--duration", "1"])
+        .output()
+        .expect("setpriv (util-linux)");
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("CAP_BPF") && err.contains("CAP_PERFMON") && err.contains("root"), "{err}");
+    assert!(out.stdout.is_empty());
+}
