@@ -1,8 +1,9 @@
 //! A minimal reader of the kernel's BTF (`/sys/kernel/btf/vmlinux`), for struct field offsets.
 //!
-//! Rust eBPF programs have no CO-RE relocations, so the few kernel struct fields the programs
-//! read are located here at start-up and passed in as globals. Only what that needs is parsed:
-//! type records, their names, and struct/union members (anonymous members are searched too).
+//! Rust eBPF programs have no CO-RE relocations, so the kernel struct fields the programs read
+//! are located here at start-up and passed in as globals. Only what that needs is parsed: type
+//! records, their names, and struct/union members. A field may be a dotted path through
+//! embedded structs (`f_path.dentry`); anonymous struct/union members are searched too.
 
 use std::{collections::HashMap, path::Path};
 
@@ -14,7 +15,7 @@ pub enum BtfError {
     Read { path: String, source: std::io::Error },
     #[error("malformed BTF: {0}")]
     Malformed(String),
-    #[error("the kernel's BTF has no struct {0}")]
+    #[error("the kernel's BTF has no struct or union {0}")]
     NoStruct(String),
     #[error("struct {strukt} has no field {field} in the kernel's BTF")]
     NoField { strukt: String, field: String },
@@ -131,7 +132,7 @@ impl KernelBtf {
         }
         let mut btf = KernelBtf { strings, types, structs_by_name: HashMap::new() };
         for (id, ty) in btf.types.iter().enumerate() {
-            if ty.kind == KIND_STRUCT && ty.name_off != 0 {
+            if matches!(ty.kind, KIND_STRUCT | KIND_UNION) && ty.name_off != 0 {
                 let name = btf.name(ty.name_off).to_owned();
                 // The first definition wins; vmlinux has one per name.
                 btf.structs_by_name.entry(name).or_insert(id as u32);
@@ -184,16 +185,25 @@ impl KernelBtf {
         None
     }
 
-    /// Byte offset of `field` in `struct strukt`.
+    /// Byte offset of `field` in struct (or union) `strukt`; `field` may be a dotted path
+    /// through embedded structs, e.g. `f_path.dentry`.
     pub fn member_offset(&self, strukt: &str, field: &str) -> Result<u32, BtfError> {
-        let id = *self.structs_by_name.get(strukt).ok_or_else(|| BtfError::NoStruct(strukt.into()))?;
-        let m = self
-            .find_member(id, field)
-            .ok_or_else(|| BtfError::NoField { strukt: strukt.into(), field: field.into() })?;
-        if m.bitfield || m.bit_offset % 8 != 0 {
+        let mut id = *self.structs_by_name.get(strukt).ok_or_else(|| BtfError::NoStruct(strukt.into()))?;
+        let mut bits = 0;
+        for part in field.split('.') {
+            let m = self
+                .find_member(id, part)
+                .ok_or_else(|| BtfError::NoField { strukt: strukt.into(), field: field.into() })?;
+            if m.bitfield {
+                return Err(BtfError::Bitfield { strukt: strukt.into(), field: field.into() });
+            }
+            bits += m.bit_offset;
+            id = self.resolve(m.type_id);
+        }
+        if bits % 8 != 0 {
             return Err(BtfError::Bitfield { strukt: strukt.into(), field: field.into() });
         }
-        Ok(m.bit_offset / 8)
+        Ok(bits / 8)
     }
 }
 
@@ -239,6 +249,20 @@ mod tests {
         assert_eq!(btf.member_offset("outer", "b").unwrap(), 8);
         assert_eq!(btf.member_offset("outer", "c").unwrap(), 8);
         assert_eq!(btf.member_offset("outer", "d").unwrap(), 16);
+    }
+
+    #[test]
+    fn dotted_paths_and_unions_by_name() {
+        let btf = KernelBtf::parse(&sample()).unwrap();
+        // `a` is an int: nothing inside it.
+        assert!(btf.member_offset("outer", "a.b").is_err());
+        let path = Path::new("/sys/kernel/btf/vmlinux");
+        if path.exists() {
+            let k = KernelBtf::from_sysfs(Path::new("/sys")).unwrap();
+            let direct =
+                k.member_offset("file", "f_path").unwrap() + k.member_offset("path", "dentry").unwrap();
+            assert_eq!(k.member_offset("file", "f_path.dentry").unwrap(), direct);
+        }
     }
 
     #[test]
