@@ -75,6 +75,9 @@ pub struct IntervalLine {
     pub carbon: IntervalIntensity,
     /// The same rows summed by user, cgroup and systemd unit.
     pub rollups: super::rollup::Rollups,
+    /// Block-layer bytes per device in the interval (all processes and the kernel: the
+    /// block layer does not know who asked).
+    pub block_devices: Vec<crate::io::BlockDeviceIo>,
     /// Cumulative counts of what was lost for lack of capacity (zero when nothing was).
     pub losses: Losses,
 }
@@ -107,6 +110,7 @@ pub fn interval_line(report: &IntervalReport, table: &ProcessTable, users: &User
     let rollups = super::rollup::rollups(&processes, |pid| table.get(pid).and_then(|p| p.cgroup.clone()));
     IntervalLine {
         rollups,
+        block_devices: report.io.block.clone(),
         timestamp: super::rfc3339(report.timestamp),
         interval_s: report.usage.interval_s,
         cpus: report.usage.ncpu,
