@@ -19,10 +19,11 @@ use aya_ebpf::{
     helpers::{
         bpf_get_current_pid_tgid, bpf_get_current_task, bpf_get_current_uid_gid, bpf_ktime_get_ns,
         bpf_probe_read_kernel, bpf_probe_read_kernel_str_bytes, bpf_probe_read_user_str_bytes,
+        generated::bpf_get_current_task_btf,
     },
-    macros::{map, raw_tracepoint, tracepoint},
+    macros::{btf_tracepoint, map, tracepoint},
     maps::{Array, HashMap, PerCpuHashMap, RingBuf},
-    programs::{RawTracePointContext, TracePointContext},
+    programs::{BtfTracePointContext, TracePointContext},
 };
 use carbon_agent_common::{
     io::{
@@ -185,6 +186,29 @@ fn offs() -> IoOffsets {
     IO_OFFSETS.load()
 }
 
+/// One field of `IO_OFFSETS`, read on its own: a load from the frozen read-only global that
+/// the verifier resolves to a known constant, so that it can check the direct loads below.
+macro_rules! off {
+    ($field:ident) => {{
+        // SAFETY: `Global<T>` holds just a `MaybeUninit<T>`, always initialised.
+        #[allow(unused_unsafe)]
+        let v = unsafe {
+            core::ptr::read_volatile(&raw const (*(&raw const IO_OFFSETS).cast::<IoOffsets>()).$field)
+        };
+        v
+    }};
+}
+
+/// A field of a BTF-typed kernel pointer (`tp_btf` argument, `bpf_get_current_task_btf()`, or
+/// a pointer loaded from one of those): a plain load, which the verifier checks against the
+/// kernel's BTF and turns into a fault-tolerant (PROBE_MEM) load. `off` must be a BTF offset
+/// from [`off!`], a constant to the verifier.
+#[inline(always)]
+fn load<T: Copy>(base: *const u8, off: u32) -> T {
+    // SAFETY: see above; a faulting address reads as zero.
+    unsafe { core::ptr::read_volatile(base.add(off as usize) as *const T) }
+}
+
 #[inline(always)]
 unsafe fn rd<T: Copy>(base: *const u8, off: u32) -> Option<T> {
     // SAFETY: bpf_probe_read_kernel copes with any address.
@@ -213,8 +237,8 @@ fn is_io(nr: u64) -> bool {
 
 /// `sys_enter(struct pt_regs *regs, long id)`: remember when an I/O syscall started; report
 /// unlinks with their path. Any other syscall returns after one comparison.
-#[raw_tracepoint(tracepoint = "sys_enter")]
-pub fn io_sys_enter(ctx: RawTracePointContext) -> i32 {
+#[btf_tracepoint(function = "sys_enter")]
+pub fn io_sys_enter(ctx: BtfTracePointContext) -> i32 {
     let nr: u64 = ctx.arg(1);
     if is_io(nr) {
         let tid = bpf_get_current_pid_tgid() as u32;
@@ -240,28 +264,26 @@ pub fn io_sys_enter(ctx: RawTracePointContext) -> i32 {
     0
 }
 
-/// `sys_exit(struct pt_regs *regs, long ret)`.
-#[raw_tracepoint(tracepoint = "sys_exit")]
-pub fn io_sys_exit(ctx: RawTracePointContext) -> i32 {
-    let o = offs();
-    if o.ready == 0 {
+/// `sys_exit(struct pt_regs *regs, long ret)`. `regs` is BTF-typed: its fields are read with
+/// plain loads (no helper call).
+#[btf_tracepoint(function = "sys_exit")]
+pub fn io_sys_exit(ctx: BtfTracePointContext) -> i32 {
+    if off!(ready) == 0 {
         return 0;
     }
     let regs: *const u8 = ctx.arg(0);
-    let Some(nr) = (unsafe { rd::<u64>(regs, o.regs_orig_ax) }) else {
-        return 0;
-    };
+    let nr: u64 = load(regs, off!(regs_orig_ax));
     let ret: i64 = ctx.arg(1);
     if is_io(nr) {
-        on_io_exit(&o, regs, nr, ret);
+        on_io_exit(regs, nr, ret);
     } else if (nr == NR_OPENAT || nr == NR_OPEN || nr == NR_OPENAT2 || nr == NR_CREAT) && ret >= 0 {
-        on_open_exit(&o, ret);
+        on_open_exit(&offs(), ret);
     }
     0
 }
 
 #[inline(always)]
-fn on_io_exit(o: &IoOffsets, regs: *const u8, nr: u64, ret: i64) {
+fn on_io_exit(regs: *const u8, nr: u64, ret: i64) {
     let pid_tgid = bpf_get_current_pid_tgid();
     let (tid, tgid) = (pid_tgid as u32, (pid_tgid >> 32) as u32);
     // SAFETY: bpf helper without preconditions.
@@ -283,9 +305,7 @@ fn on_io_exit(o: &IoOffsets, regs: *const u8, nr: u64, ret: i64) {
         _ => stats::add(stat::IO_ENTER_MISSING, 1),
     }
     let bytes = if ret > 0 { ret as u64 } else { 0 };
-    let Some(fd) = (unsafe { rd::<u64>(regs, o.regs_di) }) else {
-        return;
-    };
+    let fd: u64 = load(regs, off!(regs_di));
 
     if nr == NR_SENDFILE || nr == NR_SPLICE || nr == NR_COPY_FILE_RANGE {
         let Some(t) = tgid_entry(tgid) else {
@@ -301,13 +321,10 @@ fn on_io_exit(o: &IoOffsets, regs: *const u8, nr: u64, ret: i64) {
             return;
         }
         // sendfile(out_fd, in_fd, ...); splice / copy_file_range(in_fd, off_in, out_fd, ...).
-        let other = if nr == NR_SENDFILE { o.regs_si } else { o.regs_dx };
-        let Some(other) = (unsafe { rd::<u64>(regs, other) }) else {
-            return;
-        };
+        let other: u64 =
+            if nr == NR_SENDFILE { load(regs, off!(regs_si)) } else { load(regs, off!(regs_dx)) };
         let (src, dst) = if nr == NR_SENDFILE { (other, fd) } else { (fd, other) };
-        let (Some(s), Some(d)) =
-            (resolve_cached(o, src as i64, thread), resolve_cached(o, dst as i64, thread))
+        let (Some(s), Some(d)) = (resolve_cached(src as i64, thread), resolve_cached(dst as i64, thread))
         else {
             stats::add(stat::IO_FD_UNRESOLVED, 1);
             return;
@@ -337,7 +354,7 @@ fn on_io_exit(o: &IoOffsets, regs: *const u8, nr: u64, ret: i64) {
     // A failed call moved no bytes: count it per tgid without resolving its fd (which may
     // not even be open: EBADF).
     let f = if ret >= 0 {
-        let f = resolve_cached(o, fd as i64, thread);
+        let f = resolve_cached(fd as i64, thread);
         if f.is_none() {
             stats::add(stat::IO_FD_UNRESOLVED, 1);
         }
@@ -346,7 +363,7 @@ fn on_io_exit(o: &IoOffsets, regs: *const u8, nr: u64, ret: i64) {
         None
     };
     if let Some(f) = f {
-        if f.kind == file_kind::REG && on_file_io(o, regs, nr, tgid, &f, is_read, bytes, ns) {
+        if f.kind == file_kind::REG && on_file_io(regs, nr, tgid, &f, is_read, bytes, ns) {
             return;
         }
     }
@@ -384,16 +401,7 @@ fn on_io_exit(o: &IoOffsets, regs: *const u8, nr: u64, ret: i64) {
 /// not be had (map full): the caller then counts the tgid totals.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-fn on_file_io(
-    o: &IoOffsets,
-    regs: *const u8,
-    nr: u64,
-    tgid: u32,
-    f: &Fd,
-    is_read: bool,
-    bytes: u64,
-    ns: u64,
-) -> bool {
+fn on_file_io(regs: *const u8, nr: u64, tgid: u32, f: &Fd, is_read: bool, bytes: u64, ns: u64) -> bool {
     let key = FileKey { tgid, dev: f.dev, ino: f.ino };
     let Some(e) = file_entry(&key) else {
         return false;
@@ -419,15 +427,14 @@ fn on_file_io(
     let mut start = 0u64;
     let mut have_pos = false;
     if explicit {
-        if let Some(p) = unsafe { rd::<i64>(regs, o.regs_r10) } {
-            if p >= 0 {
-                start = p as u64;
-                have_pos = true;
-            }
+        let p: i64 = load(regs, off!(regs_r10));
+        if p >= 0 {
+            start = p as u64;
+            have_pos = true;
         }
     }
     if !have_pos {
-        if let Some(p) = unsafe { rd::<i64>(f.file, o.file_pos) } {
+        if let Some(p) = unsafe { rd::<i64>(f.file, off!(file_pos)) } {
             if p >= bytes as i64 {
                 start = p as u64 - bytes;
             }
@@ -530,36 +537,59 @@ fn resolve_fd(o: &IoOffsets, fd: i64) -> Option<Fd> {
     }
 }
 
-/// [`resolve_fd`] through the calling thread's cache (`thread` null: no cache). A hit costs
-/// `files`, `fdt`, `fd`, `fd[fd]`, `f_inode` and `i_ino` reads instead of also `i_mode`,
-/// `i_sb` and `s_dev`. Only for fds of a call that succeeded (`fd < max_fds` then).
+/// `current->files->fdt->fd[fd]` for the hot path: plain loads through the BTF-typed
+/// `current` (`bpf_get_current_task_btf`) down to the `fd` array, then one probe read of the
+/// array element (the verifier types `fdt->fd`, a pointer to pointers, as untrusted memory of
+/// unknown size, so the element cannot be loaded directly). `None` when `fd` is out of the
+/// table or not open.
 #[inline(always)]
-fn resolve_cached(o: &IoOffsets, fd: i64, thread: *mut Thread) -> Option<Fd> {
+fn fd_file_btf(fd: i64) -> Option<*const u8> {
     if fd < 0 {
         return None;
     }
-    if thread.is_null() {
-        return resolve_fd(o, fd);
+    // SAFETY: bpf helper without preconditions; a trusted BTF pointer.
+    let task = unsafe { bpf_get_current_task_btf() } as *const u8;
+    let files: *const u8 = load(task, off!(task_files));
+    if files.is_null() {
+        return None;
     }
+    let fdt: *const u8 = load(files, off!(files_fdt));
+    if fdt.is_null() {
+        return None;
+    }
+    let max: u32 = load(fdt, off!(fdt_max_fds));
+    if fd as u64 >= max as u64 {
+        return None;
+    }
+    let arr: *const u8 = load(fdt, off!(fdt_fd));
+    // SAFETY: bpf_probe_read_kernel copes with any address; the index is below max_fds.
+    let file = unsafe { rd::<*const u8>(arr, (fd as u32) * 8)? };
+    if file.is_null() { None } else { Some(file) }
+}
+
+/// The fd's identity through the calling thread's cache (`thread` null: no cache). A hit
+/// costs the table walk of [`fd_file_btf`] plus `f_inode` and `i_ino` probe reads (validation:
+/// a `struct file` or `struct inode` can be freed and reused at the same address) instead of
+/// also `i_mode`, `i_sb` and `s_dev`.
+#[inline(always)]
+fn resolve_cached(fd: i64, thread: *mut Thread) -> Option<Fd> {
+    let file = fd_file_btf(fd)?;
     unsafe {
-        let files = rd::<*const u8>(current_task(), o.task_files)?;
-        let fdt = rd::<*const u8>(files, o.files_fdt)?;
-        let arr = rd::<*const u8>(fdt, o.fdt_fd)?;
-        let file = rd::<*const u8>(arr, (fd as u32) * 8)?;
-        if file.is_null() {
-            return None;
+        let inode = rd::<*const u8>(file, off!(file_inode))?;
+        let ino = rd::<u64>(inode, off!(inode_ino))?;
+        let c = if thread.is_null() { None } else { Some(&mut (*thread).cache[(fd & 1) as usize]) };
+        if let Some(c) = &c {
+            if c.file == file as u64 && c.fd == fd as u32 && c.inode == inode as u64 && c.ino == ino {
+                return Some(Fd { file, dev: c.dev, kind: c.kind, ino });
+            }
         }
-        let inode = rd::<*const u8>(file, o.file_inode)?;
-        let ino = rd::<u64>(inode, o.inode_ino)?;
-        let c = &mut (*thread).cache[(fd & 1) as usize];
-        if c.file == file as u64 && c.fd == fd as u32 && c.inode == inode as u64 && c.ino == ino {
-            return Some(Fd { file, dev: c.dev, kind: c.kind, ino });
-        }
-        let mode = rd::<u16>(inode, o.inode_mode)? as u32;
-        let sb = rd::<*const u8>(inode, o.inode_sb)?;
-        let dev = rd::<u32>(sb, o.sb_dev)?;
+        let mode = rd::<u16>(inode, off!(inode_mode))? as u32;
+        let sb = rd::<*const u8>(inode, off!(inode_sb))?;
+        let dev = rd::<u32>(sb, off!(sb_dev))?;
         let kind = kind_of(mode);
-        *c = FdCache { file: file as u64, inode: inode as u64, ino, fd: fd as u32, dev, kind, _pad: 0 };
+        if let Some(c) = c {
+            *c = FdCache { file: file as u64, inode: inode as u64, ino, fd: fd as u32, dev, kind, _pad: 0 };
+        }
         Some(Fd { file, dev, kind, ino })
     }
 }
