@@ -47,6 +47,9 @@ static IO_OFFSETS: Global<IoOffsets> = Global::new(IoOffsets {
     files_fdt: 0,
     fdt_max_fds: 0,
     fdt_fd: 0,
+    files_fdtab: 0,
+    files_fd_array: 0,
+    fd_array_len: 0,
     file_inode: 0,
     file_pos: 0,
     file_dentry: 0,
@@ -171,6 +174,8 @@ struct Fd {
     dev: u32,
     kind: u32,
     ino: u64,
+    /// `f_pos` after the call (regular files from [`resolve_hot`] only; else 0).
+    pos: i64,
 }
 
 /// `*p += n`. Not atomic (the BPF target lacks 64-bit atomic add in core here): two threads
@@ -354,7 +359,7 @@ fn on_io_exit(regs: *const u8, nr: u64, ret: i64) {
     // A failed call moved no bytes: count it per tgid without resolving its fd (which may
     // not even be open: EBADF).
     let f = if ret >= 0 {
-        let f = resolve_cached(fd as i64, thread);
+        let f = resolve_hot(fd as i64, thread);
         if f.is_none() {
             stats::add(stat::IO_FD_UNRESOLVED, 1);
         }
@@ -434,10 +439,8 @@ fn on_file_io(regs: *const u8, nr: u64, tgid: u32, f: &Fd, is_read: bool, bytes:
         }
     }
     if !have_pos {
-        if let Some(p) = unsafe { rd::<i64>(f.file, off!(file_pos)) } {
-            if p >= bytes as i64 {
-                start = p as u64 - bytes;
-            }
+        if f.pos >= bytes as i64 {
+            start = f.pos as u64 - bytes;
         }
     }
     let kind = if is_read { extent_kind::READ } else { extent_kind::WRITE };
@@ -533,8 +536,90 @@ fn resolve_fd(o: &IoOffsets, fd: i64) -> Option<Fd> {
         let ino = rd::<u64>(inode, o.inode_ino)?;
         let sb = rd::<*const u8>(inode, o.inode_sb)?;
         let dev = rd::<u32>(sb, o.sb_dev)?;
-        Some(Fd { file, dev, kind: kind_of(mode), ino })
+        Some(Fd { file, dev, kind: kind_of(mode), ino, pos: 0 })
     }
+}
+
+/// `f_pos` of a regular file (probe read; `file` may be a plain address), else 0.
+#[inline(always)]
+fn file_pos(file: *const u8, kind: u32) -> i64 {
+    if kind != file_kind::REG {
+        return 0;
+    }
+    // SAFETY: bpf_probe_read_kernel copes with any address.
+    unsafe { rd::<i64>(file, off!(file_pos)) }.unwrap_or(0)
+}
+
+/// Most fds resolved by [`fd_array_file`] (`0..FD_ARRAY_ARMS`).
+const FD_ARRAY_ARMS: u64 = 64;
+
+/// `files->fd_array[fd]` as a BTF-typed `struct file` pointer (null: not open), for
+/// `fd < FD_ARRAY_ARMS`. The verifier accepts a plain load of an array element of a BTF
+/// struct only at a constant offset, so each fd has its own load instruction (inline asm, so
+/// that the compiler cannot merge them into one load at a variable offset).
+#[inline(always)]
+fn fd_array_file(files: *const u8, fd: u64) -> *const u8 {
+    // SAFETY: pointer arithmetic by a BTF offset (a verifier constant) inside `files_struct`.
+    let base = unsafe { files.add(off!(files_fd_array) as usize) };
+    macro_rules! arms {
+        ($($n:literal)*) => {
+            match fd {
+                $($n => {
+                    let v: u64;
+                    // SAFETY: a load of `fd_array[$n]` (a BTF-checked, fault-tolerant load).
+                    unsafe {
+                        core::arch::asm!(
+                            "{v} = *(u64 *)({b} + {k})",
+                            v = out(reg) v,
+                            b = in(reg) base,
+                            k = const $n * 8,
+                            options(nostack, readonly, preserves_flags),
+                        )
+                    };
+                    v
+                })*
+                _ => 0,
+            }
+        };
+    }
+    let v = arms!(0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22 23 24 25 26 27 28 29 30 31
+        32 33 34 35 36 37 38 39 40 41 42 43 44 45 46 47 48 49 50 51 52 53 54 55 56 57 58 59 60 61 62 63);
+    v as *const u8
+}
+
+/// The fd's identity for the read/write hot path. While the process has its first
+/// `NR_OPEN_DEFAULT` (64) fds in the table embedded in `files_struct` and `fd` is one of them,
+/// everything is a plain load through BTF-typed pointers:
+/// `current->files->fd_array[fd]->f_inode->{i_ino, i_mode, i_sb->s_dev}` and `f_pos`, no
+/// helper call. Otherwise [`resolve_cached`] (probe reads).
+#[inline(always)]
+fn resolve_hot(fd: i64, thread: *mut Thread) -> Option<Fd> {
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: bpf helper without preconditions; a trusted BTF pointer.
+    let task = unsafe { bpf_get_current_task_btf() } as *const u8;
+    let files: *const u8 = load(task, off!(task_files));
+    if files.is_null() {
+        return None;
+    }
+    let fdt: *const u8 = load(files, off!(files_fdt));
+    let embedded = fdt as u64 == files as u64 + off!(files_fdtab) as u64;
+    let len = off!(fd_array_len) as u64;
+    if !embedded || fd as u64 >= len || fd as u64 >= FD_ARRAY_ARMS {
+        return resolve_cached(fd, thread);
+    }
+    let file = fd_array_file(files, fd as u64);
+    if file.is_null() {
+        return None;
+    }
+    let inode: *const u8 = load(file, off!(file_inode));
+    let ino: u64 = load(inode, off!(inode_ino));
+    let kind = kind_of(load::<u16>(inode, off!(inode_mode)) as u32);
+    let sb: *const u8 = load(inode, off!(inode_sb));
+    let dev: u32 = load(sb, off!(sb_dev));
+    let pos: i64 = load(file, off!(file_pos));
+    Some(Fd { file, dev, kind, ino, pos })
 }
 
 /// `current->files->fdt->fd[fd]` for the hot path: plain loads through the BTF-typed
@@ -580,7 +665,7 @@ fn resolve_cached(fd: i64, thread: *mut Thread) -> Option<Fd> {
         let c = if thread.is_null() { None } else { Some(&mut (*thread).cache[(fd & 1) as usize]) };
         if let Some(c) = &c {
             if c.file == file as u64 && c.fd == fd as u32 && c.inode == inode as u64 && c.ino == ino {
-                return Some(Fd { file, dev: c.dev, kind: c.kind, ino });
+                return Some(Fd { file, dev: c.dev, kind: c.kind, ino, pos: file_pos(file, c.kind) });
             }
         }
         let mode = rd::<u16>(inode, off!(inode_mode))? as u32;
@@ -590,7 +675,7 @@ fn resolve_cached(fd: i64, thread: *mut Thread) -> Option<Fd> {
         if let Some(c) = c {
             *c = FdCache { file: file as u64, inode: inode as u64, ino, fd: fd as u32, dev, kind, _pad: 0 };
         }
-        Some(Fd { file, dev, kind, ino })
+        Some(Fd { file, dev, kind, ino, pos: file_pos(file, kind) })
     }
 }
 
