@@ -3,11 +3,13 @@
 //! of opened and unlinked files.
 //!
 //! Hooks (see `docs/io.md` for the measurements behind the choice):
-//! - raw tracepoints `sys_enter` / `sys_exit`: one program each for every syscall, filtering
-//!   on the syscall number first. Cheaper than the per-syscall `syscalls:sys_*_*` tracepoints,
-//!   which run on top of the same raw tracepoint and add the perf record set-up. The exit
-//!   handler reads the arguments back from `pt_regs` (still intact at exit) and resolves the
-//!   file descriptor through `current->files` to (dev, inode, kind, position).
+//! - BTF tracepoints `sys_enter` / `sys_exit`: one program each for every syscall, filtering
+//!   on the syscall number first. `pt_regs` is BTF-typed there, so the exit handler reads the
+//!   arguments back (still intact at exit) with plain loads, and resolves the file descriptor
+//!   through `bpf_get_current_task_btf()` → `files` → `fd_array[fd]` → `f_inode` with plain
+//!   loads too (no helper calls) while the process's fds fit the table embedded in
+//!   `files_struct`; for a grown table, `fd[fd]` onwards is read with probe reads.
+//! - the time in I/O syscalls is sampled: one call in [`TIME_SAMPLE`] is timed, × the rate.
 //! - classic tracepoints for the page cache, writeback, sockets and the block layer: their
 //!   record offsets come from the kernel's BTF (`trace_event_raw_*`).
 //!
