@@ -3,11 +3,13 @@
 //! of opened and unlinked files.
 //!
 //! Hooks (see `docs/io.md` for the measurements behind the choice):
-//! - raw tracepoints `sys_enter` / `sys_exit`: one program each for every syscall, filtering
-//!   on the syscall number first. Cheaper than the per-syscall `syscalls:sys_*_*` tracepoints,
-//!   which run on top of the same raw tracepoint and add the perf record set-up. The exit
-//!   handler reads the arguments back from `pt_regs` (still intact at exit) and resolves the
-//!   file descriptor through `current->files` to (dev, inode, kind, position).
+//! - BTF tracepoints `sys_enter` / `sys_exit`: one program each for every syscall, filtering
+//!   on the syscall number first. `pt_regs` is BTF-typed there, so the exit handler reads the
+//!   arguments back (still intact at exit) with plain loads, and resolves the file descriptor
+//!   through `bpf_get_current_task_btf()` → `files` → `fd_array[fd]` → `f_inode` with plain
+//!   loads too (no helper calls) while the process's fds fit the table embedded in
+//!   `files_struct`; for a grown table, `fd[fd]` onwards is read with probe reads.
+//! - the time in I/O syscalls is sampled: one call in [`TIME_SAMPLE`] is timed, × the rate.
 //! - classic tracepoints for the page cache, writeback, sockets and the block layer: their
 //!   record offsets come from the kernel's BTF (`trace_event_raw_*`).
 //!
@@ -19,10 +21,11 @@ use aya_ebpf::{
     helpers::{
         bpf_get_current_pid_tgid, bpf_get_current_task, bpf_get_current_uid_gid, bpf_ktime_get_ns,
         bpf_probe_read_kernel, bpf_probe_read_kernel_str_bytes, bpf_probe_read_user_str_bytes,
+        generated::bpf_get_current_task_btf,
     },
-    macros::{map, raw_tracepoint, tracepoint},
+    macros::{btf_tracepoint, map, tracepoint},
     maps::{Array, HashMap, PerCpuHashMap, RingBuf},
-    programs::{RawTracePointContext, TracePointContext},
+    programs::{BtfTracePointContext, TracePointContext},
 };
 use carbon_agent_common::{
     io::{
@@ -46,6 +49,9 @@ static IO_OFFSETS: Global<IoOffsets> = Global::new(IoOffsets {
     files_fdt: 0,
     fdt_max_fds: 0,
     fdt_fd: 0,
+    files_fdtab: 0,
+    files_fd_array: 0,
+    fd_array_len: 0,
     file_inode: 0,
     file_pos: 0,
     file_dentry: 0,
@@ -141,11 +147,24 @@ struct Thread {
     tid: u32,
     /// Syscall number at enter (I/O syscalls only).
     nr: u32,
-    /// Enter time; 0 once its exit was seen.
+    /// Enter time of a timed call, [`NOT_TIMED`] for a call left out of the sample; 0 once
+    /// its exit was seen.
     ts: u64,
+    /// xorshift32 state that picks the timed calls (never 0).
+    rng: u32,
+    _pad: u32,
     /// Two cached fd resolutions, indexed by `fd & 1` (a copy loop alternates two fds).
     cache: [FdCache; 2],
 }
+
+/// One I/O syscall in [`TIME_SAMPLE`] is timed (enter→exit with `bpf_ktime_get_ns`, ≈ 60 ns
+/// per call in the VMs measured) and its time counted × `TIME_SAMPLE`: an unbiased estimate
+/// of the time in I/O syscalls. The calls are picked at random per thread (a fixed stride
+/// would time only the reads of a read/write loop).
+const TIME_SAMPLE: u64 = 8;
+
+/// `Thread::ts` of a call that is not timed.
+const NOT_TIMED: u64 = 1;
 
 /// `fd` resolved to `file`, whose `f_inode` was `inode` with `i_ino` `ino`. Valid while
 /// `current->files->fdt->fd[fd]`, its `f_inode` and that inode's `i_ino` are still the same
@@ -170,6 +189,8 @@ struct Fd {
     dev: u32,
     kind: u32,
     ino: u64,
+    /// `f_pos` after the call (regular files from [`resolve_hot`] only; else 0).
+    pos: i64,
 }
 
 /// `*p += n`. Not atomic (the BPF target lacks 64-bit atomic add in core here): two threads
@@ -183,6 +204,29 @@ unsafe fn add(p: *mut u64, n: u64) {
 #[inline(always)]
 fn offs() -> IoOffsets {
     IO_OFFSETS.load()
+}
+
+/// One field of `IO_OFFSETS`, read on its own: a load from the frozen read-only global that
+/// the verifier resolves to a known constant, so that it can check the direct loads below.
+macro_rules! off {
+    ($field:ident) => {{
+        // SAFETY: `Global<T>` holds just a `MaybeUninit<T>`, always initialised.
+        #[allow(unused_unsafe)]
+        let v = unsafe {
+            core::ptr::read_volatile(&raw const (*(&raw const IO_OFFSETS).cast::<IoOffsets>()).$field)
+        };
+        v
+    }};
+}
+
+/// A field of a BTF-typed kernel pointer (`tp_btf` argument, `bpf_get_current_task_btf()`, or
+/// a pointer loaded from one of those): a plain load, which the verifier checks against the
+/// kernel's BTF and turns into a fault-tolerant (PROBE_MEM) load. `off` must be a BTF offset
+/// from [`off!`], a constant to the verifier.
+#[inline(always)]
+fn load<T: Copy>(base: *const u8, off: u32) -> T {
+    // SAFETY: see above; a faulting address reads as zero.
+    unsafe { core::ptr::read_volatile(base.add(off as usize) as *const T) }
 }
 
 #[inline(always)]
@@ -213,24 +257,29 @@ fn is_io(nr: u64) -> bool {
 
 /// `sys_enter(struct pt_regs *regs, long id)`: remember when an I/O syscall started; report
 /// unlinks with their path. Any other syscall returns after one comparison.
-#[raw_tracepoint(tracepoint = "sys_enter")]
-pub fn io_sys_enter(ctx: RawTracePointContext) -> i32 {
+#[btf_tracepoint(function = "sys_enter")]
+pub fn io_sys_enter(ctx: BtfTracePointContext) -> i32 {
     let nr: u64 = ctx.arg(1);
     if is_io(nr) {
         let tid = bpf_get_current_pid_tgid() as u32;
-        // SAFETY: bpf helper without preconditions.
-        let ts = unsafe { bpf_ktime_get_ns() };
         if let Some(t) = IO_THREADS.get_ptr_mut(tid & (THREADS - 1)) {
             // SAFETY: array slot; only the thread that owns it (tid tag) writes it, except
             // when two live threads share a slot (then the tag tells at exit).
             unsafe {
                 if (*t).tid != tid {
                     (*t).tid = tid;
+                    (*t).rng = tid | 1;
                     (*t).cache[0].file = 0;
                     (*t).cache[1].file = 0;
                 }
+                let mut x = (*t).rng;
+                x ^= x << 13;
+                x ^= x >> 17;
+                x ^= x << 5;
+                (*t).rng = x;
                 (*t).nr = nr as u32;
-                (*t).ts = ts;
+                // SAFETY: bpf helper without preconditions.
+                (*t).ts = if x as u64 % TIME_SAMPLE == 0 { bpf_ktime_get_ns() } else { NOT_TIMED };
             }
         }
     } else if nr == NR_UNLINK || nr == NR_UNLINKAT {
@@ -240,40 +289,40 @@ pub fn io_sys_enter(ctx: RawTracePointContext) -> i32 {
     0
 }
 
-/// `sys_exit(struct pt_regs *regs, long ret)`.
-#[raw_tracepoint(tracepoint = "sys_exit")]
-pub fn io_sys_exit(ctx: RawTracePointContext) -> i32 {
-    let o = offs();
-    if o.ready == 0 {
+/// `sys_exit(struct pt_regs *regs, long ret)`. `regs` is BTF-typed: its fields are read with
+/// plain loads (no helper call).
+#[btf_tracepoint(function = "sys_exit")]
+pub fn io_sys_exit(ctx: BtfTracePointContext) -> i32 {
+    if off!(ready) == 0 {
         return 0;
     }
     let regs: *const u8 = ctx.arg(0);
-    let Some(nr) = (unsafe { rd::<u64>(regs, o.regs_orig_ax) }) else {
-        return 0;
-    };
+    let nr: u64 = load(regs, off!(regs_orig_ax));
     let ret: i64 = ctx.arg(1);
     if is_io(nr) {
-        on_io_exit(&o, regs, nr, ret);
+        on_io_exit(regs, nr, ret);
     } else if (nr == NR_OPENAT || nr == NR_OPEN || nr == NR_OPENAT2 || nr == NR_CREAT) && ret >= 0 {
-        on_open_exit(&o, ret);
+        on_open_exit(&offs(), ret);
     }
     0
 }
 
 #[inline(always)]
-fn on_io_exit(o: &IoOffsets, regs: *const u8, nr: u64, ret: i64) {
+fn on_io_exit(regs: *const u8, nr: u64, ret: i64) {
     let pid_tgid = bpf_get_current_pid_tgid();
     let (tid, tgid) = (pid_tgid as u32, (pid_tgid >> 32) as u32);
-    // SAFETY: bpf helper without preconditions.
-    let now = unsafe { bpf_ktime_get_ns() };
     let mut ns = 0u64;
     // The thread's slot, when it owns it.
     let mut thread: *mut Thread = core::ptr::null_mut();
     match IO_THREADS.get_ptr_mut(tid & (THREADS - 1)) {
         // SAFETY: array slot of this thread (tag checked).
         Some(t) if unsafe { (*t).tid } == tid => unsafe {
-            if (*t).nr as u64 == nr && (*t).ts != 0 && now > (*t).ts {
-                ns = now - (*t).ts;
+            let ts = (*t).ts;
+            if (*t).nr as u64 == nr && ts != 0 {
+                if ts != NOT_TIMED {
+                    // SAFETY: bpf helper without preconditions.
+                    ns = bpf_ktime_get_ns().saturating_sub(ts) * TIME_SAMPLE;
+                }
             } else {
                 stats::add(stat::IO_ENTER_MISSING, 1);
             }
@@ -283,9 +332,7 @@ fn on_io_exit(o: &IoOffsets, regs: *const u8, nr: u64, ret: i64) {
         _ => stats::add(stat::IO_ENTER_MISSING, 1),
     }
     let bytes = if ret > 0 { ret as u64 } else { 0 };
-    let Some(fd) = (unsafe { rd::<u64>(regs, o.regs_di) }) else {
-        return;
-    };
+    let fd: u64 = load(regs, off!(regs_di));
 
     if nr == NR_SENDFILE || nr == NR_SPLICE || nr == NR_COPY_FILE_RANGE {
         let Some(t) = tgid_entry(tgid) else {
@@ -301,13 +348,10 @@ fn on_io_exit(o: &IoOffsets, regs: *const u8, nr: u64, ret: i64) {
             return;
         }
         // sendfile(out_fd, in_fd, ...); splice / copy_file_range(in_fd, off_in, out_fd, ...).
-        let other = if nr == NR_SENDFILE { o.regs_si } else { o.regs_dx };
-        let Some(other) = (unsafe { rd::<u64>(regs, other) }) else {
-            return;
-        };
+        let other: u64 =
+            if nr == NR_SENDFILE { load(regs, off!(regs_si)) } else { load(regs, off!(regs_dx)) };
         let (src, dst) = if nr == NR_SENDFILE { (other, fd) } else { (fd, other) };
-        let (Some(s), Some(d)) =
-            (resolve_cached(o, src as i64, thread), resolve_cached(o, dst as i64, thread))
+        let (Some(s), Some(d)) = (resolve_cached(src as i64, thread), resolve_cached(dst as i64, thread))
         else {
             stats::add(stat::IO_FD_UNRESOLVED, 1);
             return;
@@ -337,7 +381,7 @@ fn on_io_exit(o: &IoOffsets, regs: *const u8, nr: u64, ret: i64) {
     // A failed call moved no bytes: count it per tgid without resolving its fd (which may
     // not even be open: EBADF).
     let f = if ret >= 0 {
-        let f = resolve_cached(o, fd as i64, thread);
+        let f = resolve_hot(fd as i64, thread);
         if f.is_none() {
             stats::add(stat::IO_FD_UNRESOLVED, 1);
         }
@@ -346,7 +390,7 @@ fn on_io_exit(o: &IoOffsets, regs: *const u8, nr: u64, ret: i64) {
         None
     };
     if let Some(f) = f {
-        if f.kind == file_kind::REG && on_file_io(o, regs, nr, tgid, &f, is_read, bytes, ns) {
+        if f.kind == file_kind::REG && on_file_io(regs, nr, tgid, &f, is_read, bytes, ns) {
             return;
         }
     }
@@ -384,16 +428,7 @@ fn on_io_exit(o: &IoOffsets, regs: *const u8, nr: u64, ret: i64) {
 /// not be had (map full): the caller then counts the tgid totals.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-fn on_file_io(
-    o: &IoOffsets,
-    regs: *const u8,
-    nr: u64,
-    tgid: u32,
-    f: &Fd,
-    is_read: bool,
-    bytes: u64,
-    ns: u64,
-) -> bool {
+fn on_file_io(regs: *const u8, nr: u64, tgid: u32, f: &Fd, is_read: bool, bytes: u64, ns: u64) -> bool {
     let key = FileKey { tgid, dev: f.dev, ino: f.ino };
     let Some(e) = file_entry(&key) else {
         return false;
@@ -419,18 +454,15 @@ fn on_file_io(
     let mut start = 0u64;
     let mut have_pos = false;
     if explicit {
-        if let Some(p) = unsafe { rd::<i64>(regs, o.regs_r10) } {
-            if p >= 0 {
-                start = p as u64;
-                have_pos = true;
-            }
+        let p: i64 = load(regs, off!(regs_r10));
+        if p >= 0 {
+            start = p as u64;
+            have_pos = true;
         }
     }
     if !have_pos {
-        if let Some(p) = unsafe { rd::<i64>(f.file, o.file_pos) } {
-            if p >= bytes as i64 {
-                start = p as u64 - bytes;
-            }
+        if f.pos >= bytes as i64 {
+            start = f.pos as u64 - bytes;
         }
     }
     let kind = if is_read { extent_kind::READ } else { extent_kind::WRITE };
@@ -526,41 +558,146 @@ fn resolve_fd(o: &IoOffsets, fd: i64) -> Option<Fd> {
         let ino = rd::<u64>(inode, o.inode_ino)?;
         let sb = rd::<*const u8>(inode, o.inode_sb)?;
         let dev = rd::<u32>(sb, o.sb_dev)?;
-        Some(Fd { file, dev, kind: kind_of(mode), ino })
+        Some(Fd { file, dev, kind: kind_of(mode), ino, pos: 0 })
     }
 }
 
-/// [`resolve_fd`] through the calling thread's cache (`thread` null: no cache). A hit costs
-/// `files`, `fdt`, `fd`, `fd[fd]`, `f_inode` and `i_ino` reads instead of also `i_mode`,
-/// `i_sb` and `s_dev`. Only for fds of a call that succeeded (`fd < max_fds` then).
+/// `f_pos` of a regular file (probe read; `file` may be a plain address), else 0.
 #[inline(always)]
-fn resolve_cached(o: &IoOffsets, fd: i64, thread: *mut Thread) -> Option<Fd> {
+fn file_pos(file: *const u8, kind: u32) -> i64 {
+    if kind != file_kind::REG {
+        return 0;
+    }
+    // SAFETY: bpf_probe_read_kernel copes with any address.
+    unsafe { rd::<i64>(file, off!(file_pos)) }.unwrap_or(0)
+}
+
+/// Most fds resolved by [`fd_array_file`] (`0..FD_ARRAY_ARMS`).
+const FD_ARRAY_ARMS: u64 = 64;
+
+/// `files->fd_array[fd]` as a BTF-typed `struct file` pointer (null: not open), for
+/// `fd < FD_ARRAY_ARMS`. The verifier accepts a plain load of an array element of a BTF
+/// struct only at a constant offset, so each fd has its own load instruction (inline asm, so
+/// that the compiler cannot merge them into one load at a variable offset).
+#[inline(always)]
+fn fd_array_file(files: *const u8, fd: u64) -> *const u8 {
+    // SAFETY: pointer arithmetic by a BTF offset (a verifier constant) inside `files_struct`.
+    let base = unsafe { files.add(off!(files_fd_array) as usize) };
+    macro_rules! arms {
+        ($($n:literal)*) => {
+            match fd {
+                $($n => {
+                    let v: u64;
+                    // SAFETY: a load of `fd_array[$n]` (a BTF-checked, fault-tolerant load).
+                    unsafe {
+                        core::arch::asm!(
+                            "{v} = *(u64 *)({b} + {k})",
+                            v = out(reg) v,
+                            b = in(reg) base,
+                            k = const $n * 8,
+                            options(nostack, readonly, preserves_flags),
+                        )
+                    };
+                    v
+                })*
+                _ => 0,
+            }
+        };
+    }
+    let v = arms!(0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22 23 24 25 26 27 28 29 30 31
+        32 33 34 35 36 37 38 39 40 41 42 43 44 45 46 47 48 49 50 51 52 53 54 55 56 57 58 59 60 61 62 63);
+    v as *const u8
+}
+
+/// The fd's identity for the read/write hot path. While the process has its first
+/// `NR_OPEN_DEFAULT` (64) fds in the table embedded in `files_struct` and `fd` is one of them,
+/// everything is a plain load through BTF-typed pointers:
+/// `current->files->fd_array[fd]->f_inode->{i_ino, i_mode, i_sb->s_dev}` and `f_pos`, no
+/// helper call. Otherwise [`resolve_cached`] (probe reads).
+#[inline(always)]
+fn resolve_hot(fd: i64, thread: *mut Thread) -> Option<Fd> {
     if fd < 0 {
         return None;
     }
-    if thread.is_null() {
-        return resolve_fd(o, fd);
+    // SAFETY: bpf helper without preconditions; a trusted BTF pointer.
+    let task = unsafe { bpf_get_current_task_btf() } as *const u8;
+    let files: *const u8 = load(task, off!(task_files));
+    if files.is_null() {
+        return None;
     }
+    let fdt: *const u8 = load(files, off!(files_fdt));
+    let embedded = fdt as u64 == files as u64 + off!(files_fdtab) as u64;
+    let len = off!(fd_array_len) as u64;
+    if !embedded || fd as u64 >= len || fd as u64 >= FD_ARRAY_ARMS {
+        return resolve_cached(fd, thread);
+    }
+    let file = fd_array_file(files, fd as u64);
+    if file.is_null() {
+        return None;
+    }
+    let inode: *const u8 = load(file, off!(file_inode));
+    let ino: u64 = load(inode, off!(inode_ino));
+    let kind = kind_of(load::<u16>(inode, off!(inode_mode)) as u32);
+    let sb: *const u8 = load(inode, off!(inode_sb));
+    let dev: u32 = load(sb, off!(sb_dev));
+    let pos: i64 = load(file, off!(file_pos));
+    Some(Fd { file, dev, kind, ino, pos })
+}
+
+/// `current->files->fdt->fd[fd]` for the hot path: plain loads through the BTF-typed
+/// `current` (`bpf_get_current_task_btf`) down to the `fd` array, then one probe read of the
+/// array element (the verifier types `fdt->fd`, a pointer to pointers, as untrusted memory of
+/// unknown size, so the element cannot be loaded directly). `None` when `fd` is out of the
+/// table or not open.
+#[inline(always)]
+fn fd_file_btf(fd: i64) -> Option<*const u8> {
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: bpf helper without preconditions; a trusted BTF pointer.
+    let task = unsafe { bpf_get_current_task_btf() } as *const u8;
+    let files: *const u8 = load(task, off!(task_files));
+    if files.is_null() {
+        return None;
+    }
+    let fdt: *const u8 = load(files, off!(files_fdt));
+    if fdt.is_null() {
+        return None;
+    }
+    let max: u32 = load(fdt, off!(fdt_max_fds));
+    if fd as u64 >= max as u64 {
+        return None;
+    }
+    let arr: *const u8 = load(fdt, off!(fdt_fd));
+    // SAFETY: bpf_probe_read_kernel copes with any address; the index is below max_fds.
+    let file = unsafe { rd::<*const u8>(arr, (fd as u32) * 8)? };
+    if file.is_null() { None } else { Some(file) }
+}
+
+/// The fd's identity through the calling thread's cache (`thread` null: no cache). A hit
+/// costs the table walk of [`fd_file_btf`] plus `f_inode` and `i_ino` probe reads (validation:
+/// a `struct file` or `struct inode` can be freed and reused at the same address) instead of
+/// also `i_mode`, `i_sb` and `s_dev`.
+#[inline(always)]
+fn resolve_cached(fd: i64, thread: *mut Thread) -> Option<Fd> {
+    let file = fd_file_btf(fd)?;
     unsafe {
-        let files = rd::<*const u8>(current_task(), o.task_files)?;
-        let fdt = rd::<*const u8>(files, o.files_fdt)?;
-        let arr = rd::<*const u8>(fdt, o.fdt_fd)?;
-        let file = rd::<*const u8>(arr, (fd as u32) * 8)?;
-        if file.is_null() {
-            return None;
+        let inode = rd::<*const u8>(file, off!(file_inode))?;
+        let ino = rd::<u64>(inode, off!(inode_ino))?;
+        let c = if thread.is_null() { None } else { Some(&mut (*thread).cache[(fd & 1) as usize]) };
+        if let Some(c) = &c {
+            if c.file == file as u64 && c.fd == fd as u32 && c.inode == inode as u64 && c.ino == ino {
+                return Some(Fd { file, dev: c.dev, kind: c.kind, ino, pos: file_pos(file, c.kind) });
+            }
         }
-        let inode = rd::<*const u8>(file, o.file_inode)?;
-        let ino = rd::<u64>(inode, o.inode_ino)?;
-        let c = &mut (*thread).cache[(fd & 1) as usize];
-        if c.file == file as u64 && c.fd == fd as u32 && c.inode == inode as u64 && c.ino == ino {
-            return Some(Fd { file, dev: c.dev, kind: c.kind, ino });
-        }
-        let mode = rd::<u16>(inode, o.inode_mode)? as u32;
-        let sb = rd::<*const u8>(inode, o.inode_sb)?;
-        let dev = rd::<u32>(sb, o.sb_dev)?;
+        let mode = rd::<u16>(inode, off!(inode_mode))? as u32;
+        let sb = rd::<*const u8>(inode, off!(inode_sb))?;
+        let dev = rd::<u32>(sb, off!(sb_dev))?;
         let kind = kind_of(mode);
-        *c = FdCache { file: file as u64, inode: inode as u64, ino, fd: fd as u32, dev, kind, _pad: 0 };
-        Some(Fd { file, dev, kind, ino })
+        if let Some(c) = c {
+            *c = FdCache { file: file as u64, inode: inode as u64, ino, fd: fd as u32, dev, kind, _pad: 0 };
+        }
+        Some(Fd { file, dev, kind, ino, pos: file_pos(file, kind) })
     }
 }
 

@@ -7,6 +7,7 @@
 //! - [`lifecycle`]: fork / exec / exit events into a ring buffer.
 //! - [`stats`]: per-CPU counters of everything that was dropped for lack of capacity.
 #![no_std]
+#![feature(asm_experimental_arch)]
 #![no_main]
 
 mod io;

@@ -9,6 +9,7 @@ use std::path::Path;
 
 use thiserror::Error;
 
+const KIND_ARRAY: u32 = 3;
 const KIND_STRUCT: u32 = 4;
 const KIND_UNION: u32 = 5;
 const KIND_TYPEDEF: u32 = 8;
@@ -43,6 +44,8 @@ struct Type {
     name: String,
     /// Referenced type for typedefs and modifiers.
     ref_type: u32,
+    /// Number of elements, for arrays.
+    nelems: u32,
     members: Vec<Member>,
 }
 
@@ -86,7 +89,7 @@ impl Btf {
             let end = s.iter().position(|&b| b == 0).unwrap_or(s.len());
             String::from_utf8_lossy(&s[..end]).into_owned()
         };
-        let mut types = vec![Type { kind: 0, name: String::new(), ref_type: 0, members: vec![] }];
+        let mut types = vec![Type { kind: 0, name: String::new(), ref_type: 0, nelems: 0, members: vec![] }];
         let mut by_name = HashMap::new();
         let mut off = hdr_len + type_off;
         let end = off + type_len;
@@ -102,9 +105,13 @@ impl Btf {
             let kind = (info >> 24) & 0x1f;
             let kind_flag = info >> 31 == 1;
             let mut members = Vec::new();
+            let mut nelems = 0;
             let extra = match kind {
                 1 | 14 | 17 => 4,
-                3 => 12,
+                KIND_ARRAY => {
+                    nelems = u32_at(off + 8)?;
+                    12
+                }
                 KIND_STRUCT | KIND_UNION => {
                     for i in 0..vlen {
                         let m = off + i * 12;
@@ -129,7 +136,7 @@ impl Btf {
                 // Keep the first complete definition.
                 by_name.entry(n.clone()).or_insert(id);
             }
-            types.push(Type { kind, name: n, ref_type: size_or_type, members });
+            types.push(Type { kind, name: n, ref_type: size_or_type, nelems, members });
         }
         Ok(Self { types, by_name })
     }
@@ -168,8 +175,22 @@ impl Btf {
         None
     }
 
+    /// Number of elements of the array member `path` of struct or union `strukt`.
+    pub fn member_array_len(&self, strukt: &str, path: &str) -> Result<u32, BtfError> {
+        let (_, ty) = self.member(strukt, path)?;
+        match self.types.get(ty as usize) {
+            Some(t) if t.kind == KIND_ARRAY => Ok(t.nelems),
+            _ => Err(BtfError::Malformed(format!("{strukt}.{path} is not an array"))),
+        }
+    }
+
     /// Byte offset of `path` (e.g. `"f_path.dentry"`) inside struct or union `strukt`.
     pub fn member_offset(&self, strukt: &str, path: &str) -> Result<u32, BtfError> {
+        Ok(self.member(strukt, path)?.0)
+    }
+
+    /// Byte offset and (resolved) type id of `path` inside `strukt`.
+    fn member(&self, strukt: &str, path: &str) -> Result<(u32, u32), BtfError> {
         let mut id = *self.by_name.get(strukt).ok_or_else(|| BtfError::NoStruct(strukt.into()))?;
         let mut bits = 0;
         for part in path.split('.') {
@@ -184,7 +205,7 @@ impl Btf {
         if bits % 8 != 0 {
             return Err(BtfError::Malformed(format!("{strukt}.{path} is a bit field")));
         }
-        Ok(bits / 8)
+        Ok((bits / 8, id))
     }
 }
 
@@ -195,7 +216,7 @@ mod tests {
     /// Builds a tiny BTF blob: `struct inner { int a; int b; }`,
     /// `struct outer { long x; union { int u; struct inner in; }; const struct inner *p; }`.
     fn blob() -> Vec<u8> {
-        let strings = b"\0int\0a\0b\0inner\0outer\0x\0u\0in\0p\0long\0";
+        let strings = b"\0int\0a\0b\0inner\0outer\0x\0u\0in\0p\0long\0arr\0witharr\0";
         let s = |name: &str| -> u32 {
             let needle = format!("\0{name}\0");
             strings.windows(needle.len()).position(|w| w == needle.as_bytes()).unwrap() as u32 + 1
@@ -216,6 +237,9 @@ mod tests {
         push(&mut t, &[0, 2 << 24, 5]);
         // 7: struct outer { x @0, <anon> @64, p @128 }
         push(&mut t, &[s("outer"), (KIND_STRUCT << 24) | 3, 24, s("x"), 4, 0, 0, 3, 64, s("p"), 6, 128]);
+        // 8: int[5] (elem 1, index type 1), 9: struct witharr { long x @0; int arr[5] @64 }
+        push(&mut t, &[0, KIND_ARRAY << 24, 0, 1, 1, 5]);
+        push(&mut t, &[s("witharr"), (KIND_STRUCT << 24) | 2, 28, s("x"), 4, 0, s("arr"), 8, 64]);
         let mut out = Vec::new();
         push(&mut out, &[0x0001_eb9f, 24, 0, t.len() as u32, t.len() as u32, strings.len() as u32]);
         out.extend_from_slice(&t);
@@ -234,6 +258,15 @@ mod tests {
     }
 
     #[test]
+    fn array_member_lengths() {
+        let btf = Btf::parse(&blob()).unwrap();
+        assert_eq!(btf.member_offset("witharr", "arr").unwrap(), 8);
+        assert_eq!(btf.member_array_len("witharr", "arr").unwrap(), 5);
+        let e = btf.member_array_len("witharr", "x").unwrap_err().to_string();
+        assert!(e.contains("witharr.x is not an array"), "{e}");
+    }
+
+    #[test]
     fn missing_names_are_specific_errors() {
         let btf = Btf::parse(&blob()).unwrap();
         let e = btf.member_offset("outer", "nope").unwrap_err().to_string();
@@ -248,6 +281,7 @@ mod tests {
         if let Ok(btf) = Btf::from_sys() {
             assert!(btf.member_offset("task_struct", "files").is_ok());
             assert!(btf.member_offset("file", "f_path.dentry").is_ok());
+            assert!(btf.member_array_len("files_struct", "fd_array").unwrap() >= 32);
         }
     }
 }

@@ -17,9 +17,9 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use aya::{
-    Ebpf, EbpfLoader,
+    Btf, Ebpf, EbpfLoader,
     maps::{Map, MapData, RingBuf},
-    programs::{RawTracePoint, TracePoint},
+    programs::{BtfTracePoint, TracePoint},
 };
 pub use carbon_agent_common::io::IoOffsets;
 use carbon_agent_common::io::{
@@ -332,11 +332,14 @@ pub fn ensure_tracefs() -> Result<()> {
 pub fn attach(ebpf: &mut Ebpf, config: IoConfig) -> Result<IoProbes> {
     ensure_tracefs()?;
     let mut programs = Vec::new();
+    // BTF tracepoints: the programs read `pt_regs` and walk `current` with plain loads, which
+    // the verifier checks against the kernel's BTF (`btf_trace_sys_enter` / `_exit`).
+    let kernel_btf = Btf::from_sys_fs().context("the I/O syscall probes (tp_btf) need the kernel BTF")?;
     for (name, tp) in [("io_sys_enter", "sys_enter"), ("io_sys_exit", "sys_exit")] {
-        let p: &mut RawTracePoint =
+        let p: &mut BtfTracePoint =
             ebpf.program_mut(name).with_context(|| format!("no program {name}"))?.try_into()?;
-        p.load().with_context(|| format!("loading {name}"))?;
-        p.attach(tp).with_context(|| format!("attaching {name} to raw tracepoint {tp}"))?;
+        p.load(tp, &kernel_btf).with_context(|| format!("loading {name} for tp_btf/{tp}"))?;
+        p.attach().with_context(|| format!("attaching {name} to tp_btf/{tp}"))?;
         programs.push(name);
     }
     let mut classic = vec![
