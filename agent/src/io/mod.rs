@@ -6,7 +6,6 @@
 //! [`IoProbes::drain`] once per interval. See `docs/io.md`.
 
 pub mod bench;
-pub mod btf;
 mod maps;
 pub mod offsets;
 pub mod paths;
@@ -50,7 +49,8 @@ pub fn offsets_from_kernel() -> Result<IoOffsets> {
     if !cfg!(target_arch = "x86_64") {
         bail!("the I/O probes use x86_64 syscall numbers and pt_regs; this is {}", std::env::consts::ARCH);
     }
-    let btf = btf::Btf::from_sys().context("I/O probes need the kernel BTF")?;
+    let btf = crate::probes::btf::KernelBtf::from_sysfs(std::path::Path::new("/sys"))
+        .context("I/O probes need the kernel BTF")?;
     Ok(offsets::io_offsets(&btf)?)
 }
 

@@ -2,7 +2,7 @@
 
 use carbon_agent_common::io::IoOffsets;
 
-use super::btf::{Btf, BtfError};
+use crate::probes::btf::{BtfError, KernelBtf as Btf};
 
 /// Reads every offset of [`IoOffsets`] from `btf` and marks them ready. Fails with the name of
 /// the first struct or member the kernel does not have.
@@ -97,7 +97,7 @@ mod tests {
     #[test]
     fn tracepoint_offsets_agree_with_tracefs_formats() {
         let (Ok(btf), Ok(fmt)) = (
-            Btf::from_sys(),
+            Btf::from_sysfs(std::path::Path::new("/sys")),
             std::fs::read_to_string("/sys/kernel/tracing/events/filemap/mm_filemap_add_to_page_cache/format"),
         ) else {
             return;
