@@ -279,7 +279,7 @@ pub fn io_sys_enter(ctx: BtfTracePointContext) -> i32 {
                 (*t).rng = x;
                 (*t).nr = nr as u32;
                 // SAFETY: bpf helper without preconditions.
-                (*t).ts = if x as u64 % TIME_SAMPLE == 0 { bpf_ktime_get_ns() } else { NOT_TIMED };
+                (*t).ts = if (x as u64).is_multiple_of(TIME_SAMPLE) { bpf_ktime_get_ns() } else { NOT_TIMED };
             }
         }
     } else if nr == NR_UNLINK || nr == NR_UNLINKAT {
@@ -365,13 +365,13 @@ fn on_io_exit(regs: *const u8, nr: u64, ret: i64) {
             dst_kind: d.kind as u16,
             dst_ino: d.ino,
         };
-        if let Some(c) = COPY_IO.get_ptr_mut(&key) {
+        if let Some(c) = COPY_IO.get_ptr_mut(key) {
             unsafe {
                 add(&raw mut (*c).bytes, bytes);
                 add(&raw mut (*c).calls, 1);
                 add(&raw mut (*c).io_ns, ns);
             }
-        } else if COPY_IO.insert(&key, &CopyIo { bytes, calls: 1, io_ns: ns }, 0).is_err() {
+        } else if COPY_IO.insert(key, CopyIo { bytes, calls: 1, io_ns: ns }, 0).is_err() {
             stats::add(stat::IO_COPY_BLOCK_MAP_FULL, 1);
         }
         return;
@@ -389,10 +389,11 @@ fn on_io_exit(regs: *const u8, nr: u64, ret: i64) {
     } else {
         None
     };
-    if let Some(f) = f {
-        if f.kind == file_kind::REG && on_file_io(regs, nr, tgid, &f, is_read, bytes, ns) {
-            return;
-        }
+    if let Some(f) = f
+        && f.kind == file_kind::REG
+        && on_file_io(regs, nr, tgid, &f, is_read, bytes, ns)
+    {
+        return;
     }
     // Not a regular file, or its per-file entry could not be had: per-tgid totals.
     let Some(t) = tgid_entry(tgid) else {
@@ -460,10 +461,8 @@ fn on_file_io(regs: *const u8, nr: u64, tgid: u32, f: &Fd, is_read: bool, bytes:
             have_pos = true;
         }
     }
-    if !have_pos {
-        if f.pos >= bytes as i64 {
-            start = f.pos as u64 - bytes;
-        }
+    if !have_pos && f.pos >= bytes as i64 {
+        start = f.pos as u64 - bytes;
     }
     let kind = if is_read { extent_kind::READ } else { extent_kind::WRITE };
     // SAFETY: as above.
@@ -498,15 +497,15 @@ fn extend_run(key: &FileKey, kind: u32, run: &mut Run, start: u64, end: u64) {
 
 #[inline(always)]
 fn tgid_entry(tgid: u32) -> Option<*mut TgidIo> {
-    if let Some(t) = TGID_IO.get_ptr_mut(&tgid) {
+    if let Some(t) = TGID_IO.get_ptr_mut(tgid) {
         return Some(t);
     }
     let init = TgidIo { uid: bpf_get_current_uid_gid() as u32, ..TgidIo::default() };
-    if TGID_IO.insert(&tgid, &init, 0).is_err() {
+    if TGID_IO.insert(tgid, init, 0).is_err() {
         stats::add(stat::IO_TGID_MAP_FULL, 1);
         return None;
     }
-    TGID_IO.get_ptr_mut(&tgid)
+    TGID_IO.get_ptr_mut(tgid)
 }
 
 #[inline(always)]
@@ -516,7 +515,7 @@ fn file_entry(key: &FileKey) -> Option<*mut FileIo> {
     }
     let init = FileIo { uid: bpf_get_current_uid_gid() as u32, ..FileIo::default() };
     // BPF_NOEXIST: another CPU may have created it meanwhile; then use that one.
-    let _ = FILE_IO.insert(key, &init, 1);
+    let _ = FILE_IO.insert(key, init, 1);
     let e = FILE_IO.get_ptr_mut(key);
     if e.is_none() {
         stats::add(stat::IO_FILE_MAP_FULL, 1);
@@ -685,10 +684,13 @@ fn resolve_cached(fd: i64, thread: *mut Thread) -> Option<Fd> {
         let inode = rd::<*const u8>(file, off!(file_inode))?;
         let ino = rd::<u64>(inode, off!(inode_ino))?;
         let c = if thread.is_null() { None } else { Some(&mut (*thread).cache[(fd & 1) as usize]) };
-        if let Some(c) = &c {
-            if c.file == file as u64 && c.fd == fd as u32 && c.inode == inode as u64 && c.ino == ino {
-                return Some(Fd { file, dev: c.dev, kind: c.kind, ino, pos: file_pos(file, c.kind) });
-            }
+        if let Some(c) = &c
+            && c.file == file as u64
+            && c.fd == fd as u32
+            && c.inode == inode as u64
+            && c.ino == ino
+        {
+            return Some(Fd { file, dev: c.dev, kind: c.kind, ino, pos: file_pos(file, c.kind) });
         }
         let mode = rd::<u16>(inode, off!(inode_mode))? as u32;
         let sb = rd::<*const u8>(inode, off!(inode_sb))?;
@@ -723,22 +725,21 @@ fn walk_dentry(o: &IoOffsets, mut dentry: *const u8, ev: &mut PathEvent) {
             ev.depth = depth;
             return;
         }
-        if let Some(name) = unsafe { rd::<*const u8>(dentry, o.dentry_name) } {
-            if let Ok(s) = unsafe { bpf_probe_read_kernel_str_bytes(name, &mut ev.components[i]) } {
-                if s.len() >= NAME_LEN - 1 {
-                    ev.flags |= path_flag::LONG_NAME;
-                }
-            }
+        if let Some(name) = unsafe { rd::<*const u8>(dentry, o.dentry_name) }
+            && let Ok(s) = unsafe { bpf_probe_read_kernel_str_bytes(name, &mut ev.components[i]) }
+            && s.len() >= NAME_LEN - 1
+        {
+            ev.flags |= path_flag::LONG_NAME;
         }
         depth += 1;
         dentry = parent;
     }
     ev.depth = depth;
     // Still not at the root after PATH_DEPTH components.
-    if let Some(parent) = unsafe { rd::<*const u8>(dentry, o.dentry_parent) } {
-        if parent != dentry {
-            ev.flags |= path_flag::DEEP;
-        }
+    if let Some(parent) = unsafe { rd::<*const u8>(dentry, o.dentry_parent) }
+        && parent != dentry
+    {
+        ev.flags |= path_flag::DEEP;
     }
 }
 
@@ -987,12 +988,12 @@ pub fn io_block_done(ctx: TracePointContext) -> i32 {
     };
     let bytes = sectors as u64 * 512;
     let key = BlockKey { dev, dir };
-    if let Some(b) = BLOCK_IO.get_ptr_mut(&key) {
+    if let Some(b) = BLOCK_IO.get_ptr_mut(key) {
         unsafe {
             (*b).bytes += bytes;
             (*b).requests += 1;
         }
-    } else if BLOCK_IO.insert(&key, &BlockIo { bytes, requests: 1 }, 0).is_err() {
+    } else if BLOCK_IO.insert(key, BlockIo { bytes, requests: 1 }, 0).is_err() {
         stats::add(stat::IO_COPY_BLOCK_MAP_FULL, 1);
     }
     0
