@@ -294,7 +294,15 @@ fn fmt_j(j: f64) -> String {
 }
 
 fn fmt_g(g: f64) -> String {
-    if g >= 1000.0 { format!("{:.3} kgCO2e", g / 1000.0) } else { format!("{g:.3} gCO2e") }
+    if g >= 1000.0 {
+        format!("{:.3} kgCO2e", g / 1000.0)
+    } else if g >= 1.0 || g == 0.0 {
+        format!("{g:.3} gCO2e")
+    } else if g >= 1e-3 {
+        format!("{:.3} mgCO2e", g * 1e3)
+    } else {
+        format!("{:.3} µgCO2e", g * 1e6)
+    }
 }
 
 fn fmt_bytes(b: u64) -> String {
