@@ -5,15 +5,25 @@
 //!
 //! - With BTF (`sched_switch_btf`) the time is the growth of the kernel's own per-thread
 //!   `prev->se.sum_exec_runtime` since that thread's previous switch-out, remembered in
-//!   task-local storage (no hash lookup, freed with the task). The differences telescope, so a thread is charged exactly the runtime
-//!   the kernel accounts (and `/proc/<pid>/schedstat` shows): a VM's steal time and separately
-//!   accounted IRQ time are left out. (`sum - prev_sum_exec_runtime` alone is not enough: the
-//!   scheduler resets `prev_sum` when it re-picks the running task without a switch.)
+//!   task-local storage (no hash lookup, freed with the task). The differences telescope, so a
+//!   thread is charged exactly the runtime the kernel accounts (and `/proc/<pid>/schedstat`
+//!   shows): a VM's steal time and separately accounted IRQ time are left out.
+//!   (`sum - prev_sum_exec_runtime` alone is not enough: the scheduler resets `prev_sum` when it
+//!   re-picks the running task without a switch.)
 //!   The idle tasks (pid 0) have no runtime: the wall-clock time between switching to idle and
 //!   switching away from it is theirs, in key 0. Fields are read with plain loads from the
 //!   BTF-typed task pointers, at offsets that userspace reads from the kernel's BTF and sets as
 //!   read-only globals before loading.
 //! - Without BTF (`sched_switch_tp`): the wall-clock time since the previous switch on this CPU.
+//!
+//! The per-tgid hash lookup is most of a switch's cost (about 85 ns of the handler here, against
+//! about 40 ns for the task storage; `docs/benchmarks.md`), so the BTF program batches: a
+//! thread's runtime accumulates in its own task storage (idle time in a per-CPU slot) and goes
+//! into the hash once it reaches [`FLUSH_NS`], and always when the thread is exiting
+//! (`PF_EXITING`: every switch-out from `do_exit` on, the last one included), so nothing is lost
+//! and a process's total is exact once it has exited. While a thread lives, at most
+//! [`FLUSH_NS`] of its runtime (per CPU for idle) is not yet in the hash: it shows up at that
+//! thread's next switch-out that crosses the threshold, or at its exit.
 //!
 //! Kernel threads are counted under their own tgid; userspace puts them in the kernel bucket.
 
@@ -36,6 +46,14 @@ use crate::stats;
 #[map]
 static TGID_CPU: PerCpuHashMap<u32, TgidCpu> = PerCpuHashMap::with_max_entries(32768, 0);
 
+/// Runtime a thread (or a CPU's idle task) accumulates before it is added to `TGID_CPU`. At
+/// 100 µs a thread that switches every few microseconds pays the hash lookup once every few
+/// dozen switches, and what a live thread has not yet shown is at most this much CPU time.
+pub const FLUSH_NS: u64 = 100_000;
+
+/// `task_struct.flags` bit set from the start of `do_exit` (`include/linux/sched.h`).
+const PF_EXITING: u32 = 0x0000_0004;
+
 /// `offsetof(struct task_struct, se) + offsetof(struct sched_entity, sum_exec_runtime)`.
 #[unsafe(no_mangle)]
 static TASK_SUM_EXEC_RUNTIME_OFF: Global<u32> = Global::new(0);
@@ -45,11 +63,27 @@ static TASK_PREV_SUM_EXEC_RUNTIME_OFF: Global<u32> = Global::new(0);
 /// `offsetof(struct task_struct, pid)`.
 #[unsafe(no_mangle)]
 static SCHED_TASK_PID_OFF: Global<u32> = Global::new(0);
+/// `offsetof(struct task_struct, tgid)`.
+#[unsafe(no_mangle)]
+static SCHED_TASK_TGID_OFF: Global<u32> = Global::new(0);
+/// `offsetof(struct task_struct, flags)`.
+#[unsafe(no_mangle)]
+static SCHED_TASK_FLAGS_OFF: Global<u32> = Global::new(0);
 
-/// Per CPU, for the BTF program: when the idle task was switched in (0: not idle, or not seen
-/// since attach).
+/// A CPU's idle task, for the BTF program.
+#[repr(C)]
+struct IdleCpu {
+    /// When the idle task was switched in (0: not idle, or not seen since attach).
+    since: u64,
+    /// Idle time not yet added to `TGID_CPU`.
+    pending_ns: u64,
+    /// Switches away from idle not yet added to `TGID_CPU`.
+    pending_switches: u64,
+}
+
+/// Per CPU, for the BTF program: its idle task's state.
 #[map]
-static IDLE_SINCE: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+static IDLE_CPU: PerCpuArray<IdleCpu> = PerCpuArray::with_max_entries(1, 0);
 
 /// Per CPU, for the classic program: wall-clock time of the last switch.
 #[map]
@@ -98,11 +132,22 @@ impl<T> TaskStorage<T> {
     }
 }
 
-/// Per thread: its `sum_exec_runtime` when it was last switched out (0: not seen yet).
-/// Differences of this cumulative value telescope, so a thread is charged exactly the kernel's
-/// own runtime, whatever happens in between (migrations, re-picks without a switch).
+/// A thread, in its task-local storage.
+#[repr(C)]
+struct ThreadCpu {
+    /// Its `sum_exec_runtime` when it was last switched out (0: not seen yet). Differences of
+    /// this cumulative value telescope, so a thread is charged exactly the kernel's own
+    /// runtime, whatever happens in between (migrations, re-picks without a switch).
+    last_runtime: u64,
+    /// Runtime not yet added to `TGID_CPU`.
+    pending_ns: u64,
+    /// Switch-outs not yet added to `TGID_CPU`.
+    pending_switches: u64,
+}
+
+/// Per thread: see [`ThreadCpu`].
 #[btf_map]
-static THREAD_RUNTIME: TaskStorage<u64> = TaskStorage::new();
+static THREAD_CPU: TaskStorage<ThreadCpu> = TaskStorage::new();
 
 /// A field of a BTF-typed kernel pointer: a plain load the verifier checks against BTF.
 #[inline(always)]
@@ -117,36 +162,68 @@ fn field<T: Copy>(task: *const u8, off: &Global<u32>) -> T {
 pub fn sched_switch_btf(ctx: BtfTracePointContext) -> i32 {
     let prev: *const u8 = ctx.arg(1);
     let next: *const u8 = ctx.arg(2);
-    let Some(idle_since) = IDLE_SINCE.get_ptr_mut(0) else {
-        return 0;
+    // `prev` is `current`: its tgid, read from the task instead of through a helper call.
+    let tgid: u32 = field(prev, &SCHED_TASK_TGID_OFF);
+    let next_is_idle = field::<i32>(next, &SCHED_TASK_PID_OFF) == 0;
+    if tgid == IDLE_TGID || next_is_idle {
+        idle_switch(tgid == IDLE_TGID, next_is_idle);
+    }
+    if tgid != IDLE_TGID {
+        thread_switched_out(prev, tgid);
+    }
+    0
+}
+
+/// Accounts `prev`, a thread that is not idle, at its switch-out.
+#[inline(always)]
+fn thread_switched_out(prev: *const u8, tgid: u32) {
+    let runtime: u64 = field(prev, &TASK_SUM_EXEC_RUNTIME_OFF);
+    let Some(thread) = THREAD_CPU.get_or_create(prev) else {
+        stats::add(stat::TASK_STORAGE_FAILED, 1);
+        // This stint, as the scheduler measured it.
+        charge(tgid, runtime.saturating_sub(field(prev, &TASK_PREV_SUM_EXEC_RUNTIME_OFF)), 1);
+        return;
+    };
+    let since = match thread.last_runtime {
+        // First switch-out seen: this stint, as the scheduler measured it.
+        0 => field(prev, &TASK_PREV_SUM_EXEC_RUNTIME_OFF),
+        last => last,
+    };
+    thread.last_runtime = runtime;
+    thread.pending_ns += runtime.saturating_sub(since);
+    thread.pending_switches += 1;
+    if thread.pending_ns >= FLUSH_NS || field::<u32>(prev, &SCHED_TASK_FLAGS_OFF) & PF_EXITING != 0 {
+        let ns = core::mem::replace(&mut thread.pending_ns, 0);
+        let switches = core::mem::replace(&mut thread.pending_switches, 0);
+        charge(tgid, ns, switches);
+    }
+}
+
+/// Accounts this CPU's idle task when it is switched out (`out`) and/or in (`into`).
+#[inline(always)]
+fn idle_switch(out: bool, into: bool) {
+    let Some(idle) = IDLE_CPU.get_ptr_mut(0) else {
+        return;
     };
     // SAFETY: this CPU's slot; preemption is off in the scheduler.
-    let idle_since = unsafe { &mut *idle_since };
-    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    let delta = if tgid == IDLE_TGID {
-        let since = core::mem::replace(idle_since, 0);
-        // SAFETY: helper without preconditions.
-        if since == 0 { 0 } else { unsafe { bpf_ktime_get_ns() }.saturating_sub(since) }
-    } else {
-        let sum: u64 = field(prev, &TASK_SUM_EXEC_RUNTIME_OFF);
-        match THREAD_RUNTIME.get_or_create(prev) {
-            Some(last) if *last != 0 => sum.saturating_sub(core::mem::replace(last, sum)),
-            other => {
-                match other {
-                    Some(last) => *last = sum,
-                    None => stats::add(stat::TASK_STORAGE_FAILED, 1),
-                }
-                // First switch-out seen: this stint, as the scheduler measured it.
-                sum.saturating_sub(field(prev, &TASK_PREV_SUM_EXEC_RUNTIME_OFF))
+    let idle = unsafe { &mut *idle };
+    // SAFETY: helper without preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    if out {
+        let since = core::mem::replace(&mut idle.since, 0);
+        if since != 0 {
+            idle.pending_ns += now.saturating_sub(since);
+            idle.pending_switches += 1;
+            if idle.pending_ns >= FLUSH_NS {
+                let ns = core::mem::replace(&mut idle.pending_ns, 0);
+                let switches = core::mem::replace(&mut idle.pending_switches, 0);
+                charge(IDLE_TGID, ns, switches);
             }
         }
-    };
-    if field::<i32>(next, &SCHED_TASK_PID_OFF) == 0 {
-        // SAFETY: helper without preconditions.
-        *idle_since = unsafe { bpf_ktime_get_ns() };
     }
-    charge(tgid, delta);
-    0
+    if into {
+        idle.since = now;
+    }
 }
 
 /// The classic `sched:sched_switch` tracepoint, for kernels without BTF: wall-clock deltas.
@@ -159,14 +236,15 @@ pub fn sched_switch_tp(_ctx: TracePointContext) -> i32 {
     let now = unsafe { bpf_ktime_get_ns() };
     let last_wall = unsafe { core::ptr::replace(last, now) };
     if last_wall != 0 {
-        charge((bpf_get_current_pid_tgid() >> 32) as u32, now.saturating_sub(last_wall));
+        charge((bpf_get_current_pid_tgid() >> 32) as u32, now.saturating_sub(last_wall), 1);
     }
     0
 }
 
-/// Adds `delta` ns to `tgid`'s counters on this CPU.
+/// Adds `delta` ns and `switches` switch-outs to `tgid`'s counters on this CPU. The caller is
+/// `current` and of that tgid (for the cgroup and uid of a new entry).
 #[inline(always)]
-fn charge(tgid: u32, delta: u64) {
+fn charge(tgid: u32, delta: u64, switches: u64) {
     if delta == 0 {
         return;
     }
@@ -174,13 +252,13 @@ fn charge(tgid: u32, delta: u64) {
         // SAFETY: this CPU's value of a per-CPU hash entry.
         unsafe {
             (*entry).on_cpu_ns += delta;
-            (*entry).switches += 1;
+            (*entry).switches += switches;
         }
         return;
     }
     let entry = TgidCpu {
         on_cpu_ns: delta,
-        switches: 1,
+        switches,
         // SAFETY: bpf helpers without preconditions.
         cgroup_id: unsafe { bpf_get_current_cgroup_id() },
         uid: bpf_get_current_uid_gid() as u32,

@@ -122,6 +122,10 @@ pub mod globals {
     pub const TASK_PREV_SUM_EXEC_RUNTIME_OFF: &str = "TASK_PREV_SUM_EXEC_RUNTIME_OFF";
     /// `offsetof(struct task_struct, pid)`, for the scheduler program.
     pub const SCHED_TASK_PID_OFF: &str = "SCHED_TASK_PID_OFF";
+    /// `offsetof(struct task_struct, tgid)`, for the scheduler program.
+    pub const SCHED_TASK_TGID_OFF: &str = "SCHED_TASK_TGID_OFF";
+    /// `offsetof(struct task_struct, flags)`, for the scheduler program (`PF_EXITING`).
+    pub const SCHED_TASK_FLAGS_OFF: &str = "SCHED_TASK_FLAGS_OFF";
     /// `offsetof(struct linux_binprm, filename)`.
     pub const BINPRM_FILENAME_OFF: &str = "BINPRM_FILENAME_OFF";
 }

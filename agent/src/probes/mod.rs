@@ -211,6 +211,8 @@ pub struct StructOffsets {
     pub task_sum_exec_runtime: u32,
     /// `task_struct.se.prev_sum_exec_runtime`.
     pub task_prev_sum_exec_runtime: u32,
+    /// `task_struct.flags`.
+    pub task_flags: u32,
 }
 
 impl StructOffsets {
@@ -224,6 +226,7 @@ impl StructOffsets {
                 + btf.member_offset("sched_entity", "sum_exec_runtime")?,
             task_prev_sum_exec_runtime: btf.member_offset("task_struct", "se")?
                 + btf.member_offset("sched_entity", "prev_sum_exec_runtime")?,
+            task_flags: btf.member_offset("task_struct", "flags")?,
         })
     }
 
@@ -235,6 +238,8 @@ impl StructOffsets {
         loader.override_global(globals::BINPRM_FILENAME_OFF, &self.binprm_filename, true);
         loader.override_global(globals::TASK_SUM_EXEC_RUNTIME_OFF, &self.task_sum_exec_runtime, true);
         loader.override_global(globals::SCHED_TASK_PID_OFF, &self.task_pid, true);
+        loader.override_global(globals::SCHED_TASK_TGID_OFF, &self.task_tgid, true);
+        loader.override_global(globals::SCHED_TASK_FLAGS_OFF, &self.task_flags, true);
         loader.override_global(
             globals::TASK_PREV_SUM_EXEC_RUNTIME_OFF,
             &self.task_prev_sum_exec_runtime,

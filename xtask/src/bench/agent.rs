@@ -15,6 +15,7 @@ use aya::{Btf, Ebpf, EbpfLoader, programs::loaded_programs};
 
 use super::{
     Section,
+    btf::MemberOffsets,
     stats::{ProgStats, kernel_program_name, prog_ids_in_fdinfo},
 };
 
@@ -31,8 +32,9 @@ pub enum AgentUnderTest {
     /// The release `carbon-agent` binary, started with `--json --duration` per run: every program
     /// it attaches and its userspace work are included.
     Binary(PathBuf),
-    /// Only the section's own programs, loaded in-process from the agent's eBPF object.
-    Handlers { object: Vec<u8>, btf: Btf },
+    /// Only the section's own programs, loaded in-process from the agent's eBPF object, with
+    /// the struct-offset globals they read set from the kernel's BTF as the agent sets them.
+    Handlers { object: Vec<u8>, btf: Btf, offsets: MemberOffsets },
 }
 
 /// One attachment; dropping it detaches (kills the agent or unloads the programs).
@@ -58,11 +60,20 @@ impl AgentUnderTest {
     pub fn attach(&self, section: &dyn Section) -> Result<Attached> {
         match self {
             Self::Binary(path) => start_agent(path, section),
-            Self::Handlers { object, btf } => {
-                let mut ebpf = EbpfLoader::new()
-                    .allow_unsupported_maps()
-                    .load(object)
-                    .context("loading the agent's eBPF object")?;
+            Self::Handlers { object, btf, offsets } => {
+                let values = section
+                    .globals()
+                    .iter()
+                    .map(|(name, path)| {
+                        offsets.path_offset(path).with_context(|| format!("the value of global {name}"))
+                    })
+                    .collect::<Result<Vec<u32>>>()?;
+                let mut loader = EbpfLoader::new();
+                loader.allow_unsupported_maps();
+                for ((name, _), value) in section.globals().iter().zip(&values) {
+                    loader.override_global(name, value, true);
+                }
+                let mut ebpf = loader.load(object).context("loading the agent's eBPF object")?;
                 let prog_ids = section.attach_handlers(&mut ebpf, btf)?;
                 Ok(Attached::InProcess { _ebpf: ebpf, prog_ids })
             }

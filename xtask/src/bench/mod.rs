@@ -11,6 +11,7 @@
 //! its own module, added to [`sections`].
 
 mod agent;
+mod btf;
 mod load;
 mod sched;
 pub mod stats;
@@ -76,6 +77,10 @@ pub trait Section {
     fn run_load(&self, rounds: u64) -> Result<LoadTimes>;
     /// `--handlers-only`: loads and attaches this section's programs from `ebpf`; returns their ids.
     fn attach_handlers(&self, ebpf: &mut Ebpf, btf: &Btf) -> Result<Vec<u32>>;
+    /// `--handlers-only`: the read-only globals the programs read, set before loading as the
+    /// agent sets them: each global's name and the struct members whose offsets, from the
+    /// kernel's BTF, add up to its value.
+    fn globals(&self) -> &'static [(&'static str, &'static [(&'static str, &'static str)])];
 }
 
 /// Every section, in report order.
@@ -116,7 +121,8 @@ pub fn bench(options: &BenchOptions) -> Result<()> {
         let object = std::fs::read(&built.object)
             .with_context(|| format!("reading the agent's eBPF object {}", built.object.display()))?;
         let btf = Btf::from_sys_fs().context("reading the kernel's BTF from /sys/kernel/btf/vmlinux")?;
-        AgentUnderTest::Handlers { object, btf }
+        let offsets = btf::MemberOffsets::from_sys_fs()?;
+        AgentUnderTest::Handlers { object, btf, offsets }
     } else {
         AgentUnderTest::Binary(options.agent.clone().unwrap_or(built.binary))
     };
