@@ -5,6 +5,13 @@
 //! the `aya::Pod` impls needed to read the types out of maps.
 #![no_std]
 
+#[cfg(feature = "btf")]
+extern crate std;
+
+/// Struct field offsets from the kernel's BTF (userspace only: needs std).
+#[cfg(feature = "btf")]
+pub mod btf;
+
 pub mod io;
 
 /// Length of a task's `comm` in the kernel (`TASK_COMM_LEN`).

@@ -122,18 +122,19 @@ async fn idle_kernel_and_processes_cover_all_cpu_time() {
     require_root();
     let _serial = SERIAL.lock().await;
     let mut s = session();
-    // A stint that began before the session is charged when it ends: skip the first second.
+    // A stint that began before the session is charged when it ends: skip the first second,
+    // then add up three intervals (a window's edges shift time by up to one time slice).
     tokio::time::sleep(Duration::from_millis(1000)).await;
     s.close_interval();
-    tokio::time::sleep(Duration::from_millis(1000)).await;
-    let r = s.close_interval();
-    let u = &r.usage;
-    let total = (u.process_cpu_ns() + u.kernel_cpu_ns + u.idle_cpu_ns) as f64;
-    let available = u.interval_s * 1e9 * f64::from(u.ncpu);
+    let (mut total, mut available) = (0.0, 0.0);
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        let u = s.close_interval().usage;
+        total += (u.process_cpu_ns() + u.kernel_cpu_ns + u.idle_cpu_ns) as f64;
+        available += u.interval_s * 1e9 * f64::from(u.ncpu);
+    }
     let coverage = total / available;
-    eprintln!("covered {:.2}% of {} CPUs x {:.3}s", coverage * 100.0, u.ncpu, u.interval_s);
-    // Time slices are charged when they end (at a switch), so a window's edges shift time by
-    // up to one slice, and a VM's steal time is in no bucket (the kernel does not charge it to
-    // tasks either).
-    assert!((0.80..=1.10).contains(&coverage), "buckets cover {:.1}% of CPU time", coverage * 100.0);
+    eprintln!("covered {:.2}% of the CPU time of 3 s", coverage * 100.0);
+    // A VM's steal time is in no bucket (the kernel does not charge it to tasks either).
+    assert!((0.80..=1.15).contains(&coverage), "buckets cover {:.1}% of CPU time", coverage * 100.0);
 }

@@ -5,7 +5,8 @@
 //! `sched_switch` as a BTF tracepoint (the classic tracepoint where the kernel has no BTF) and
 //! the lifecycle programs (fork, exec, exit).
 
-pub mod btf;
+/// The kernel BTF reader, shared with xtask's benchmark (in the common crate).
+pub use carbon_agent_common::btf;
 pub mod cpu;
 pub mod lifecycle;
 pub mod privileges;

@@ -12,10 +12,10 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 use aya::{Btf, Ebpf, EbpfLoader, programs::loaded_programs};
+use carbon_agent_common::btf::KernelBtf;
 
 use super::{
     Section,
-    btf::MemberOffsets,
     stats::{ProgStats, kernel_program_name, prog_ids_in_fdinfo},
 };
 
@@ -34,7 +34,7 @@ pub enum AgentUnderTest {
     Binary(PathBuf),
     /// Only the section's own programs, loaded in-process from the agent's eBPF object, with
     /// the struct-offset globals they read set from the kernel's BTF as the agent sets them.
-    Handlers { object: Vec<u8>, btf: Btf, offsets: MemberOffsets },
+    Handlers { object: Vec<u8>, btf: Btf, offsets: KernelBtf },
 }
 
 /// One attachment; dropping it detaches (kills the agent or unloads the programs).
@@ -65,7 +65,11 @@ impl AgentUnderTest {
                     .globals()
                     .iter()
                     .map(|(name, path)| {
-                        offsets.path_offset(path).with_context(|| format!("the value of global {name}"))
+                        path.iter()
+                            .try_fold(0, |sum, (strukt, field)| {
+                                anyhow::Ok(sum + offsets.member_offset(strukt, field)?)
+                            })
+                            .with_context(|| format!("the value of global {name}"))
                     })
                     .collect::<Result<Vec<u32>>>()?;
                 let mut loader = EbpfLoader::new();

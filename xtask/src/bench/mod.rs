@@ -11,7 +11,6 @@
 //! its own module, added to [`sections`].
 
 mod agent;
-mod btf;
 mod load;
 mod sched;
 pub mod stats;
@@ -121,7 +120,7 @@ pub fn bench(options: &BenchOptions) -> Result<()> {
         let object = std::fs::read(&built.object)
             .with_context(|| format!("reading the agent's eBPF object {}", built.object.display()))?;
         let btf = Btf::from_sys_fs().context("reading the kernel's BTF from /sys/kernel/btf/vmlinux")?;
-        let offsets = btf::MemberOffsets::from_sys_fs()?;
+        let offsets = carbon_agent_common::btf::KernelBtf::from_sysfs(std::path::Path::new("/sys"))?;
         AgentUnderTest::Handlers { object, btf, offsets }
     } else {
         AgentUnderTest::Binary(options.agent.clone().unwrap_or(built.binary))

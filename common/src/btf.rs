@@ -5,7 +5,15 @@
 //! records, their names, and struct/union members. A field may be a dotted path through
 //! embedded structs (`f_path.dentry`); anonymous struct/union members are searched too.
 
-use std::{collections::HashMap, path::Path};
+use std::{
+    borrow::ToOwned,
+    collections::HashMap,
+    format,
+    path::Path,
+    string::{String, ToString},
+    vec,
+    vec::Vec,
+};
 
 use thiserror::Error;
 
