@@ -115,9 +115,10 @@ impl<T> TaskStorage<T> {
         }
     }
 
-    /// The value of `task`, created zeroed when missing; `None` if it cannot be created.
+    /// A pointer to the value of `task`, created zeroed when missing; `None` if it cannot be
+    /// created. Only `task`'s own switch-outs touch it (the scheduler serializes them).
     #[inline(always)]
-    fn get_or_create(&self, task: *const u8) -> Option<&mut T> {
+    fn get_or_create(&self, task: *const u8) -> Option<*mut T> {
         // SAFETY: `task` is a trusted BTF task pointer; the helper checks the rest.
         let ptr = unsafe {
             bpf_task_storage_get(
@@ -127,8 +128,8 @@ impl<T> TaskStorage<T> {
                 BPF_LOCAL_STORAGE_GET_F_CREATE.into(),
             )
         };
-        // SAFETY: a non-null result points at this task's value.
-        unsafe { ptr.cast::<T>().as_mut() }
+        let ptr = ptr.cast::<T>();
+        (!ptr.is_null()).then_some(ptr)
     }
 }
 
@@ -184,6 +185,8 @@ fn thread_switched_out(prev: *const u8, tgid: u32) {
         charge(tgid, runtime.saturating_sub(field(prev, &TASK_PREV_SUM_EXEC_RUNTIME_OFF)), 1);
         return;
     };
+    // SAFETY: this thread's own storage, written only at its switch-outs.
+    let thread = unsafe { &mut *thread };
     let since = match thread.last_runtime {
         // First switch-out seen: this stint, as the scheduler measured it.
         0 => field(prev, &TASK_PREV_SUM_EXEC_RUNTIME_OFF),
@@ -248,7 +251,7 @@ fn charge(tgid: u32, delta: u64, switches: u64) {
     if delta == 0 {
         return;
     }
-    if let Some(entry) = TGID_CPU.get_ptr_mut(&tgid) {
+    if let Some(entry) = TGID_CPU.get_ptr_mut(tgid) {
         // SAFETY: this CPU's value of a per-CPU hash entry.
         unsafe {
             (*entry).on_cpu_ns += delta;
@@ -264,7 +267,7 @@ fn charge(tgid: u32, delta: u64, switches: u64) {
         uid: bpf_get_current_uid_gid() as u32,
         _pad: 0,
     };
-    if TGID_CPU.insert(&tgid, entry, 0).is_err() {
+    if TGID_CPU.insert(tgid, entry, 0).is_err() {
         stats::add(stat::TGID_MAP_FULL, 1);
         stats::add(stat::LOST_CPU_NS, delta);
     }
