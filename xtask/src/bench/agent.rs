@@ -45,11 +45,13 @@ pub enum Attached {
 
 impl AgentUnderTest {
     /// Describes the agent for the report.
-    pub fn describe(&self) -> String {
+    pub fn describe(&self, section: &dyn Section) -> String {
         match self {
-            Self::Binary(path) => {
-                format!("{} --json --duration {AGENT_MAX_DURATION_S} (the whole agent)", path.display())
-            }
+            Self::Binary(path) => format!(
+                "{} --json --duration {AGENT_MAX_DURATION_S} {} (the whole agent)",
+                path.display(),
+                section.agent_args().join(" ")
+            ),
             Self::Handlers { .. } => {
                 "the section's handlers only, loaded from the agent's eBPF object".into()
             }
@@ -176,6 +178,7 @@ fn start_agent(path: &Path, section: &dyn Section) -> Result<Attached> {
     let mut command = Command::new(path);
     command
         .args(["--json", "--duration", &AGENT_MAX_DURATION_S.to_string()])
+        .args(section.agent_args())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(stderr);

@@ -79,6 +79,12 @@ pub trait Section {
     /// `--handlers-only`: the read-only globals the programs read, set before loading as the
     /// agent sets them: each global's name and the struct members whose offsets, from the
     /// kernel's BTF, add up to its value.
+    /// Extra arguments for the whole agent during this section (e.g. leaving out the programs
+    /// that another section measures).
+    fn agent_args(&self) -> &'static [&'static str] {
+        &[]
+    }
+
     fn globals(&self) -> &'static [(&'static str, &'static [(&'static str, &'static str)])];
 }
 
@@ -110,8 +116,10 @@ pub fn bench(options: &BenchOptions) -> Result<()> {
         .into_iter()
         .filter(|s| options.sections.is_empty() || options.sections.iter().any(|n| n == s.name()))
         .collect();
-    if selected.is_empty() {
-        let known: Vec<_> = sections().iter().map(|s| s.name()).collect();
+    let io_selected = options.sections.is_empty() || options.sections.iter().any(|n| n == IO_SECTION);
+    if selected.is_empty() && !io_selected {
+        let mut known: Vec<_> = sections().iter().map(|s| s.name()).collect();
+        known.push(IO_SECTION);
         bail!("no section named {:?}; known sections: {known:?}", options.sections);
     }
     crate::setup::setup()?;
@@ -128,14 +136,58 @@ pub fn bench(options: &BenchOptions) -> Result<()> {
     let mut all_pass = true;
     for section in &selected {
         step(format!("bench: {} — {}", section.name(), section.describe_load(options.rounds)));
-        cmd::note(format!("with: {}", agent.describe()));
+        cmd::note(format!("with: {}", agent.describe(section.as_ref())));
         let result = measure(section.as_ref(), &agent, options)?;
         all_pass &= report(section.as_ref(), &result);
+    }
+    if io_selected {
+        all_pass &= io_bench(options.runs)?;
     }
     if options.strict && !all_pass {
         bail!("a benchmark figure missed its target");
     }
     Ok(())
+}
+
+/// The I/O section's name.
+const IO_SECTION: &str = "io";
+
+/// The I/O handlers: the agent library's own benchmark (`carbon-agent-tests`' `io-bench`
+/// binary: a 64 MiB copy in 4 KiB read/write syscalls, alternately without and with the I/O
+/// programs, then one run with BPF stats for the ns per event of each handler). Returns
+/// whether both figures met their targets (≤ 150 ns per traced syscall, ≤ 5 % slowdown).
+fn io_bench(runs: usize) -> Result<bool> {
+    step(format!(
+        "bench: {IO_SECTION} — 64 MiB copied in 4 KiB read/write syscalls, {runs} alternating rounds"
+    ));
+    let mut run = cmd::cargo();
+    run.args(["run", "--quiet", "--release", "-p", "carbon-agent-tests", "--bin", "io-bench", "--"])
+        .args(["64", "4096", &runs.max(1).to_string()])
+        .current_dir(cmd::workspace_root())
+        .stderr(std::process::Stdio::inherit());
+    let out = cmd::output(&mut run)?;
+    let r: serde_json::Value = serde_json::from_str(&out).context("io-bench printed no JSON")?;
+    for h in r["handlers"].as_array().into_iter().flatten() {
+        println!(
+            "{IO_SECTION}: {:<16} {:8.1} ns per event",
+            h["program"].as_str().unwrap_or("?"),
+            h["ns_per_event"].as_f64().unwrap_or(0.0)
+        );
+    }
+    let ns = r["ns_per_traced_syscall"].as_f64().unwrap_or(f64::NAN);
+    let ratio = r["slowdown_ratio"].as_f64().unwrap_or(f64::NAN);
+    let (ns_v, slow_v) = (
+        r["ns_per_traced_syscall_verdict"].as_str().unwrap_or("MISS"),
+        r["slowdown_verdict"].as_str().unwrap_or("MISS"),
+    );
+    println!("{IO_SECTION}: {ns:.1} ns per traced syscall (enter + exit)  target <= 150 ns  {ns_v}");
+    println!(
+        "{IO_SECTION}: slowdown of the syscall-heavy copy {:+.1} % ({:.3} s with vs {:.3} s without)  target <= 5 %  {slow_v}",
+        (ratio - 1.0) * 100.0,
+        r["copy_attached_s"].as_f64().unwrap_or(f64::NAN),
+        r["copy_detached_s"].as_f64().unwrap_or(f64::NAN)
+    );
+    Ok(ns_v == "PASS" && slow_v == "PASS")
 }
 
 fn measure(section: &dyn Section, agent: &AgentUnderTest, options: &BenchOptions) -> Result<SectionResult> {

@@ -25,6 +25,12 @@ impl Section for SchedSwitch {
         &["sched_switch_btf", "sched_switch_tp"]
     }
 
+    /// The whole agent without its I/O programs: the load's pipe syscalls would otherwise
+    /// measure the `io` section's handlers too (`cargo xtask bench --section io`).
+    fn agent_args(&self) -> &'static [&'static str] {
+        &["--no-io"]
+    }
+
     fn targets(&self) -> Targets {
         Targets { max_ns_per_event: 150.0, max_slowdown: 0.03 }
     }
