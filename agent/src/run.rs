@@ -430,14 +430,10 @@ pub fn summary_text(doc: &RunDocument, top: usize) -> String {
             ));
         }
     }
-    let l = &doc.losses;
-    if l.any() {
+    if doc.losses.any() {
         s.push_str(&format!(
-            "  LOSSES: cpu map full {}x ({:.3}s of CPU time not attributed), lifecycle events dropped {}, I/O {:?}\n",
-            l.cpu_map_full,
-            l.lost_cpu_ns as f64 / 1e9,
-            l.lifecycle_dropped,
-            l.io.iter().filter(|(_, v)| **v > 0).collect::<Vec<_>>()
+            "  LOSSES: {} (see docs/io.md and docs/architecture.md)\n",
+            doc.losses.summary()
         ));
     }
     s

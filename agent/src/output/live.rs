@@ -264,15 +264,7 @@ fn draw(
         )),
     ];
     if losses.any() {
-        head.push(
-            Line::from(format!(
-                "LOSSES: cpu map full {}x ({:.3}s lost), lifecycle events dropped {}",
-                losses.cpu_map_full,
-                losses.lost_cpu_ns as f64 / 1e9,
-                losses.lifecycle_dropped
-            ))
-            .red(),
-        );
+        head.push(Line::from(format!("LOSSES since start: {}", losses.summary())).red());
     }
     frame.render_widget(Paragraph::new(head), header);
 

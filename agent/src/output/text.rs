@@ -15,22 +15,24 @@ pub fn interval_line(report: &IntervalReport, table: &ProcessTable, top: usize) 
             format!("{comm}[{pid}] {}", super::fmt_secs(cpu.cpu_ns as f64 / 1e9))
         })
         .collect();
+    let m = &report.energy.meter;
     let mut line = format!(
-        "{} cpu {:.1}% of {} CPUs (kernel {}), {} processes active{}{}",
+        "{} cpu {:.1}% of {} CPUs (kernel {}), power {:.1} W ({} {}), {:.3} gCO2e, {} processes active{}{}",
         super::rfc3339(report.timestamp),
         u.utilization() * 100.0,
         u.ncpu,
         super::fmt_secs(u.kernel_cpu_ns as f64 / 1e9),
+        m.energy_j.total / u.interval_s.max(1e-9),
+        if m.estimated { "estimated by" } else { "metered by" },
+        m.source,
+        report.carbon.total.total,
         u.processes.len(),
         if busiest.is_empty() { "" } else { ": " },
         busiest.join(", ")
     );
     let k = &report.kernel_losses;
-    if k.cpu_map_full + k.lifecycle_dropped > 0 {
-        line.push_str(&format!(
-            " [LOSSES: cpu map full {}x, lifecycle events dropped {}]",
-            k.cpu_map_full, k.lifecycle_dropped
-        ));
+    if k.any() {
+        line.push_str(&format!(" [LOSSES since start: {}]", k.summary()));
     }
     line
 }

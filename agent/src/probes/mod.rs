@@ -86,6 +86,23 @@ impl KernelLosses {
     pub fn any(&self) -> bool {
         self.cpu_map_full + self.lifecycle_dropped + self.io.values().sum::<u64>() > 0
     }
+
+    /// The non-zero counters, e.g. `cpu_map_full 3, io_fd_unresolved 1` (empty when none).
+    pub fn summary(&self) -> String {
+        let mut parts = Vec::new();
+        if self.cpu_map_full > 0 {
+            parts.push(format!(
+                "cpu_map_full {} ({:.3} s of CPU time not attributed)",
+                self.cpu_map_full,
+                self.lost_cpu_ns as f64 / 1e9
+            ));
+        }
+        if self.lifecycle_dropped > 0 {
+            parts.push(format!("lifecycle_dropped {}", self.lifecycle_dropped));
+        }
+        parts.extend(self.io.iter().filter(|(_, v)| **v > 0).map(|(k, v)| format!("{k} {v}")));
+        parts.join(", ")
+    }
 }
 
 /// The loaded and attached programs, and the maps userspace reads.
