@@ -234,7 +234,7 @@ fn draw(
     findings: &HashMap<Pid, usize>,
 ) {
     let [header, body, footer] =
-        Layout::vertical([Constraint::Length(2), Constraint::Min(3), Constraint::Length(1)])
+        Layout::vertical([Constraint::Length(4), Constraint::Min(3), Constraint::Length(1)])
             .areas(frame.area());
     let Some(report) = report else {
         frame.render_widget(Paragraph::new("carbon-agent: measuring the first interval…"), header);
