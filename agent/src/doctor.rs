@@ -145,7 +145,7 @@ pub fn plan(checks: &[Check]) -> Vec<String> {
         plan.push(format!("energy: {} ({})", &c.name[6..], c.detail.trim_end_matches(" (selected)")));
     }
     if ok("I/O programs: kernel offsets") {
-        plan.push("I/O: raw tracepoints sys_enter/sys_exit, page cache, writeback, sock, block".to_string());
+        plan.push("I/O: tp_btf sys_enter/sys_exit, tracepoints for page cache, writeback, sock, block".to_string());
     }
     if ok("tp_btf/sched_switch") {
         plan.push("on-CPU time: tp_btf/sched_switch (per-tgid, per-CPU hash)".to_string());
