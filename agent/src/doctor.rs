@@ -47,15 +47,7 @@ pub fn checks(energy: &crate::energy::EnergyConfig) -> Vec<Check> {
     };
     match KernelBtf::from_sysfs(Path::new("/sys")) {
         Ok(btf) => match StructOffsets::read(&btf) {
-            Ok(o) => out.push(check(
-                "kernel BTF",
-                Status::Ok,
-                format!(
-                    "/sys/kernel/btf/vmlinux: task_struct.pid@{} tgid@{} exit_code@{}, linux_binprm.filename@{}",
-                    o.task_pid, o.task_tgid, o.task_exit_code, o.binprm_filename
-                ),
-                None,
-            )),
+            Ok(o) => out.push(check("kernel BTF", Status::Ok, format!("/sys/kernel/btf/vmlinux: {}", o.describe()), None)),
             Err(e) => out.push(check("kernel BTF", Status::Warn, format!("{e:#}"), Some("lifecycle events need these fields; processes will be discovered from /proc instead"))),
         },
         Err(e) => out.push(check(
@@ -145,7 +137,9 @@ pub fn plan(checks: &[Check]) -> Vec<String> {
         plan.push(format!("energy: {} ({})", &c.name[6..], c.detail.trim_end_matches(" (selected)")));
     }
     if ok("I/O programs: kernel offsets") {
-        plan.push("I/O: tp_btf sys_enter/sys_exit, tracepoints for page cache, writeback, sock, block".to_string());
+        plan.push(
+            "I/O: tp_btf sys_enter/sys_exit, tracepoints for page cache, writeback, sock, block".to_string(),
+        );
     }
     if ok("tp_btf/sched_switch") {
         plan.push("on-CPU time: tp_btf/sched_switch (per-tgid, per-CPU hash)".to_string());

@@ -135,6 +135,27 @@ pub mod globals {
     pub const SCHED_TASK_FLAGS_OFF: &str = "SCHED_TASK_FLAGS_OFF";
     /// `offsetof(struct linux_binprm, filename)`.
     pub const BINPRM_FILENAME_OFF: &str = "BINPRM_FILENAME_OFF";
+
+    /// A global that holds a kernel struct offset: (global, struct, field), where the field may
+    /// be a dotted path through embedded structs. Userspace reads each from the kernel's BTF.
+    pub type OffsetGlobal = (&'static str, &'static str, &'static str);
+
+    /// The offsets the scheduler program (`sched_switch_btf`) needs.
+    pub const SCHED_OFFSETS: &[OffsetGlobal] = &[
+        (TASK_SUM_EXEC_RUNTIME_OFF, "task_struct", "se.sum_exec_runtime"),
+        (TASK_PREV_SUM_EXEC_RUNTIME_OFF, "task_struct", "se.prev_sum_exec_runtime"),
+        (SCHED_TASK_PID_OFF, "task_struct", "pid"),
+        (SCHED_TASK_TGID_OFF, "task_struct", "tgid"),
+        (SCHED_TASK_FLAGS_OFF, "task_struct", "flags"),
+    ];
+
+    /// The offsets the lifecycle programs (fork, exec, exit) need.
+    pub const LIFECYCLE_OFFSETS: &[OffsetGlobal] = &[
+        (TASK_PID_OFF, "task_struct", "pid"),
+        (TASK_TGID_OFF, "task_struct", "tgid"),
+        (TASK_EXIT_CODE_OFF, "task_struct", "exit_code"),
+        (BINPRM_FILENAME_OFF, "linux_binprm", "filename"),
+    ];
 }
 
 #[cfg(feature = "user")]

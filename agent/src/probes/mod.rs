@@ -218,51 +218,37 @@ impl Probes {
     }
 }
 
-/// Kernel struct field offsets the lifecycle programs read, from BTF.
+/// Kernel struct field offsets the scheduler and lifecycle programs read, from BTF: the value
+/// of each global in [`globals::SCHED_OFFSETS`] and [`globals::LIFECYCLE_OFFSETS`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StructOffsets {
-    pub task_pid: u32,
-    pub task_tgid: u32,
-    pub task_exit_code: u32,
-    pub binprm_filename: u32,
-    /// `task_struct.se.sum_exec_runtime`.
-    pub task_sum_exec_runtime: u32,
-    /// `task_struct.se.prev_sum_exec_runtime`.
-    pub task_prev_sum_exec_runtime: u32,
-    /// `task_struct.flags`.
-    pub task_flags: u32,
+    pub values: Vec<(&'static str, u32)>,
 }
 
 impl StructOffsets {
     pub fn read(btf: &KernelBtf) -> anyhow::Result<Self> {
-        Ok(StructOffsets {
-            task_pid: btf.member_offset("task_struct", "pid")?,
-            task_tgid: btf.member_offset("task_struct", "tgid")?,
-            task_exit_code: btf.member_offset("task_struct", "exit_code")?,
-            binprm_filename: btf.member_offset("linux_binprm", "filename")?,
-            task_sum_exec_runtime: btf.member_offset("task_struct", "se")?
-                + btf.member_offset("sched_entity", "sum_exec_runtime")?,
-            task_prev_sum_exec_runtime: btf.member_offset("task_struct", "se")?
-                + btf.member_offset("sched_entity", "prev_sum_exec_runtime")?,
-            task_flags: btf.member_offset("task_struct", "flags")?,
-        })
+        let values = globals::SCHED_OFFSETS
+            .iter()
+            .chain(globals::LIFECYCLE_OFFSETS)
+            .map(|&(global, strukt, field)| {
+                let off =
+                    btf.member_offset(strukt, field).with_context(|| format!("the value of {global}"))?;
+                Ok((global, off))
+            })
+            .collect::<anyhow::Result<_>>()?;
+        Ok(StructOffsets { values })
     }
 
     /// Writes the offsets into the programs' globals.
     pub fn set_globals<'a>(&'a self, loader: &mut EbpfLoader<'a>) {
-        loader.override_global(globals::TASK_PID_OFF, &self.task_pid, true);
-        loader.override_global(globals::TASK_TGID_OFF, &self.task_tgid, true);
-        loader.override_global(globals::TASK_EXIT_CODE_OFF, &self.task_exit_code, true);
-        loader.override_global(globals::BINPRM_FILENAME_OFF, &self.binprm_filename, true);
-        loader.override_global(globals::TASK_SUM_EXEC_RUNTIME_OFF, &self.task_sum_exec_runtime, true);
-        loader.override_global(globals::SCHED_TASK_PID_OFF, &self.task_pid, true);
-        loader.override_global(globals::SCHED_TASK_TGID_OFF, &self.task_tgid, true);
-        loader.override_global(globals::SCHED_TASK_FLAGS_OFF, &self.task_flags, true);
-        loader.override_global(
-            globals::TASK_PREV_SUM_EXEC_RUNTIME_OFF,
-            &self.task_prev_sum_exec_runtime,
-            true,
-        );
+        for (global, value) in &self.values {
+            loader.override_global(global, value, true);
+        }
+    }
+
+    /// `GLOBAL=offset` pairs, for `doctor`.
+    pub fn describe(&self) -> String {
+        self.values.iter().map(|(g, v)| format!("{g}={v}")).collect::<Vec<_>>().join(" ")
     }
 }
 

@@ -66,17 +66,15 @@ impl AgentUnderTest {
                 let values = section
                     .globals()
                     .iter()
-                    .map(|(name, path)| {
-                        path.iter()
-                            .try_fold(0, |sum, (strukt, field)| {
-                                anyhow::Ok(sum + offsets.member_offset(strukt, field)?)
-                            })
+                    .map(|(name, strukt, field)| {
+                        offsets
+                            .member_offset(strukt, field)
                             .with_context(|| format!("the value of global {name}"))
                     })
                     .collect::<Result<Vec<u32>>>()?;
                 let mut loader = EbpfLoader::new();
                 loader.allow_unsupported_maps();
-                for ((name, _), value) in section.globals().iter().zip(&values) {
+                for ((name, _, _), value) in section.globals().iter().zip(&values) {
                     loader.override_global(name, value, true);
                 }
                 let mut ebpf = loader.load(object).context("loading the agent's eBPF object")?;

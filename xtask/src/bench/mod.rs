@@ -85,7 +85,8 @@ pub trait Section {
         &[]
     }
 
-    fn globals(&self) -> &'static [(&'static str, &'static [(&'static str, &'static str)])];
+    /// The offset globals its programs need (set from the kernel's BTF in `--handlers-only`).
+    fn globals(&self) -> &'static [carbon_agent_common::globals::OffsetGlobal];
 }
 
 /// Every section, in report order.

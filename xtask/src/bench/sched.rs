@@ -45,20 +45,8 @@ impl Section for SchedSwitch {
         load::pipe_ping_pong(rounds, load::last_allowed_cpu()?)
     }
 
-    fn globals(&self) -> &'static [(&'static str, &'static [(&'static str, &'static str)])] {
-        &[
-            (
-                globals::TASK_SUM_EXEC_RUNTIME_OFF,
-                &[("task_struct", "se"), ("sched_entity", "sum_exec_runtime")],
-            ),
-            (
-                globals::TASK_PREV_SUM_EXEC_RUNTIME_OFF,
-                &[("task_struct", "se"), ("sched_entity", "prev_sum_exec_runtime")],
-            ),
-            (globals::SCHED_TASK_PID_OFF, &[("task_struct", "pid")]),
-            (globals::SCHED_TASK_TGID_OFF, &[("task_struct", "tgid")]),
-            (globals::SCHED_TASK_FLAGS_OFF, &[("task_struct", "flags")]),
-        ]
+    fn globals(&self) -> &'static [carbon_agent_common::globals::OffsetGlobal] {
+        globals::SCHED_OFFSETS
     }
 
     fn attach_handlers(&self, ebpf: &mut Ebpf, btf: &Btf) -> Result<Vec<u32>> {
