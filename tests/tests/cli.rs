@@ -293,3 +293,16 @@ fn without_privileges_it_says_which_are_missing() {
     assert!(err.contains("CAP_BPF") && err.contains("CAP_PERFMON") && err.contains("root"), "{err}");
     assert!(out.stdout.is_empty());
 }
+
+#[test]
+fn network_bytes_are_counted_per_process() {
+    require_root();
+    let bytes = 8u64 << 20;
+    let (code, doc, stderr) = run(&[], &[WORKLOAD, "net", &bytes.to_string()]);
+    assert_eq!(code, 0, "{stderr}");
+    let io = &doc["io"];
+    let (tx, rx) = (io["net_tx_bytes"].as_u64().unwrap(), io["net_rx_bytes"].as_u64().unwrap());
+    // The socket layer's own counts (sock_send_length / sock_recv_length), loopback both ways.
+    assert!(close(tx as f64, bytes as f64, 0.01), "net_tx_bytes {tx} for {bytes} sent");
+    assert!(close(rx as f64, bytes as f64, 0.01), "net_rx_bytes {rx} for {bytes} received");
+}

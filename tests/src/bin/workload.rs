@@ -6,6 +6,7 @@
 //!   then print `{"children_cpu_ns": ...}` from getrusage(RUSAGE_CHILDREN).
 //! - `spin SECS THREADS CPU`: THREADS threads spin for SECS seconds of wall-clock time, all
 //!   pinned to CPU (so the scheduler shares that CPU equally among all spinning threads).
+//! - `net BYTES`: send BYTES over a loopback TCP connection to itself and receive them.
 //! - `exit CODE`: exit with CODE.
 use std::time::Duration;
 
@@ -93,6 +94,34 @@ fn main() {
                 })
                 .collect();
             handles.into_iter().for_each(|h| h.join().unwrap());
+        }
+        Some("net") => {
+            use std::io::{Read, Write};
+            let bytes = arg(&args, 2) as usize;
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1");
+            let addr = listener.local_addr().unwrap();
+            let reader = std::thread::spawn(move || {
+                let (mut conn, _) = listener.accept().unwrap();
+                let mut buf = vec![0u8; 65536];
+                let mut got = 0;
+                while got < bytes {
+                    match conn.read(&mut buf).unwrap() {
+                        0 => break,
+                        n => got += n,
+                    }
+                }
+                got
+            });
+            let mut out = std::net::TcpStream::connect(addr).unwrap();
+            let chunk = vec![1u8; 65536];
+            let mut sent = 0;
+            while sent < bytes {
+                let n = (bytes - sent).min(chunk.len());
+                out.write_all(&chunk[..n]).unwrap();
+                sent += n;
+            }
+            drop(out);
+            assert_eq!(reader.join().unwrap(), bytes);
         }
         Some("sleep") => std::thread::sleep(Duration::from_millis(arg(&args, 2))),
         Some("exit") => std::process::exit(arg(&args, 2) as i32),
