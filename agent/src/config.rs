@@ -82,7 +82,7 @@ pub struct CarbonConfig {
 pub struct ProviderConfig {
     /// Ask the provider when a token is set (default true).
     pub enabled: Option<bool>,
-    /// API base URL [default: https://api.electricitymap.org/v3].
+    /// API base URL [default: <https://api.electricitymap.org/v3>].
     pub base_url: Option<String>,
     /// Electricity Maps zone (default: derived from country/region).
     pub zone: Option<String>,
