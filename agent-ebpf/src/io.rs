@@ -936,33 +936,37 @@ fn sock_len(ctx: &TracePointContext, o: &IoOffsets) -> Option<u64> {
 /// `sock:sock_send_length`: bytes sent by `sock_sendmsg` (any socket family).
 #[tracepoint(category = "sock", name = "sock_send_length")]
 pub fn io_sock_send(ctx: TracePointContext) -> i32 {
-    let o = offs();
-    if o.ready == 0 {
-        return 0;
-    }
-    if let Some(n) = sock_len(&ctx, &o) {
-        let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-        if let Some(t) = tgid_entry(tgid) {
-            unsafe { (*t).net_tx_bytes += n };
-        }
-    }
+    count_sock(&ctx, true);
     0
 }
 
 /// `sock:sock_recv_length`: bytes received by `sock_recvmsg` (MSG_PEEK not counted).
 #[tracepoint(category = "sock", name = "sock_recv_length")]
 pub fn io_sock_recv(ctx: TracePointContext) -> i32 {
+    count_sock(&ctx, false);
+    0
+}
+
+/// Adds a socket event's bytes to the current tgid's sent (`tx`) or received bytes.
+#[inline(always)]
+fn count_sock(ctx: &TracePointContext, tx: bool) {
     let o = offs();
     if o.ready == 0 {
-        return 0;
+        return;
     }
-    if let Some(n) = sock_len(&ctx, &o) {
+    if let Some(n) = sock_len(ctx, &o) {
         let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
         if let Some(t) = tgid_entry(tgid) {
-            unsafe { (*t).net_rx_bytes += n };
+            // SAFETY: this CPU's value of a per-CPU hash entry.
+            unsafe {
+                if tx {
+                    (*t).net_tx_bytes += n;
+                } else {
+                    (*t).net_rx_bytes += n;
+                }
+            }
         }
     }
-    0
 }
 
 /// `block:block_rq_complete`: bytes per device and direction (not per process: completion

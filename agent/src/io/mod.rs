@@ -46,12 +46,17 @@ pub const IO_STATS: &[(u32, &str)] = &[
 
 /// Reads the offsets the I/O programs need from the running kernel's BTF.
 pub fn offsets_from_kernel() -> Result<IoOffsets> {
+    let btf = crate::probes::btf::KernelBtf::from_sysfs(std::path::Path::new("/sys"))
+        .context("I/O probes need the kernel BTF")?;
+    offsets_from(&btf)
+}
+
+/// The offsets the I/O programs need, from already parsed kernel BTF.
+pub fn offsets_from(btf: &crate::probes::btf::KernelBtf) -> Result<IoOffsets> {
     if !cfg!(target_arch = "x86_64") {
         bail!("the I/O probes use x86_64 syscall numbers and pt_regs; this is {}", std::env::consts::ARCH);
     }
-    let btf = crate::probes::btf::KernelBtf::from_sysfs(std::path::Path::new("/sys"))
-        .context("I/O probes need the kernel BTF")?;
-    Ok(offsets::io_offsets(&btf)?)
+    Ok(offsets::io_offsets(btf)?)
 }
 
 /// Sets the I/O global on a loader (the offsets must outlive the loader).
@@ -312,33 +317,23 @@ fn map_data(ebpf: &mut Ebpf, name: &str) -> Result<MapData> {
     }
 }
 
-/// Mounts tracefs at /sys/kernel/tracing when it is not mounted (classic tracepoints need it).
-pub fn ensure_tracefs() -> Result<()> {
-    if std::path::Path::new("/sys/kernel/tracing/events").exists() {
-        return Ok(());
-    }
-    let c = |s: &str| std::ffi::CString::new(s).unwrap();
-    let (src, dst, fs) = (c("nodev"), c("/sys/kernel/tracing"), c("tracefs"));
-    // SAFETY: valid NUL-terminated strings.
-    let r = unsafe { libc::mount(src.as_ptr(), dst.as_ptr(), fs.as_ptr(), 0, std::ptr::null()) };
-    if r != 0 {
-        bail!("mounting tracefs at /sys/kernel/tracing: {}", std::io::Error::last_os_error());
-    }
-    Ok(())
-}
-
 /// Attaches the I/O programs of a loaded object (whose `IO_OFFSETS` global was set, see
 /// [`configure_loader`]) and takes the I/O maps out of it.
 pub fn attach(ebpf: &mut Ebpf, config: IoConfig) -> Result<IoProbes> {
-    ensure_tracefs()?;
+    let kernel_btf = Btf::from_sys_fs().context("the I/O syscall probes (tp_btf) need the kernel BTF")?;
+    attach_with(ebpf, config, &kernel_btf)
+}
+
+/// [`attach`] with the kernel's BTF already parsed (the agent parses it once for every program).
+pub fn attach_with(ebpf: &mut Ebpf, config: IoConfig, kernel_btf: &Btf) -> Result<IoProbes> {
+    crate::probes::tracefs::ensure_mounted().map_err(anyhow::Error::msg)?;
     let mut programs = Vec::new();
     // BTF tracepoints: the programs read `pt_regs` and walk `current` with plain loads, which
     // the verifier checks against the kernel's BTF (`btf_trace_sys_enter` / `_exit`).
-    let kernel_btf = Btf::from_sys_fs().context("the I/O syscall probes (tp_btf) need the kernel BTF")?;
     for (name, tp) in [("io_sys_enter", "sys_enter"), ("io_sys_exit", "sys_exit")] {
         let p: &mut BtfTracePoint =
             ebpf.program_mut(name).with_context(|| format!("no program {name}"))?.try_into()?;
-        p.load(tp, &kernel_btf).with_context(|| format!("loading {name} for tp_btf/{tp}"))?;
+        p.load(tp, kernel_btf).with_context(|| format!("loading {name} for tp_btf/{tp}"))?;
         p.attach().with_context(|| format!("attaching {name} to tp_btf/{tp}"))?;
         programs.push(name);
     }

@@ -139,7 +139,13 @@ impl Probes {
         };
         let mut io_error = None;
         let io_offsets = match opts.io {
-            Some(_) => crate::io::offsets_from_kernel().map_err(|e| io_error = Some(format!("{e:#}"))).ok(),
+            Some(_) => match &kernel_btf {
+                Some(btf) => crate::io::offsets_from(btf).map_err(|e| io_error = Some(format!("{e:#}"))).ok(),
+                None => {
+                    io_error = Some("the I/O probes need the kernel BTF (/sys/kernel/btf/vmlinux)".into());
+                    None
+                }
+            },
             None => None,
         };
         let mut loader = new_loader();
@@ -184,14 +190,18 @@ impl Probes {
             }
             _ => None,
         };
-        let io = match (&opts.io, &io_offsets) {
-            (Some(cfg), Some(_)) => match crate::io::attach(&mut ebpf, cfg.clone()) {
+        let io = match (&opts.io, &io_offsets, &aya_btf) {
+            (Some(cfg), Some(_), Some(btf)) => match crate::io::attach_with(&mut ebpf, cfg.clone(), btf) {
                 Ok(io) => Some(io),
                 Err(e) => {
                     io_error = Some(format!("{e:#}"));
                     None
                 }
             },
+            (Some(_), Some(_), None) => {
+                io_error = Some("the I/O syscall probes (tp_btf) need aya's view of the kernel BTF".into());
+                None
+            }
             _ => None,
         };
         if let Some(e) = &io_error {

@@ -197,27 +197,22 @@ fn measure(section: &dyn Section, agent: &AgentUnderTest, options: &BenchOptions
     for run in 0..options.runs {
         let with_first = run % 2 == 1;
         for with in [with_first, !with_first] {
-            if with {
+            let times = if with {
                 let attached = agent.attach(section)?;
                 let times = section.run_load(options.rounds)?;
                 attached.stop()?;
-                cmd::note(format!(
-                    "run {}: with    wall {:7.3} s  cpu {:7.3} s",
-                    run + 1,
-                    times.wall.as_secs_f64(),
-                    times.cpu.as_secs_f64()
-                ));
-                result.with.push(times);
+                times
             } else {
-                let times = section.run_load(options.rounds)?;
-                cmd::note(format!(
-                    "run {}: without wall {:7.3} s  cpu {:7.3} s",
-                    run + 1,
-                    times.wall.as_secs_f64(),
-                    times.cpu.as_secs_f64()
-                ));
-                result.without.push(times);
-            }
+                section.run_load(options.rounds)?
+            };
+            cmd::note(format!(
+                "run {}: {} wall {:7.3} s  cpu {:7.3} s",
+                run + 1,
+                if with { "with   " } else { "without" },
+                times.wall.as_secs_f64(),
+                times.cpu.as_secs_f64()
+            ));
+            if with { result.with.push(times) } else { result.without.push(times) }
         }
     }
     // The kernel's own cost per event, from one more run with the agent and BPF run-time stats
