@@ -24,13 +24,14 @@ use aya_ebpf::{
         generated::bpf_get_current_task_btf,
     },
     macros::{btf_tracepoint, map, tracepoint},
-    maps::{Array, HashMap, PerCpuHashMap, RingBuf},
+    maps::{Array, HashMap, PerCpuArray, PerCpuHashMap, RingBuf},
     programs::{BtfTracePointContext, TracePointContext},
 };
 use carbon_agent_common::{
     io::{
         BlockIo, BlockKey, CopyIo, CopyKey, Extent, FileIo, FileKey, IoOffsets, NAME_LEN, PATH_DEPTH,
-        PathEvent, Run, TgidIo, extent_kind, file_kind, path_flag, path_kind,
+        PENDING_FLUSH_CALLS, PENDING_SLOTS, PathEvent, PendingIo, Run, TgidIo, extent_kind, file_kind,
+        path_flag, path_kind, pending_slot,
     },
     stat,
 };
@@ -44,6 +45,8 @@ static IO_OFFSETS: Global<IoOffsets> = Global::new(IoOffsets {
     regs_dx: 0,
     regs_r10: 0,
     regs_orig_ax: 0,
+    task_pid: 0,
+    task_tgid: 0,
     task_files: 0,
     task_fs: 0,
     files_fdt: 0,
@@ -74,6 +77,7 @@ static IO_OFFSETS: Global<IoOffsets> = Global::new(IoOffsets {
     tp_blk_dev: 0,
     tp_blk_nr_sector: 0,
     tp_blk_rwbs: 0,
+    flush_tgid: 0,
     ready: 0,
 });
 
@@ -104,6 +108,7 @@ const S_IFREG: u32 = 0o100000;
 const S_IFIFO: u32 = 0o010000;
 const S_IFSOCK: u32 = 0o140000;
 const MSG_PEEK: i32 = 2;
+const EBADF: i64 = 9;
 
 /// Per-tgid totals, per CPU. Taken (read and deleted) by userspace every interval.
 #[map]
@@ -129,15 +134,20 @@ static IO_EXTENTS: RingBuf = RingBuf::with_byte_size(1 << 22, 0);
 #[map]
 static IO_PATHS: RingBuf = RingBuf::with_byte_size(1 << 22, 0);
 
+/// Per CPU: the read and write calls not yet added to `FILE_IO` / `TGID_IO` (see
+/// [`PendingIo`]); slot [`pending_slot`]`(tid, is_read)`.
+#[map]
+static PENDING_IO: PerCpuArray<PendingIo> = PerCpuArray::with_max_entries(PENDING_SLOTS, 0);
+
 /// Slots of [`IO_THREADS`] (a power of two; threads are placed by `tid % THREADS`).
 const THREADS: u32 = 32768;
 
-/// Per thread (slot `tid % THREADS`, tagged with the tid): the I/O syscall in progress and a
-/// small cache of what its last file descriptors resolved to. An array: its lookup is inlined
-/// by the verifier (no hashing), which is what makes the enter handler cheap. Two live
-/// threads whose tids are equal modulo `THREADS` share a slot: the one that does not own it
-/// at exit loses the syscall's time (counted as `IO_ENTER_MISSING`) and walks the fd table
-/// without the cache. With `pid_max` ≤ 32768 (the default below 32 CPUs) that cannot happen.
+/// Per thread (slot `tid % THREADS`, tagged with the tid): the enter time of the I/O syscall
+/// in progress, when it is timed. An array: its lookup is inlined by the verifier (no
+/// hashing). Two live
+/// threads whose tids are equal modulo `THREADS` share a slot: a timed call whose slot was
+/// taken meanwhile is counted untimed (`IO_ENTER_MISSING`). With `pid_max` ≤ 32768 (the
+/// default below 32 CPUs) that cannot happen.
 #[map]
 static IO_THREADS: Array<Thread> = Array::with_max_entries(THREADS, 0);
 
@@ -147,55 +157,26 @@ struct Thread {
     tid: u32,
     /// Syscall number at enter (I/O syscalls only).
     nr: u32,
-    /// Enter time of a timed call, [`NOT_TIMED`] for a call left out of the sample; 0 once
-    /// its exit was seen.
+    /// Enter time of the call in progress when `io_sys_enter` saw it; 0 otherwise.
     ts: u64,
-    /// xorshift32 state that picks the timed calls (never 0).
-    rng: u32,
-    _pad: u32,
-    /// Two cached fd resolutions, indexed by `fd & 1` (a copy loop alternates two fds).
-    cache: [FdCache; 2],
-}
-
-/// One I/O syscall in [`TIME_SAMPLE`] is timed (enter→exit with `bpf_ktime_get_ns`, ≈ 60 ns
-/// per call in the VMs measured) and its time counted × `TIME_SAMPLE`: an unbiased estimate
-/// of the time in I/O syscalls. The calls are picked at random per thread (a fixed stride
-/// would time only the reads of a read/write loop).
-const TIME_SAMPLE: u64 = 8;
-
-/// `Thread::ts` of a call that is not timed.
-const NOT_TIMED: u64 = 1;
-
-/// `fd` resolved to `file`, whose `f_inode` was `inode` with `i_ino` `ino`. Valid while
-/// `current->files->fdt->fd[fd]`, its `f_inode` and that inode's `i_ino` are still the same
-/// (checked at each use: a `struct file` or `struct inode` can be freed and reused at the same
-/// address, the inode number tells the reuse apart).
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct FdCache {
-    file: u64,
-    inode: u64,
-    ino: u64,
-    fd: u32,
-    dev: u32,
-    kind: u32,
-    _pad: u32,
 }
 
 /// What a file descriptor resolves to.
 #[derive(Clone, Copy)]
 struct Fd {
     file: *const u8,
+    inode: *const u8,
     dev: u32,
     kind: u32,
     ino: u64,
-    /// `f_pos` after the call (regular files from [`resolve_hot`] only; else 0).
+    /// `f_pos` after the call (regular files only; else 0).
     pos: i64,
 }
 
 /// `*p += n`. Not atomic (the BPF target lacks 64-bit atomic add in core here): two threads
 /// of one process updating the same shared entry on two CPUs at the same instant can lose one
-/// increment. Per-CPU maps are used where this matters most (per-tgid totals).
+/// increment. Per-CPU maps are used where this matters most (per-tgid totals), and the
+/// shared per-file entries are updated once per [`PendingIo`] flush, not per call.
 #[inline(always)]
 unsafe fn add(p: *mut u64, n: u64) {
     unsafe { *p += n };
@@ -255,42 +236,49 @@ fn is_io(nr: u64) -> bool {
     )
 }
 
-/// `sys_enter(struct pt_regs *regs, long id)`: remember when an I/O syscall started; report
-/// unlinks with their path. Any other syscall returns after one comparison.
+/// The calling thread's [`IO_THREADS`] slot, taken over (tag set) when another thread held it.
+#[inline(always)]
+fn thread_slot(tid: u32) -> *mut Thread {
+    match IO_THREADS.get_ptr_mut(tid & (THREADS - 1)) {
+        Some(t) => {
+            // SAFETY: array slot; only the thread that owns it (tid tag) writes it, except when
+            // two live threads share a slot.
+            unsafe {
+                if (*t).tid != tid {
+                    if (*t).ts != 0 {
+                        stats::add(stat::IO_ENTER_MISSING, 1);
+                    }
+                    (*t).tid = tid;
+                    (*t).ts = 0;
+                }
+            }
+            t
+        }
+        None => core::ptr::null_mut(),
+    }
+}
+
+/// `sys_enter(struct pt_regs *regs, long id)`: the enter time of an I/O syscall. Attached only
+/// during the sampling windows (`agent/src/io/sampler.rs`): its calls are the timed ones.
 #[btf_tracepoint(function = "sys_enter")]
 pub fn io_sys_enter(ctx: BtfTracePointContext) -> i32 {
     let nr: u64 = ctx.arg(1);
     if is_io(nr) {
-        let tid = bpf_get_current_pid_tgid() as u32;
-        if let Some(t) = IO_THREADS.get_ptr_mut(tid & (THREADS - 1)) {
-            // SAFETY: array slot; only the thread that owns it (tid tag) writes it, except
-            // when two live threads share a slot (then the tag tells at exit).
+        let t = thread_slot(bpf_get_current_pid_tgid() as u32);
+        if !t.is_null() {
+            // SAFETY: this thread's slot; bpf helper without preconditions.
             unsafe {
-                if (*t).tid != tid {
-                    (*t).tid = tid;
-                    (*t).rng = tid | 1;
-                    (*t).cache[0].file = 0;
-                    (*t).cache[1].file = 0;
-                }
-                let mut x = (*t).rng;
-                x ^= x << 13;
-                x ^= x >> 17;
-                x ^= x << 5;
-                (*t).rng = x;
                 (*t).nr = nr as u32;
-                // SAFETY: bpf helper without preconditions.
-                (*t).ts = if (x as u64).is_multiple_of(TIME_SAMPLE) { bpf_ktime_get_ns() } else { NOT_TIMED };
+                (*t).ts = bpf_ktime_get_ns();
             }
         }
-    } else if nr == NR_UNLINK || nr == NR_UNLINKAT {
-        let regs: *const u8 = ctx.arg(0);
-        on_unlink(regs, nr);
     }
     0
 }
 
-/// `sys_exit(struct pt_regs *regs, long ret)`. `regs` is BTF-typed: its fields are read with
-/// plain loads (no helper call).
+/// `sys_exit(struct pt_regs *regs, long ret)`: bytes of I/O syscalls, paths of opened and
+/// unlinked files. `regs` is BTF-typed: its fields are read with plain loads (no helper call).
+/// Any other syscall returns after the number check.
 #[btf_tracepoint(function = "sys_exit")]
 pub fn io_sys_exit(ctx: BtfTracePointContext) -> i32 {
     if off!(ready) == 0 {
@@ -303,174 +291,251 @@ pub fn io_sys_exit(ctx: BtfTracePointContext) -> i32 {
         on_io_exit(regs, nr, ret);
     } else if (nr == NR_OPENAT || nr == NR_OPEN || nr == NR_OPENAT2 || nr == NR_CREAT) && ret >= 0 {
         on_open_exit(&offs(), ret);
+    } else if (nr == NR_UNLINK || nr == NR_UNLINKAT) && ret == 0 {
+        on_unlink(regs, nr);
     }
     0
 }
 
 #[inline(always)]
 fn on_io_exit(regs: *const u8, nr: u64, ret: i64) {
-    let pid_tgid = bpf_get_current_pid_tgid();
-    let (tid, tgid) = (pid_tgid as u32, (pid_tgid >> 32) as u32);
+    // SAFETY: bpf helper without preconditions; a trusted BTF pointer.
+    let task = unsafe { bpf_get_current_task_btf() } as *const u8;
+    let (tid, tgid): (u32, u32) = (load(task, off!(task_pid)), load(task, off!(task_tgid)));
+    let thread = thread_slot(tid);
+    // Timed when io_sys_enter saw this very call.
     let mut ns = 0u64;
-    // The thread's slot, when it owns it.
-    let mut thread: *mut Thread = core::ptr::null_mut();
-    match IO_THREADS.get_ptr_mut(tid & (THREADS - 1)) {
-        // SAFETY: array slot of this thread (tag checked).
-        Some(t) if unsafe { (*t).tid } == tid => unsafe {
-            let ts = (*t).ts;
-            if (*t).nr as u64 == nr && ts != 0 {
-                if ts != NOT_TIMED {
-                    // SAFETY: bpf helper without preconditions.
-                    ns = bpf_ktime_get_ns().saturating_sub(ts) * TIME_SAMPLE;
-                }
-            } else {
-                stats::add(stat::IO_ENTER_MISSING, 1);
+    let mut timed = 0u64;
+    if !thread.is_null() {
+        // SAFETY: this thread's slot.
+        unsafe {
+            let ts = (*thread).ts;
+            if ts != 0 && (*thread).nr as u64 == nr {
+                // SAFETY: bpf helper without preconditions.
+                ns = bpf_ktime_get_ns().saturating_sub(ts);
+                timed = 1;
             }
-            (*t).ts = 0;
-            thread = t;
-        },
-        _ => stats::add(stat::IO_ENTER_MISSING, 1),
+            if ts != 0 {
+                (*thread).ts = 0;
+            }
+        }
     }
-    let bytes = if ret > 0 { ret as u64 } else { 0 };
-    let fd: u64 = load(regs, off!(regs_di));
+    // An `int` argument: only the low 32 bits of the register are defined.
+    let fd = load::<u64>(regs, off!(regs_di)) as i32 as i64;
 
     if nr == NR_SENDFILE || nr == NR_SPLICE || nr == NR_COPY_FILE_RANGE {
-        let Some(t) = tgid_entry(tgid) else {
-            return;
-        };
-        // SAFETY: per-CPU map value.
-        unsafe {
-            (*t).io_ns += ns;
-            (*t).copy_calls += 1;
-            (*t).copy_bytes += bytes;
-        }
-        if bytes == 0 {
-            return;
-        }
-        // sendfile(out_fd, in_fd, ...); splice / copy_file_range(in_fd, off_in, out_fd, ...).
-        let other: u64 =
-            if nr == NR_SENDFILE { load(regs, off!(regs_si)) } else { load(regs, off!(regs_dx)) };
-        let (src, dst) = if nr == NR_SENDFILE { (other, fd) } else { (fd, other) };
-        let (Some(s), Some(d)) = (resolve_cached(src as i64, thread), resolve_cached(dst as i64, thread))
-        else {
-            stats::add(stat::IO_FD_UNRESOLVED, 1);
-            return;
-        };
-        let key = CopyKey {
-            tgid,
-            src_dev: s.dev,
-            src_ino: s.ino,
-            dst_dev: d.dev,
-            src_kind: s.kind as u16,
-            dst_kind: d.kind as u16,
-            dst_ino: d.ino,
-        };
-        if let Some(c) = COPY_IO.get_ptr_mut(key) {
-            unsafe {
-                add(&raw mut (*c).bytes, bytes);
-                add(&raw mut (*c).calls, 1);
-                add(&raw mut (*c).io_ns, ns);
-            }
-        } else if COPY_IO.insert(key, CopyIo { bytes, calls: 1, io_ns: ns }, 0).is_err() {
-            stats::add(stat::IO_COPY_BLOCK_MAP_FULL, 1);
-        }
+        on_copy_exit(regs, nr, ret, task, tgid, fd, ns, timed);
         return;
     }
 
     let is_read = matches!(nr, NR_READ | NR_PREAD64 | NR_READV | NR_PREADV | NR_PREADV2);
-    // A failed call moved no bytes: count it per tgid without resolving its fd (which may
-    // not even be open: EBADF).
-    let f = if ret >= 0 {
-        let f = resolve_hot(fd as i64, thread);
-        if f.is_none() {
-            stats::add(stat::IO_FD_UNRESOLVED, 1);
+    let Some(slot) = PENDING_IO.get_ptr_mut(pending_slot(tid, is_read)) else {
+        return;
+    };
+    // SAFETY: this CPU's slot; BPF programs on syscall tracepoints run with preemption off, so
+    // nothing else touches it meanwhile.
+    let slot = unsafe { &mut *slot };
+    if ret < 0 {
+        if nr == NR_PREAD64 && ret == -EBADF && fd == -1 && tgid == off!(flush_tgid) {
+            flush_cpu();
+            return;
         }
-        f
-    } else {
-        None
+        // A failed call moved no bytes; its fd may not even be open (EBADF).
+        if slot.kind == 0 || slot.tgid != tgid {
+            flush(slot, is_read);
+            start(slot, tgid, file_kind::OTHER, 0, 0);
+        }
+        slot.failed_calls += 1;
+        return;
+    }
+    let bytes = ret as u64;
+    let f = resolve(task, fd, slot, tgid);
+    let (kind, dev, ino) = match &f {
+        Some(f) => (f.kind, f.dev, f.ino),
+        None => {
+            stats::add(stat::IO_FD_UNRESOLVED, 1);
+            (file_kind::OTHER, 0, 0)
+        }
     };
-    if let Some(f) = f
-        && f.kind == file_kind::REG
-        && on_file_io(regs, nr, tgid, &f, is_read, bytes, ns)
+    if slot.kind != kind || slot.tgid != tgid || slot.ino != ino || slot.dev != dev {
+        flush(slot, is_read);
+        start(slot, tgid, kind, dev, ino);
+    }
+    if let Some(f) = &f {
+        slot.fd = fd as u32;
+        slot.file = f.file as u64;
+        slot.inode = f.inode as u64;
+    }
+    slot.calls += 1;
+    slot.bytes += bytes;
+    slot.timed_calls += timed;
+    slot.timed_ns += ns;
+    if kind == file_kind::REG
+        && bytes > 0
+        && let Some(f) = f
     {
-        return;
+        // Where the bytes were: pread/pwrite(v)(2) give the offset (arg 3; -1 for v2 means the
+        // file position); the others used and advanced f_pos.
+        let explicit =
+            matches!(nr, NR_PREAD64 | NR_PWRITE64 | NR_PREADV | NR_PWRITEV | NR_PREADV2 | NR_PWRITEV2);
+        let mut start_off = if f.pos >= bytes as i64 { f.pos as u64 - bytes } else { 0 };
+        if explicit {
+            let p: i64 = load(regs, off!(regs_r10));
+            if p >= 0 {
+                start_off = p as u64;
+            }
+        }
+        let key = FileKey { tgid, dev, ino };
+        let kind = if is_read { extent_kind::READ } else { extent_kind::WRITE };
+        extend_run(&key, kind, &mut slot.run, start_off, start_off + bytes);
     }
-    // Not a regular file, or its per-file entry could not be had: per-tgid totals.
-    let Some(t) = tgid_entry(tgid) else {
-        return;
-    };
-    // SAFETY: per-CPU map value.
-    let t = unsafe { &mut *t };
-    t.io_ns += ns;
-    if is_read {
-        t.read_calls += 1;
-        t.read_bytes += bytes;
-    } else {
-        t.write_calls += 1;
-        t.write_bytes += bytes;
-    }
-    let kind = match f {
-        Some(f) => f.kind,
-        None => return,
-    };
-    match (kind, is_read) {
-        (file_kind::REG, true) => t.read_file_bytes += bytes,
-        (file_kind::REG, false) => t.write_file_bytes += bytes,
-        (file_kind::PIPE, true) => t.read_pipe_bytes += bytes,
-        (file_kind::PIPE, false) => t.write_pipe_bytes += bytes,
-        (file_kind::SOCK, true) => t.read_sock_bytes += bytes,
-        (file_kind::SOCK, false) => t.write_sock_bytes += bytes,
-        _ => {}
+    if slot.calls >= PENDING_FLUSH_CALLS {
+        flush(slot, is_read);
     }
 }
 
-/// A read or write of a regular file: one update of its per-(tgid, file) entry, which also
-/// carries the tgid's regular-file totals (userspace sums them). `false` when the entry could
-/// not be had (map full): the caller then counts the tgid totals.
+/// sendfile, splice, copy_file_range: per-tgid and per (source, destination) counts, straight
+/// into the maps (these calls move large amounts each; they are not combined).
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-fn on_file_io(regs: *const u8, nr: u64, tgid: u32, f: &Fd, is_read: bool, bytes: u64, ns: u64) -> bool {
-    let key = FileKey { tgid, dev: f.dev, ino: f.ino };
-    let Some(e) = file_entry(&key) else {
-        return false;
+fn on_copy_exit(
+    regs: *const u8,
+    nr: u64,
+    ret: i64,
+    task: *const u8,
+    tgid: u32,
+    fd: i64,
+    ns: u64,
+    timed: u64,
+) {
+    let Some(t) = tgid_entry(tgid, None) else {
+        return;
     };
-    // SAFETY: map value pointer; concurrent updates of the same entry from threads of one
-    // process on other CPUs are possible, see [`add`].
+    let bytes = if ret > 0 { ret as u64 } else { 0 };
+    // SAFETY: per-CPU map value.
     unsafe {
-        add(&raw mut (*e).io_ns, ns);
-        if is_read {
-            add(&raw mut (*e).read_bytes, bytes);
-            add(&raw mut (*e).read_calls, 1);
+        (*t).copy_calls += 1;
+        if ret < 0 {
+            (*t).failed_calls += 1;
         } else {
-            add(&raw mut (*e).write_bytes, bytes);
-            add(&raw mut (*e).write_calls, 1);
+            (*t).io_ns += ns;
+            (*t).timed_calls += timed;
         }
+        (*t).copy_bytes += bytes;
     }
     if bytes == 0 {
-        return true;
+        return;
     }
-    // Where the bytes were: pread/pwrite(v)(2) give the offset (arg 3; -1 for v2 means the
-    // file position); the others used and advanced f_pos.
-    let explicit = matches!(nr, NR_PREAD64 | NR_PWRITE64 | NR_PREADV | NR_PWRITEV | NR_PREADV2 | NR_PWRITEV2);
-    let mut start = 0u64;
-    let mut have_pos = false;
-    if explicit {
-        let p: i64 = load(regs, off!(regs_r10));
-        if p >= 0 {
-            start = p as u64;
-            have_pos = true;
+    // sendfile(out_fd, in_fd, ...); splice / copy_file_range(in_fd, off_in, out_fd, ...).
+    let other =
+        if nr == NR_SENDFILE { load::<u64>(regs, off!(regs_si)) } else { load::<u64>(regs, off!(regs_dx)) }
+            as i32 as i64;
+    let (src, dst) = if nr == NR_SENDFILE { (other, fd) } else { (fd, other) };
+    let (Some(s), Some(d)) = (resolve_probed(task, src, None), resolve_probed(task, dst, None)) else {
+        stats::add(stat::IO_FD_UNRESOLVED, 1);
+        return;
+    };
+    let key = CopyKey {
+        tgid,
+        src_dev: s.dev,
+        src_ino: s.ino,
+        dst_dev: d.dev,
+        src_kind: s.kind as u16,
+        dst_kind: d.kind as u16,
+        dst_ino: d.ino,
+    };
+    if let Some(c) = COPY_IO.get_ptr_mut(key) {
+        // SAFETY: map value pointer, see [`add`].
+        unsafe {
+            add(&raw mut (*c).bytes, bytes);
+            add(&raw mut (*c).calls, 1);
+            add(&raw mut (*c).io_ns, ns);
+            add(&raw mut (*c).timed_calls, timed);
+        }
+    } else if COPY_IO.insert(key, CopyIo { bytes, calls: 1, io_ns: ns, timed_calls: timed }, 0).is_err() {
+        stats::add(stat::IO_COPY_BLOCK_MAP_FULL, 1);
+    }
+}
+
+/// Makes `slot` current for (tgid, file); it must be empty.
+#[inline(always)]
+fn start(slot: &mut PendingIo, tgid: u32, kind: u32, dev: u32, ino: u64) {
+    *slot = PendingIo { tgid, kind, dev, ino, uid: bpf_get_current_uid_gid() as u32, ..PendingIo::default() };
+}
+
+/// Moves every pending slot of this CPU into the maps (asked by userspace before a drain).
+#[inline(always)]
+fn flush_cpu() {
+    for i in 0..PENDING_SLOTS {
+        if let Some(s) = PENDING_IO.get_ptr_mut(i) {
+            // SAFETY: this CPU's slot, as in `on_io_exit`.
+            flush(unsafe { &mut *s }, i & 1 == 1);
         }
     }
-    if !have_pos && f.pos >= bytes as i64 {
-        start = f.pos as u64 - bytes;
+}
+
+/// Adds a pending slot to the maps and empties it. Regular files go to their per-(tgid, file)
+/// entry, which also carries the tgid's regular-file totals (userspace sums them); anything
+/// else, failed calls, and regular files whose entry could not be had (map full) to the
+/// per-tgid totals.
+#[inline(never)]
+fn flush(slot: &mut PendingIo, is_read: bool) {
+    if slot.kind == 0 {
+        return;
     }
-    let kind = if is_read { extent_kind::READ } else { extent_kind::WRITE };
-    // SAFETY: as above.
-    unsafe {
-        let run = if is_read { &raw mut (*e).read_run } else { &raw mut (*e).write_run };
-        extend_run(&key, kind, &mut *run, start, start + bytes);
+    let mut in_file = false;
+    if slot.kind == file_kind::REG && slot.calls > 0 {
+        let key = FileKey { tgid: slot.tgid, dev: slot.dev, ino: slot.ino };
+        if let Some(e) = file_entry(&key, slot.uid) {
+            // SAFETY: map value pointer; see [`add`].
+            unsafe {
+                add(&raw mut (*e).io_ns, slot.timed_ns);
+                add(&raw mut (*e).timed_calls, slot.timed_calls);
+                if is_read {
+                    add(&raw mut (*e).read_bytes, slot.bytes);
+                    add(&raw mut (*e).read_calls, slot.calls);
+                } else {
+                    add(&raw mut (*e).write_bytes, slot.bytes);
+                    add(&raw mut (*e).write_calls, slot.calls);
+                }
+                if slot.run.end != slot.run.start {
+                    let run = if is_read { &raw mut (*e).read_run } else { &raw mut (*e).write_run };
+                    let kind = if is_read { extent_kind::READ } else { extent_kind::WRITE };
+                    extend_run(&key, kind, &mut *run, slot.run.start, slot.run.end);
+                }
+            }
+            in_file = true;
+        }
     }
-    true
+    if (!in_file || slot.failed_calls > 0)
+        && let Some(t) = tgid_entry(slot.tgid, Some(slot.uid))
+    {
+        // SAFETY: per-CPU map value.
+        let t = unsafe { &mut *t };
+        let (calls, bytes) = if in_file { (0, 0) } else { (slot.calls, slot.bytes) };
+        if !in_file {
+            t.io_ns += slot.timed_ns;
+            t.timed_calls += slot.timed_calls;
+        }
+        t.failed_calls += slot.failed_calls;
+        if is_read {
+            t.read_calls += calls + slot.failed_calls;
+            t.read_bytes += bytes;
+        } else {
+            t.write_calls += calls + slot.failed_calls;
+            t.write_bytes += bytes;
+        }
+        match (slot.kind, is_read) {
+            (file_kind::REG, true) => t.read_file_bytes += bytes,
+            (file_kind::REG, false) => t.write_file_bytes += bytes,
+            (file_kind::PIPE, true) => t.read_pipe_bytes += bytes,
+            (file_kind::PIPE, false) => t.write_pipe_bytes += bytes,
+            (file_kind::SOCK, true) => t.read_sock_bytes += bytes,
+            (file_kind::SOCK, false) => t.write_sock_bytes += bytes,
+            _ => {}
+        }
+    }
+    slot.kind = 0;
 }
 
 /// Extends `run` with `[start, end)` when it continues it; otherwise sends the old run as an
@@ -496,11 +561,13 @@ fn extend_run(key: &FileKey, kind: u32, run: &mut Run, start: u64, end: u64) {
 }
 
 #[inline(always)]
-fn tgid_entry(tgid: u32) -> Option<*mut TgidIo> {
+/// The tgid's per-CPU totals, created when missing with `uid` (`None`: the current thread's).
+fn tgid_entry(tgid: u32, uid: Option<u32>) -> Option<*mut TgidIo> {
     if let Some(t) = TGID_IO.get_ptr_mut(tgid) {
         return Some(t);
     }
-    let init = TgidIo { uid: bpf_get_current_uid_gid() as u32, ..TgidIo::default() };
+    let uid = uid.unwrap_or_else(|| bpf_get_current_uid_gid() as u32);
+    let init = TgidIo { uid, ..TgidIo::default() };
     if TGID_IO.insert(tgid, init, 0).is_err() {
         stats::add(stat::IO_TGID_MAP_FULL, 1);
         return None;
@@ -509,11 +576,11 @@ fn tgid_entry(tgid: u32) -> Option<*mut TgidIo> {
 }
 
 #[inline(always)]
-fn file_entry(key: &FileKey) -> Option<*mut FileIo> {
+fn file_entry(key: &FileKey, uid: u32) -> Option<*mut FileIo> {
     if let Some(e) = FILE_IO.get_ptr_mut(key) {
         return Some(e);
     }
-    let init = FileIo { uid: bpf_get_current_uid_gid() as u32, ..FileIo::default() };
+    let init = FileIo { uid, ..FileIo::default() };
     // BPF_NOEXIST: another CPU may have created it meanwhile; then use that one.
     let _ = FILE_IO.insert(key, init, 1);
     let e = FILE_IO.get_ptr_mut(key);
@@ -557,7 +624,7 @@ fn resolve_fd(o: &IoOffsets, fd: i64) -> Option<Fd> {
         let ino = rd::<u64>(inode, o.inode_ino)?;
         let sb = rd::<*const u8>(inode, o.inode_sb)?;
         let dev = rd::<u32>(sb, o.sb_dev)?;
-        Some(Fd { file, dev, kind: kind_of(mode), ino, pos: 0 })
+        Some(Fd { file, inode, dev, kind: kind_of(mode), ino, pos: 0 })
     }
 }
 
@@ -608,18 +675,19 @@ fn fd_array_file(files: *const u8, fd: u64) -> *const u8 {
     v as *const u8
 }
 
-/// The fd's identity for the read/write hot path. While the process has its first
+/// The fd's identity for the read/write hot path, `slot` being this CPU's pending slot of the
+/// calling thread and direction (its last file is a cache). While the process has its first
 /// `NR_OPEN_DEFAULT` (64) fds in the table embedded in `files_struct` and `fd` is one of them,
-/// everything is a plain load through BTF-typed pointers:
-/// `current->files->fd_array[fd]->f_inode->{i_ino, i_mode, i_sb->s_dev}` and `f_pos`, no
-/// helper call. Otherwise [`resolve_cached`] (probe reads).
+/// everything is a plain load through BTF-typed pointers, no helper call:
+/// `current->files->fd_array[fd]`, then `f_inode`, `i_ino` and `f_pos`, and only when that is
+/// not the slot's last file (same tgid, fd, `struct file`, inode and inode number: a `struct
+/// file` or `struct inode` can be freed and reused at the same address, the inode number tells
+/// the reuse apart) also `i_mode` and `i_sb->s_dev`. Otherwise [`resolve_probed`].
 #[inline(always)]
-fn resolve_hot(fd: i64, thread: *mut Thread) -> Option<Fd> {
+fn resolve(task: *const u8, fd: i64, slot: &PendingIo, tgid: u32) -> Option<Fd> {
     if fd < 0 {
         return None;
     }
-    // SAFETY: bpf helper without preconditions; a trusted BTF pointer.
-    let task = unsafe { bpf_get_current_task_btf() } as *const u8;
     let files: *const u8 = load(task, off!(task_files));
     if files.is_null() {
         return None;
@@ -628,7 +696,7 @@ fn resolve_hot(fd: i64, thread: *mut Thread) -> Option<Fd> {
     let embedded = fdt as u64 == files as u64 + off!(files_fdtab) as u64;
     let len = off!(fd_array_len) as u64;
     if !embedded || fd as u64 >= len || fd as u64 >= FD_ARRAY_ARMS {
-        return resolve_cached(fd, thread);
+        return resolve_probed(task, fd, Some((slot, tgid)));
     }
     let file = fd_array_file(files, fd as u64);
     if file.is_null() {
@@ -636,25 +704,31 @@ fn resolve_hot(fd: i64, thread: *mut Thread) -> Option<Fd> {
     }
     let inode: *const u8 = load(file, off!(file_inode));
     let ino: u64 = load(inode, off!(inode_ino));
-    let kind = kind_of(load::<u16>(inode, off!(inode_mode)) as u32);
-    let sb: *const u8 = load(inode, off!(inode_sb));
-    let dev: u32 = load(sb, off!(sb_dev));
-    let pos: i64 = load(file, off!(file_pos));
-    Some(Fd { file, dev, kind, ino, pos })
+    let (dev, kind) = if slot.kind != 0
+        && slot.tgid == tgid
+        && slot.fd == fd as u32
+        && slot.file == file as u64
+        && slot.inode == inode as u64
+        && slot.ino == ino
+    {
+        (slot.dev, slot.kind)
+    } else {
+        let sb: *const u8 = load(inode, off!(inode_sb));
+        (load(sb, off!(sb_dev)), kind_of(load::<u16>(inode, off!(inode_mode)) as u32))
+    };
+    let pos: i64 = if kind == file_kind::REG { load(file, off!(file_pos)) } else { 0 };
+    Some(Fd { file, inode, dev, kind, ino, pos })
 }
 
-/// `current->files->fdt->fd[fd]` for the hot path: plain loads through the BTF-typed
-/// `current` (`bpf_get_current_task_btf`) down to the `fd` array, then one probe read of the
-/// array element (the verifier types `fdt->fd`, a pointer to pointers, as untrusted memory of
-/// unknown size, so the element cannot be loaded directly). `None` when `fd` is out of the
-/// table or not open.
+/// [`resolve`] for a grown fd table (or `fd` ≥ 64): `current->files->fdt` with plain loads,
+/// then `fdt->fd[fd]` and the file's fields with probe reads (the verifier types `fdt->fd`, a
+/// pointer to pointers, as untrusted memory of unknown size, so the element cannot be loaded
+/// directly). The slot's last file, when given, saves `i_mode`, `i_sb` and `s_dev`.
 #[inline(always)]
-fn fd_file_btf(fd: i64) -> Option<*const u8> {
+fn resolve_probed(task: *const u8, fd: i64, cache: Option<(&PendingIo, u32)>) -> Option<Fd> {
     if fd < 0 {
         return None;
     }
-    // SAFETY: bpf helper without preconditions; a trusted BTF pointer.
-    let task = unsafe { bpf_get_current_task_btf() } as *const u8;
     let files: *const u8 = load(task, off!(task_files));
     if files.is_null() {
         return None;
@@ -669,37 +743,31 @@ fn fd_file_btf(fd: i64) -> Option<*const u8> {
     }
     let arr: *const u8 = load(fdt, off!(fdt_fd));
     // SAFETY: bpf_probe_read_kernel copes with any address; the index is below max_fds.
-    let file = unsafe { rd::<*const u8>(arr, (fd as u32) * 8)? };
-    if file.is_null() { None } else { Some(file) }
-}
-
-/// The fd's identity through the calling thread's cache (`thread` null: no cache). A hit
-/// costs the table walk of [`fd_file_btf`] plus `f_inode` and `i_ino` probe reads (validation:
-/// a `struct file` or `struct inode` can be freed and reused at the same address) instead of
-/// also `i_mode`, `i_sb` and `s_dev`.
-#[inline(always)]
-fn resolve_cached(fd: i64, thread: *mut Thread) -> Option<Fd> {
-    let file = fd_file_btf(fd)?;
     unsafe {
+        let file = rd::<*const u8>(arr, (fd as u32) * 8)?;
+        if file.is_null() {
+            return None;
+        }
         let inode = rd::<*const u8>(file, off!(file_inode))?;
         let ino = rd::<u64>(inode, off!(inode_ino))?;
-        let c = if thread.is_null() { None } else { Some(&mut (*thread).cache[(fd & 1) as usize]) };
-        if let Some(c) = &c
-            && c.file == file as u64
-            && c.fd == fd as u32
-            && c.inode == inode as u64
-            && c.ino == ino
-        {
-            return Some(Fd { file, dev: c.dev, kind: c.kind, ino, pos: file_pos(file, c.kind) });
-        }
-        let mode = rd::<u16>(inode, off!(inode_mode))? as u32;
-        let sb = rd::<*const u8>(inode, off!(inode_sb))?;
-        let dev = rd::<u32>(sb, off!(sb_dev))?;
-        let kind = kind_of(mode);
-        if let Some(c) = c {
-            *c = FdCache { file: file as u64, inode: inode as u64, ino, fd: fd as u32, dev, kind, _pad: 0 };
-        }
-        Some(Fd { file, dev, kind, ino, pos: file_pos(file, kind) })
+        let (dev, kind) = match cache {
+            Some((c, tgid))
+                if c.kind != 0
+                    && c.tgid == tgid
+                    && c.fd == fd as u32
+                    && c.file == file as u64
+                    && c.inode == inode as u64
+                    && c.ino == ino =>
+            {
+                (c.dev, c.kind)
+            }
+            _ => {
+                let mode = rd::<u16>(inode, off!(inode_mode))? as u32;
+                let sb = rd::<*const u8>(inode, off!(inode_sb))?;
+                (rd::<u32>(sb, off!(sb_dev))?, kind_of(mode))
+            }
+        };
+        Some(Fd { file, inode, dev, kind, ino, pos: file_pos(file, kind) })
     }
 }
 
@@ -874,7 +942,7 @@ pub fn io_cache_add(ctx: TracePointContext) -> i32 {
     let pages = 1u64 << (order & 31);
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
     let key = FileKey { tgid, dev, ino };
-    if let Some(e) = file_entry(&key) {
+    if let Some(e) = file_entry(&key, bpf_get_current_uid_gid() as u32) {
         unsafe {
             add(&raw mut (*e).cache_miss_pages, pages);
             let start = index * carbon_agent_common::io::PAGE_SIZE;
@@ -886,7 +954,7 @@ pub fn io_cache_add(ctx: TracePointContext) -> i32 {
                 start + pages * carbon_agent_common::io::PAGE_SIZE,
             );
         }
-    } else if let Some(t) = tgid_entry(tgid) {
+    } else if let Some(t) = tgid_entry(tgid, None) {
         unsafe { (*t).cache_miss_pages += pages };
     }
     0
@@ -909,7 +977,7 @@ pub fn io_cache_get(ctx: TracePointContext) -> i32 {
         return 0;
     }
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    if let Some(t) = tgid_entry(tgid) {
+    if let Some(t) = tgid_entry(tgid, None) {
         unsafe { (*t).cache_read_pages += last - index + 1 };
     }
     0
@@ -919,7 +987,7 @@ pub fn io_cache_get(ctx: TracePointContext) -> i32 {
 #[tracepoint(category = "writeback", name = "writeback_dirty_folio")]
 pub fn io_dirty(_ctx: TracePointContext) -> i32 {
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    if let Some(t) = tgid_entry(tgid) {
+    if let Some(t) = tgid_entry(tgid, None) {
         unsafe { (*t).dirtied_folios += 1 };
     }
     0
@@ -956,7 +1024,7 @@ fn count_sock(ctx: &TracePointContext, tx: bool) {
     }
     if let Some(n) = sock_len(ctx, &o) {
         let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-        if let Some(t) = tgid_entry(tgid) {
+        if let Some(t) = tgid_entry(tgid, None) {
             // SAFETY: this CPU's value of a per-CPU hash entry.
             unsafe {
                 if tx {
@@ -1000,5 +1068,13 @@ pub fn io_block_done(ctx: TracePointContext) -> i32 {
     } else if BLOCK_IO.insert(key, BlockIo { bytes, requests: 1 }, 0).is_err() {
         stats::add(stat::IO_COPY_BLOCK_MAP_FULL, 1);
     }
+    0
+}
+
+/// An empty program on `sys_exit`, never attached by the agent: `cargo xtask bench` attaches
+/// it alone to measure what any program on that tracepoint costs (the floor under
+/// `io_sys_exit`), in the same run as the real handlers.
+#[btf_tracepoint(function = "sys_exit")]
+pub fn bench_empty_sys_exit(_ctx: BtfTracePointContext) -> i32 {
     0
 }

@@ -54,8 +54,12 @@ pub struct TgidIo {
     /// Bytes moved in the kernel by copy_file_range, sendfile, splice, and those calls.
     pub copy_bytes: u64,
     pub copy_calls: u64,
-    /// Nanoseconds between enter and exit of all those syscalls (its threads).
+    /// Of `read_calls` and `write_calls`: the calls that failed (no bytes; not timed).
+    pub failed_calls: u64,
+    /// Enter→exit nanoseconds of the successful calls that were timed (see [`PendingIo`]), and
+    /// how many were timed: userspace scales the time to all calls.
     pub io_ns: u64,
+    pub timed_calls: u64,
     /// Bytes sent / received on sockets (`sock:sock_send_length` / `sock_recv_length`).
     pub net_tx_bytes: u64,
     pub net_rx_bytes: u64,
@@ -97,8 +101,9 @@ pub struct FileIo {
     pub write_bytes: u64,
     pub read_calls: u64,
     pub write_calls: u64,
-    /// Enter→exit nanoseconds of the syscalls on this file.
+    /// Enter→exit nanoseconds of the timed syscalls on this file, and how many were timed.
     pub io_ns: u64,
+    pub timed_calls: u64,
     /// Pages of this file inserted in the page cache in this tgid's context.
     pub cache_miss_pages: u64,
     /// The current sequential runs (byte offsets; for the cache, page indices × 4096).
@@ -152,7 +157,60 @@ pub struct CopyKey {
 pub struct CopyIo {
     pub bytes: u64,
     pub calls: u64,
+    /// Enter→exit nanoseconds of the timed calls, and how many were timed.
     pub io_ns: u64,
+    pub timed_calls: u64,
+}
+
+/// Slots of the per-CPU `PENDING_IO` array: [`pending_slot`] picks one per thread bucket and
+/// direction.
+pub const PENDING_SLOTS: u32 = 8;
+
+/// Slot of `PENDING_IO` for a thread and a direction (odd: reads).
+#[inline(always)]
+pub const fn pending_slot(tid: u32, is_read: bool) -> u32 {
+    ((tid & (PENDING_SLOTS / 2 - 1)) << 1) | is_read as u32
+}
+
+/// A pending slot is flushed into the maps after this many calls even when they continue it.
+pub const PENDING_FLUSH_CALLS: u64 = 64;
+
+/// Read or write syscalls on one CPU not yet added to `FILE_IO` / `TGID_IO`: write combining.
+///
+/// A hash-map update costs more than the rest of the syscall exit handler together, so the
+/// handler adds each call to a per-CPU slot (an array lookup the verifier inlines) while the
+/// calls go on with the same tgid, file and direction, and moves the slot into the maps when
+/// the next call does not match it, after [`PENDING_FLUSH_CALLS`] calls, and when userspace
+/// asks (a failing `pread64(-1, ..)` by the agent's own tgid on that CPU, before every
+/// drain). So nothing stays pending past a drain on a CPU the agent can run on.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PendingIo {
+    pub tgid: u32,
+    /// [`file_kind`] of the file; 0: the slot is empty. Failed calls and descriptors that
+    /// could not be resolved use `OTHER` with `dev` = `ino` = 0.
+    pub kind: u32,
+    pub dev: u32,
+    /// Real uid of the thread that started the slot.
+    pub uid: u32,
+    pub ino: u64,
+    /// Successful calls and their bytes.
+    pub calls: u64,
+    pub bytes: u64,
+    /// Calls of this tgid that failed while the slot was current.
+    pub failed_calls: u64,
+    /// Timed successful calls and their enter→exit nanoseconds.
+    pub timed_calls: u64,
+    pub timed_ns: u64,
+    /// Regular files: the sequential run of offsets the calls covered.
+    pub run: Run,
+    /// The last call's descriptor, its `struct file` and that file's `f_inode`: while
+    /// `current->files` still maps `fd` to the same file, with the same inode and inode
+    /// number, the next call skips `i_mode`, `i_sb` and `s_dev` (kernel addresses; kernel only).
+    pub file: u64,
+    pub inode: u64,
+    pub fd: u32,
+    pub _pad: u32,
 }
 
 /// Key of the block-layer map: a device and a direction.
@@ -231,6 +289,9 @@ pub struct IoOffsets {
     pub regs_dx: u32,
     pub regs_r10: u32,
     pub regs_orig_ax: u32,
+    /// `task_struct.pid`, `task_struct.tgid` (thread and process ids).
+    pub task_pid: u32,
+    pub task_tgid: u32,
     /// `task_struct.files`, `task_struct.fs`.
     pub task_files: u32,
     pub task_fs: u32,
@@ -274,6 +335,9 @@ pub struct IoOffsets {
     pub tp_blk_dev: u32,
     pub tp_blk_nr_sector: u32,
     pub tp_blk_rwbs: u32,
+    /// The agent's tgid: its failing `pread64(-1, ..)` asks the syscall exit handler to move
+    /// that CPU's [`PendingIo`] slots into the maps.
+    pub flush_tgid: u32,
     /// Set to 1 by userspace once the offsets are filled in; the programs do nothing before.
     pub ready: u32,
 }
@@ -290,4 +354,5 @@ pub mod maps {
     pub const IO_EXTENTS: &str = "IO_EXTENTS";
     pub const IO_PATHS: &str = "IO_PATHS";
     pub const IO_THREADS: &str = "IO_THREADS";
+    pub const PENDING_IO: &str = "PENDING_IO";
 }

@@ -58,8 +58,8 @@ pub mod stat {
     pub const IO_EXTENTS_FULL: u32 = 6;
     /// I/O: a path event could not be reserved in `IO_PATHS`.
     pub const IO_PATHS_FULL: u32 = 7;
-    /// I/O: a syscall exit without its enter timestamp (its `IO_THREADS` slot was taken, or the
-    /// programs were attached mid-call): its time is not counted.
+    /// I/O: a timed syscall whose `IO_THREADS` slot another thread took before its exit (two
+    /// live threads with equal `tid % 32768`): that call is counted but not timed.
     pub const IO_ENTER_MISSING: u32 = 8;
     /// I/O: a file descriptor could not be resolved to a file (its bytes count, not per file).
     pub const IO_FD_UNRESOLVED: u32 = 9;
@@ -173,4 +173,5 @@ mod pod {
     unsafe impl aya::Pod for super::io::BlockIo {}
     unsafe impl aya::Pod for super::io::PathEvent {}
     unsafe impl aya::Pod for super::io::IoOffsets {}
+    unsafe impl aya::Pod for super::io::PendingIo {}
 }

@@ -32,12 +32,18 @@ struct Probes {
 }
 
 fn attach() -> Probes {
+    attach_sampling(IoConfig::default().time_sampling)
+}
+
+/// [`attach`] with the given share of time in which the I/O syscalls are timed.
+fn attach_sampling(time_sampling: f64) -> Probes {
     require_root();
     let offsets = Box::leak(Box::new(io::offsets_from_kernel().expect("offsets from BTF")));
     let mut loader = carbon_agent::probes::new_loader();
     io::configure_loader(&mut loader, offsets);
     let mut ebpf = loader.load(carbon_agent::probes::EBPF_OBJECT).expect("load the eBPF object");
-    let io = io::attach(&mut ebpf, IoConfig::default()).expect("attach the I/O programs");
+    let config = IoConfig { time_sampling, ..IoConfig::default() };
+    let io = io::attach(&mut ebpf, config).expect("attach the I/O programs");
     Probes { _ebpf: ebpf, io }
 }
 
@@ -117,7 +123,8 @@ fn of_root(findings: &[Finding], root: u32) -> Vec<&Finding> {
 #[test]
 fn byte_counts_match_proc_io() {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let mut p = attach();
+    // Every call timed: the time must come with every successful call.
+    let mut p = attach_sampling(1.0);
     let dir = scratch("procio");
     let path = dir.join("data");
     write_random(&path, 4 << 20, 1);
@@ -186,10 +193,65 @@ fn byte_counts_match_proc_io() {
     assert!(close(row.read_bytes, rchar), "read_bytes {} vs rchar {rchar}", row.read_bytes);
     assert!(close(row.write_bytes, wchar), "write_bytes {} vs wchar {wchar}", row.write_bytes);
     assert!(row.io_cpu_ns > 0 && row.read_calls > 100 && row.write_calls > 100, "{row:?}");
+    assert_eq!(row.timed_calls, row.read_calls + row.write_calls - row.failed_calls, "{row:?}");
     // Per-file: the data file was read with distinct offsets covering it.
     let f = iv.files.iter().find(|f| f.tgid == pid as u32 && f.path.as_deref() == Some(path.as_path()));
     let f = f.unwrap_or_else(|| panic!("no file activity for {path:?}: {:?}", iv.files));
     assert_eq!(f.read_ranges.covered(), 4 << 20);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// With the default sampling (the enter program attached a tenth of the time), a syscall-bound
+/// loop of 4 KiB preads gets about a tenth of its calls timed, and the time scaled to all
+/// calls is close to the CPU time the loop spent (nearly all of it inside those syscalls).
+#[test]
+fn sampled_io_time_scales_to_all_calls() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut p = attach();
+    let dir = scratch("sampled");
+    let path = dir.join("data");
+    write_random(&path, 4 << 20, 2);
+    let _ = p.io.drain();
+    // SAFETY: fork in a test; the child only does syscalls and exits.
+    let pid = unsafe { libc::fork() };
+    if pid == 0 {
+        let run = || -> std::io::Result<()> {
+            let f = std::fs::File::open(&path)?;
+            let mut buf = vec![0u8; 4096];
+            let t = std::time::Instant::now();
+            while t.elapsed() < std::time::Duration::from_millis(1500) {
+                for i in 0..1024 {
+                    f.read_exact_at(&mut buf, i * 4096)?;
+                }
+            }
+            Ok(())
+        };
+        let code = if run().is_ok() { 0 } else { 1 };
+        // SAFETY: stop here so that the parent reads /proc/<pid>/schedstat, then exit.
+        unsafe {
+            libc::raise(libc::SIGSTOP);
+            libc::_exit(code)
+        };
+    }
+    let mut status = 0;
+    // SAFETY: waiting for our child.
+    unsafe { libc::waitpid(pid, &mut status, libc::WUNTRACED) };
+    let schedstat = std::fs::read_to_string(format!("/proc/{pid}/schedstat")).unwrap();
+    let cpu_ns: u64 = schedstat.split_whitespace().next().unwrap().parse().unwrap();
+    let iv = p.io.drain();
+    // SAFETY: our child.
+    unsafe {
+        libc::kill(pid, libc::SIGKILL);
+        libc::waitpid(pid, &mut status, 0);
+    }
+    let row = iv.processes.get(&(pid as u32)).copied().unwrap_or_default();
+    eprintln!("cpu {cpu_ns} ns, probes {row:?}, timing {:?}", iv.timing);
+    let calls = row.read_calls - row.failed_calls;
+    assert!(calls > 100_000, "{row:?}");
+    let share = row.timed_calls as f64 / calls as f64;
+    assert!((0.03..0.3).contains(&share), "timed share {share}: {row:?}");
+    let ratio = row.io_cpu_ns as f64 / cpu_ns as f64;
+    assert!((0.5..1.3).contains(&ratio), "I/O time {} ns vs CPU time {cpu_ns} ns", row.io_cpu_ns);
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

@@ -4,7 +4,7 @@
 
 use std::io::{Read, Write};
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use serde::Serialize;
@@ -15,9 +15,14 @@ use super::{IoConfig, IoOffsets};
 #[derive(Clone, Debug, Serialize)]
 pub struct HandlerCost {
     pub program: String,
+    /// Totals over the stats runs of every round.
     pub run_count: u64,
     pub run_time_ns: u64,
+    /// `run_time_ns / run_count`.
     pub ns_per_event: f64,
+    /// Median over the rounds of each round's ns per event: what the verdicts use, because
+    /// the VM's host preempts the guest now and then and one such round moves the mean.
+    pub ns_per_event_median: f64,
 }
 
 /// Targets of issue 5 on the development machine kind.
@@ -32,24 +37,35 @@ pub struct IoBench {
     pub handlers: Vec<HandlerCost>,
     /// Read+write syscalls the copy made while the stats were on.
     pub traced_syscalls: u64,
-    /// `io_sys_enter` + `io_sys_exit` ns per event: what one traced syscall costs (each runs
-    /// both once). Both also run for every other syscall on the machine while measuring;
-    /// `other_syscalls_share` says how much of their runs that was.
+    /// What one traced syscall costs in the kernel: the median `io_sys_exit` ns per event
+    /// plus `io_sys_enter`'s run time spread over the exits (it is attached only in the
+    /// timing windows, `enter_share` of the syscalls). Both also run for every other syscall
+    /// on the machine while measuring; `other_syscalls_share` says how much of the runs that was.
     pub ns_per_traced_syscall: f64,
+    /// `io_sys_enter` runs / `io_sys_exit` runs.
+    pub enter_share: f64,
     /// 1 − traced syscalls / `io_sys_exit` runs.
     pub other_syscalls_share: f64,
     /// "PASS" or "MISS" against [`TARGET_NS_PER_TRACED_SYSCALL`].
     pub ns_per_traced_syscall_verdict: &'static str,
-    /// Best-of-N wall time of the copy without and with the programs (stats off for both:
-    /// the stats themselves add two clock reads per program run).
+    /// An empty program attached alone to `sys_exit` (`bench_empty_sys_exit`), median ns per
+    /// event: the floor that any program on that tracepoint costs here (most of it the
+    /// stats' own two clock reads).
+    pub empty_program_ns_per_event: f64,
+    /// Best-of-N CPU time of the copy without programs, with the agent's I/O programs, and
+    /// with only the empty program (stats off: they add two clock reads per program run).
     pub copy_detached_s: f64,
     pub copy_attached_s: f64,
-    /// `copy_attached_s / copy_detached_s`.
+    pub copy_empty_program_s: f64,
+    /// Median over the rounds of each round's attached / detached CPU time (each the best of
+    /// three copies).
     pub slowdown_ratio: f64,
-    /// Median over the rounds of each round's attached / detached time.
-    pub slowdown_ratio_median: f64,
+    /// The same for the empty program: the floor of any syscall-exit hook.
+    pub empty_program_slowdown_ratio: f64,
     /// "PASS" or "MISS" of `slowdown_ratio` against [`TARGET_SLOWDOWN_RATIO`].
     pub slowdown_verdict: &'static str,
+    /// Share of time the enter program was configured to be attached.
+    pub time_sampling: f64,
     pub rounds: usize,
     pub block_size: usize,
     pub file_bytes: u64,
@@ -59,13 +75,25 @@ fn verdict(pass: bool) -> &'static str {
     if pass { "PASS" } else { "MISS" }
 }
 
-/// Copies `src` to `dst` in `block` byte reads and writes; returns (time, syscalls).
+/// CPU time of the calling thread (`CLOCK_THREAD_CPUTIME_ID`: the scheduler's
+/// `sum_exec_runtime`, which leaves out the time the VM's vCPU was not running, and the
+/// kernel's writeback of the written pages, done by flusher threads).
+fn thread_cpu_time() -> Duration {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: a valid timespec to fill.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+/// Copies `src` to `dst` in `block` byte reads and writes; returns (the copying thread's CPU
+/// time, syscalls). CPU time, not wall time: on a shared VM the wall time of a 0.1 s copy
+/// varies by ±20 % from run to run (host preemption, writeback), its CPU time far less.
 pub fn syscall_heavy_copy(src: &Path, dst: &Path, block: usize) -> Result<(Duration, u64)> {
     let mut i = std::fs::File::open(src)?;
-    let mut o = std::fs::File::create(dst)?;
+    let mut o = std::fs::OpenOptions::new().write(true).create(true).truncate(false).open(dst)?;
     let mut buf = vec![0u8; block];
     let mut calls = 0;
-    let t = Instant::now();
+    let t = thread_cpu_time();
     loop {
         let n = i.read(&mut buf)?;
         calls += 1;
@@ -75,7 +103,7 @@ pub fn syscall_heavy_copy(src: &Path, dst: &Path, block: usize) -> Result<(Durat
         o.write_all(&buf[..n])?;
         calls += 1;
     }
-    Ok((t.elapsed(), calls))
+    Ok((thread_cpu_time() - t, calls))
 }
 
 /// [`syscall_heavy_copy`] in a forked child whose file table holds only fds 0–2 (the copy's
@@ -139,86 +167,163 @@ fn set_bpf_stats(on: bool) -> Result<()> {
         .context("enabling kernel.bpf_stats_enabled (needs root)")
 }
 
-/// Runs the benchmark in `dir` with a `file_bytes` file copied in `block` byte syscalls,
-/// alternating detached and attached runs `rounds` times (best of each is kept).
+/// Copies per timing measurement (the best is kept).
+const COPIES: usize = 3;
+
+fn best_copy(src: &Path, dst: &Path, block: usize) -> Result<f64> {
+    let mut best = f64::MAX;
+    for _ in 0..COPIES {
+        best = best.min(copy_in_child(src, dst, block)?.0.as_secs_f64());
+    }
+    Ok(best)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// (program, run count, run time ns) of each program.
+type ProgramCosts = Vec<(&'static str, u64, u64)>;
+
+/// Per program (run count, run time) over one copy with the kernel's stats on; returns them
+/// and the copy's syscalls.
+fn stats_copy(
+    ebpf: &aya::Ebpf,
+    programs: &[&'static str],
+    src: &Path,
+    dst: &Path,
+    block: usize,
+) -> Result<(ProgramCosts, u64)> {
+    set_bpf_stats(true)?;
+    let before = program_stats(ebpf, programs)?;
+    let copied = copy_in_child(src, dst, block);
+    let after = program_stats(ebpf, programs);
+    set_bpf_stats(false)?;
+    let (after, (_, calls)) = (after?, copied?);
+    let deltas =
+        before.into_iter().zip(after).map(|((n, c0, t0), (_, c1, t1))| (n, c1 - c0, t1 - t0)).collect();
+    Ok((deltas, calls))
+}
+
+/// Runs the benchmark in `dir` with a `file_bytes` file copied in `block` byte syscalls. Each
+/// of the `rounds` measures the copy's CPU time without programs, with the agent's I/O
+/// programs, and with only an empty program on `sys_exit` (best of three copies each), and
+/// one copy with the kernel's BPF stats on for each program set.
 pub fn run(object: &[u8], dir: &Path, file_bytes: u64, block: usize, rounds: usize) -> Result<IoBench> {
     let src = dir.join("carbon-io-bench.src");
     let dst = dir.join("carbon-io-bench.dst");
     std::fs::write(&src, vec![0x5au8; file_bytes as usize])?;
     syscall_heavy_copy(&src, &dst, block)?; // warm the page cache
     let offsets: IoOffsets = super::offsets_from_kernel()?;
-    set_bpf_stats(true)?;
-    let mut detached = Duration::MAX;
-    let mut attached = Duration::MAX;
-    let mut ratios = Vec::new();
+    let kernel_btf = aya::Btf::from_sys_fs().context("the I/O benchmark needs the kernel BTF")?;
+    let config = IoConfig::default();
+    let (mut detached, mut attached, mut empty) = (f64::MAX, f64::MAX, f64::MAX);
+    let (mut ratios, mut empty_ratios, mut exit_ns, mut empty_ns) = (vec![], vec![], vec![], vec![]);
     let mut traced = 0;
-    let mut handlers: Vec<HandlerCost> = Vec::new();
+    let mut handlers: Vec<(HandlerCost, Vec<f64>)> = Vec::new();
     for _ in 0..rounds.max(1) {
-        let d = copy_in_child(&src, &dst, block)?.0;
+        let d = best_copy(&src, &dst, block)?;
+
         let mut loader = crate::probes::new_loader();
         super::configure_loader(&mut loader, &offsets);
         let mut ebpf = loader.load(object)?;
-        let mut probes = super::attach(&mut ebpf, IoConfig::default())?;
-        let a = copy_in_child(&src, &dst, block)?.0;
-        detached = detached.min(d);
-        attached = attached.min(a);
-        ratios.push(a.as_secs_f64() / d.as_secs_f64());
+        let mut probes = super::attach_with(&mut ebpf, config.clone(), &kernel_btf)?;
+        let a = best_copy(&src, &dst, block)?;
         let _ = probes.drain();
-        // A separate attached run with the kernel's per-program stats on.
-        set_bpf_stats(true)?;
-        let before = program_stats(&ebpf, &probes.programs)?;
-        let (_, calls) = copy_in_child(&src, &dst, block)?;
-        let after = program_stats(&ebpf, &probes.programs)?;
-        set_bpf_stats(false)?;
+        let (costs, calls) = stats_copy(&ebpf, &probes.programs, &src, &dst, block)?;
+        let _ = probes.drain();
+        drop(probes);
+        drop(ebpf);
         traced += calls;
-        let _ = probes.drain();
-        for ((name, c0, t0), (_, c1, t1)) in before.into_iter().zip(after) {
-            let (cnt, ns) = (c1 - c0, t1 - t0);
-            match handlers.iter_mut().find(|h| h.program == name) {
-                Some(h) => {
+        for (name, cnt, ns) in costs {
+            let per = if cnt == 0 { f64::NAN } else { ns as f64 / cnt as f64 };
+            if name == "io_sys_exit" {
+                exit_ns.push(per);
+            }
+            match handlers.iter_mut().find(|(h, _)| h.program == name) {
+                Some((h, v)) => {
                     h.run_count += cnt;
                     h.run_time_ns += ns;
+                    v.push(per);
                 }
-                None => handlers.push(HandlerCost {
-                    program: name.into(),
-                    run_count: cnt,
-                    run_time_ns: ns,
-                    ns_per_event: 0.0,
-                }),
+                None => handlers.push((
+                    HandlerCost {
+                        program: name.into(),
+                        run_count: cnt,
+                        run_time_ns: ns,
+                        ns_per_event: 0.0,
+                        ns_per_event_median: 0.0,
+                    },
+                    vec![per],
+                )),
             }
         }
+
+        let mut loader = crate::probes::new_loader();
+        super::configure_loader(&mut loader, &offsets);
+        let mut ebpf = loader.load(object)?;
+        let p: &mut aya::programs::BtfTracePoint =
+            ebpf.program_mut(EMPTY_PROGRAM).context("no empty benchmark program")?.try_into()?;
+        p.load("sys_exit", &kernel_btf)?;
+        p.attach()?;
+        let e = best_copy(&src, &dst, block)?;
+        let (costs, _) = stats_copy(&ebpf, &[EMPTY_PROGRAM], &src, &dst, block)?;
+        drop(ebpf);
+        empty_ns.extend(costs.iter().filter(|c| c.1 > 0).map(|&(_, cnt, ns)| ns as f64 / cnt as f64));
+
+        detached = detached.min(d);
+        attached = attached.min(a);
+        empty = empty.min(e);
+        ratios.push(a / d);
+        empty_ratios.push(e / d);
     }
-    for h in &mut handlers {
-        h.ns_per_event = if h.run_count == 0 { 0.0 } else { h.run_time_ns as f64 / h.run_count as f64 };
-    }
+    let handlers: Vec<HandlerCost> = handlers
+        .into_iter()
+        .map(|(mut h, v)| {
+            h.ns_per_event = if h.run_count == 0 { 0.0 } else { h.run_time_ns as f64 / h.run_count as f64 };
+            h.ns_per_event_median = median(v.into_iter().filter(|x| x.is_finite()).collect());
+            h
+        })
+        .collect();
     let cost = |name: &str| handlers.iter().find(|h| h.program == name);
-    let ns_per_traced_syscall: f64 =
-        ["io_sys_enter", "io_sys_exit"].iter().filter_map(|n| cost(n)).map(|h| h.ns_per_event).sum();
     let exit_runs = cost("io_sys_exit").map_or(0, |h| h.run_count);
+    let enter = cost("io_sys_enter").map_or((0, 0), |h| (h.run_count, h.run_time_ns));
+    let enter_per_exit = if exit_runs == 0 { 0.0 } else { enter.1 as f64 / exit_runs as f64 };
+    let ns_per_traced_syscall = median(exit_ns) + enter_per_exit;
     let other_syscalls_share = if exit_runs == 0 { 0.0 } else { 1.0 - traced as f64 / exit_runs as f64 };
-    ratios.sort_by(f64::total_cmp);
-    let slowdown_ratio = attached.as_secs_f64() / detached.as_secs_f64();
+    let slowdown_ratio = median(ratios);
     let _ = std::fs::remove_file(&src);
     let _ = std::fs::remove_file(&dst);
     Ok(IoBench {
         handlers,
         traced_syscalls: traced,
         ns_per_traced_syscall,
+        enter_share: if exit_runs == 0 { 0.0 } else { enter.0 as f64 / exit_runs as f64 },
         other_syscalls_share,
         ns_per_traced_syscall_verdict: verdict(ns_per_traced_syscall <= TARGET_NS_PER_TRACED_SYSCALL),
-        copy_detached_s: detached.as_secs_f64(),
-        copy_attached_s: attached.as_secs_f64(),
+        empty_program_ns_per_event: median(empty_ns),
+        copy_detached_s: detached,
+        copy_attached_s: attached,
+        copy_empty_program_s: empty,
         slowdown_ratio,
-        slowdown_ratio_median: ratios[ratios.len() / 2],
+        empty_program_slowdown_ratio: median(empty_ratios),
         slowdown_verdict: verdict(slowdown_ratio <= TARGET_SLOWDOWN_RATIO),
+        time_sampling: config.time_sampling,
         rounds: rounds.max(1),
         block_size: block,
         file_bytes,
     })
 }
 
+/// The empty program on `sys_exit` in the agent's object (see `agent-ebpf/src/io.rs`).
+pub const EMPTY_PROGRAM: &str = "bench_empty_sys_exit";
+
 /// (program, run count, run time ns) of each attached program, now.
-fn program_stats(ebpf: &aya::Ebpf, programs: &[&'static str]) -> Result<Vec<(&'static str, u64, u64)>> {
+fn program_stats(ebpf: &aya::Ebpf, programs: &[&'static str]) -> Result<ProgramCosts> {
     programs
         .iter()
         .map(|&name| {

@@ -9,6 +9,7 @@ pub mod bench;
 mod maps;
 pub mod offsets;
 pub mod paths;
+pub mod sampler;
 
 use std::collections::{BTreeMap, HashMap};
 use std::os::fd::AsFd;
@@ -17,13 +18,14 @@ use std::path::PathBuf;
 use anyhow::{Context, Result, bail};
 use aya::{
     Btf, Ebpf, EbpfLoader,
-    maps::{Map, MapData, RingBuf},
+    maps::{Map, MapData, PerCpuArray, RingBuf},
     programs::{BtfTracePoint, TracePoint},
 };
 pub use carbon_agent_common::io::IoOffsets;
 use carbon_agent_common::io::{
     BlockIo, BlockKey, CopyIo, CopyKey, Extent, FileIo, FileKey, IO_OFFSETS_GLOBAL as OFFSETS_NAME,
-    PAGE_SIZE, PathEvent, Run, TgidIo, extent_kind, file_kind, maps as names, path_kind,
+    PAGE_SIZE, PENDING_SLOTS, PathEvent, PendingIo, Run, TgidIo, extent_kind, file_kind, maps as names,
+    path_kind,
 };
 use serde::Serialize;
 
@@ -56,7 +58,7 @@ pub fn offsets_from(btf: &crate::probes::btf::KernelBtf) -> Result<IoOffsets> {
     if !cfg!(target_arch = "x86_64") {
         bail!("the I/O probes use x86_64 syscall numbers and pt_regs; this is {}", std::env::consts::ARCH);
     }
-    Ok(offsets::io_offsets(btf)?)
+    Ok(IoOffsets { flush_tgid: std::process::id(), ..offsets::io_offsets(btf)? })
 }
 
 /// Sets the I/O global on a loader (the offsets must outlive the loader).
@@ -75,11 +77,26 @@ pub struct IoConfig {
     pub path_table_capacity: usize,
     /// Most ranges kept per file and kind per interval before neighbours are merged.
     pub max_ranges_per_file: usize,
+    /// Share of the time the I/O syscalls' enter is watched, in (0, 1]: the calls that enter
+    /// then are timed, and their time is scaled to all calls (see [`sampler`]). 1 times every
+    /// call, at the cost of one more program run on every syscall of the machine.
+    pub time_sampling: f64,
+    /// Length of one sampling period (one window of `time_sampling × period` in each).
+    pub time_sampling_period: std::time::Duration,
 }
+
+/// Default [`IoConfig::time_sampling`].
+pub const DEFAULT_TIME_SAMPLING: f64 = 0.1;
 
 impl Default for IoConfig {
     fn default() -> Self {
-        Self { page_cache_reads: false, path_table_capacity: 65536, max_ranges_per_file: 1024 }
+        Self {
+            page_cache_reads: false,
+            path_table_capacity: 65536,
+            max_ranges_per_file: 1024,
+            time_sampling: DEFAULT_TIME_SAMPLING,
+            time_sampling_period: std::time::Duration::from_millis(200),
+        }
     }
 }
 
@@ -97,13 +114,19 @@ pub struct ProcessIo {
     pub write_file_bytes: u64,
     pub write_pipe_bytes: u64,
     pub write_sock_bytes: u64,
+    /// Read-family and write-family calls, failed ones included.
     pub read_calls: u64,
     pub write_calls: u64,
     /// Bytes moved in the kernel by copy_file_range, sendfile, splice.
     pub copied_bytes: u64,
     pub copy_calls: u64,
-    /// Enter→exit time of all those syscalls, in ns (includes time blocked in them).
+    /// Of all those calls, the ones that failed.
+    pub failed_calls: u64,
+    /// Enter→exit time of all those syscalls, in ns (includes time blocked in them):
+    /// estimated from the `timed_calls` (see [`sampler`]).
     pub io_cpu_ns: u64,
+    /// Calls whose time was measured.
+    pub timed_calls: u64,
     pub net_tx_bytes: u64,
     pub net_rx_bytes: u64,
     /// Bytes (whole pages) this process brought into the page cache from storage.
@@ -131,7 +154,9 @@ impl ProcessIo {
             p.write_calls += c.write_calls;
             p.copied_bytes += c.copy_bytes;
             p.copy_calls += c.copy_calls;
+            p.failed_calls += c.failed_calls;
             p.io_cpu_ns += c.io_ns;
+            p.timed_calls += c.timed_calls;
             p.net_tx_bytes += c.net_tx_bytes;
             p.net_rx_bytes += c.net_rx_bytes;
             p.page_cache_misses_bytes += c.cache_miss_pages * PAGE_SIZE;
@@ -153,6 +178,7 @@ impl ProcessIo {
         self.read_calls += f.read_calls;
         self.write_calls += f.write_calls;
         self.io_cpu_ns += f.io_ns;
+        self.timed_calls += f.timed_calls;
         self.page_cache_misses_bytes += f.cache_miss_bytes;
     }
 
@@ -170,7 +196,9 @@ impl ProcessIo {
         self.write_calls += o.write_calls;
         self.copied_bytes += o.copied_bytes;
         self.copy_calls += o.copy_calls;
+        self.failed_calls += o.failed_calls;
         self.io_cpu_ns += o.io_cpu_ns;
+        self.timed_calls += o.timed_calls;
         self.net_tx_bytes += o.net_tx_bytes;
         self.net_rx_bytes += o.net_rx_bytes;
         self.page_cache_misses_bytes += o.page_cache_misses_bytes;
@@ -216,8 +244,9 @@ pub struct FileActivity {
     pub write_bytes: u64,
     pub read_calls: u64,
     pub write_calls: u64,
-    /// Enter→exit ns of the syscalls on this file.
+    /// Enter→exit ns of the syscalls on this file, estimated from the `timed_calls`.
     pub io_ns: u64,
+    pub timed_calls: u64,
     /// Bytes (pages) of it brought into the page cache in this process's context.
     pub cache_miss_bytes: u64,
     /// Union of the byte ranges read / written / brought into the page cache.
@@ -239,7 +268,9 @@ pub struct KernelCopy {
     pub dst_path: Option<PathBuf>,
     pub bytes: u64,
     pub calls: u64,
+    /// Enter→exit ns of the calls, estimated from the `timed_calls`.
     pub io_ns: u64,
+    pub timed_calls: u64,
 }
 
 /// An `unlink`/`unlinkat` call.
@@ -290,6 +321,39 @@ pub struct IoInterval {
     pub unlinks: Vec<Unlink>,
     pub block: Vec<BlockDeviceIo>,
     pub losses: IoLosses,
+    pub timing: IoTiming,
+}
+
+/// How the time in I/O syscalls was measured in one interval (see [`sampler`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+pub struct IoTiming {
+    /// Successful I/O calls, and those of them that were timed.
+    pub calls: u64,
+    pub timed_calls: u64,
+    /// Configured share of time the enter of I/O syscalls is watched.
+    pub sampling: f64,
+    /// Measured share since the start.
+    pub measured_sampling: f64,
+    /// Mean ns per call used for the processes and files without timed calls.
+    pub fallback_ns_per_call: f64,
+    /// Pending kernel slots that could not be flushed because the agent may not run on
+    /// their CPU (their calls show up in a later interval).
+    pub unflushed_cpus: u64,
+}
+
+/// Enter→exit time of `calls` calls of which `timed` were timed, taking `timed_ns`: the ratio
+/// estimate `timed_ns × calls / timed`, or `calls × fallback` when none was timed.
+pub fn estimate_ns(timed_ns: u64, timed: u64, calls: u64, fallback_ns_per_call: f64) -> u64 {
+    if timed == 0 {
+        return (calls as f64 * fallback_ns_per_call).round() as u64;
+    }
+    // A timed call is a successful call, so `timed <= calls`; the max guards a race in the
+    // kernel's non-atomic per-file counters.
+    (timed_ns as u128 * calls.max(timed) as u128 / timed as u128) as u64
+}
+
+fn mean(ns: u64, calls: u64) -> Option<f64> {
+    (calls > 0).then(|| ns as f64 / calls as f64)
 }
 
 /// The attached I/O programs and their maps.
@@ -300,6 +364,10 @@ pub struct IoProbes {
     block_io: MapData,
     extents: RingBuf<MapData>,
     paths_rb: RingBuf<MapData>,
+    pending: PerCpuArray<MapData, PendingIo>,
+    sampler: Option<sampler::EnterSampler>,
+    /// Timed ns and calls since the start (the fallback when an interval timed none).
+    timed_total: (u64, u64),
     ncpus: usize,
     config: IoConfig,
     mounts: HashMap<u32, paths::Mount>,
@@ -330,11 +398,23 @@ pub fn attach_with(ebpf: &mut Ebpf, config: IoConfig, kernel_btf: &Btf) -> Resul
     let mut programs = Vec::new();
     // BTF tracepoints: the programs read `pt_regs` and walk `current` with plain loads, which
     // the verifier checks against the kernel's BTF (`btf_trace_sys_enter` / `_exit`).
+    if !(config.time_sampling > 0.0 && config.time_sampling <= 1.0) {
+        bail!("the I/O time sampling must be in (0, 1], not {}", config.time_sampling);
+    }
+    let mut sampler = None;
     for (name, tp) in [("io_sys_enter", "sys_enter"), ("io_sys_exit", "sys_exit")] {
         let p: &mut BtfTracePoint =
             ebpf.program_mut(name).with_context(|| format!("no program {name}"))?.try_into()?;
         p.load(tp, kernel_btf).with_context(|| format!("loading {name} for tp_btf/{tp}"))?;
-        p.attach().with_context(|| format!("attaching {name} to tp_btf/{tp}"))?;
+        if name == "io_sys_enter" && config.time_sampling < 1.0 {
+            sampler = Some(sampler::EnterSampler::start(
+                p.fd()?.as_fd(),
+                config.time_sampling,
+                config.time_sampling_period,
+            )?);
+        } else {
+            p.attach().with_context(|| format!("attaching {name} to tp_btf/{tp}"))?;
+        }
         programs.push(name);
     }
     let mut classic = vec![
@@ -362,6 +442,11 @@ pub fn attach_with(ebpf: &mut Ebpf, config: IoConfig, kernel_btf: &Btf) -> Resul
         block_io: map_data(ebpf, names::BLOCK_IO)?,
         extents: ring(ebpf, names::IO_EXTENTS)?,
         paths_rb: ring(ebpf, names::IO_PATHS)?,
+        pending: PerCpuArray::try_from(
+            ebpf.take_map(names::PENDING_IO).context("eBPF object has no map `PENDING_IO`")?,
+        )?,
+        sampler,
+        timed_total: (0, 0),
         ncpus: aya::util::nr_cpus().map_err(|(m, e)| anyhow::anyhow!("{m}: {e}"))?,
         paths: paths::PathTable::new(config.path_table_capacity),
         config,
@@ -386,6 +471,7 @@ impl IoProbes {
     /// Takes everything the kernel counted since the previous drain.
     pub fn drain(&mut self) -> IoInterval {
         let mut out = IoInterval::default();
+        out.timing.unflushed_cpus = self.flush_pending();
         self.drain_paths(&mut out);
         let max = self.config.max_ranges_per_file;
         let mut files: BTreeMap<FileKey, FileActivity> = BTreeMap::new();
@@ -416,6 +502,7 @@ impl IoProbes {
             f.read_calls += v.read_calls;
             f.write_calls += v.write_calls;
             f.io_ns += v.io_ns;
+            f.timed_calls += v.timed_calls;
             f.cache_miss_bytes += v.cache_miss_pages * PAGE_SIZE;
             add_run(f, extent_kind::READ, v.read_run);
             add_run(f, extent_kind::WRITE, v.write_run);
@@ -424,6 +511,7 @@ impl IoProbes {
         for (k, v) in maps::take_all_per_cpu::<u32, TgidIo>(self.tgid_io.fd().as_fd(), self.ncpus) {
             out.processes.insert(k, ProcessIo::from_kernel(&v));
         }
+        let means = self.estimate_times(&mut out, &mut files);
         // The kernel counts regular-file reads, writes and page-cache misses only per file.
         for f in files.values().filter(|f| f.read_calls + f.write_calls + f.cache_miss_bytes > 0) {
             out.processes.entry(f.tgid).or_default().add_file(f);
@@ -441,7 +529,13 @@ impl IoProbes {
                 dst_path: self.paths.get(&dst).cloned(),
                 bytes: v.bytes,
                 calls: v.calls,
-                io_ns: v.io_ns,
+                io_ns: estimate_ns(
+                    v.io_ns,
+                    v.timed_calls,
+                    v.calls,
+                    means.get(&k.tgid).copied().unwrap_or(out.timing.fallback_ns_per_call),
+                ),
+                timed_calls: v.timed_calls,
             });
         }
         let mut block: BTreeMap<u32, BlockDeviceIo> = BTreeMap::new();
@@ -478,6 +572,88 @@ impl IoProbes {
         out
     }
 
+    /// Asks the syscall exit handler on every CPU with pending calls ([`PendingIo`]) to move
+    /// them into the maps: a thread of the agent runs a failing `pread64(-1, ..)` on each of
+    /// those CPUs. Returns how many of them the agent may not run on (their pending calls
+    /// stay until that CPU's next I/O call that does not continue them, or 64 calls).
+    fn flush_pending(&self) -> u64 {
+        let mut cpus: Vec<usize> = Vec::new();
+        for i in 0..PENDING_SLOTS {
+            if let Ok(values) = self.pending.get(&i, 0) {
+                for (cpu, v) in values.iter().enumerate() {
+                    if v.kind != 0 && !cpus.contains(&cpu) {
+                        cpus.push(cpu);
+                    }
+                }
+            }
+        }
+        if cpus.is_empty() {
+            return 0;
+        }
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let mut unreachable = 0;
+                for &cpu in &cpus {
+                    if run_on_cpu(cpu) {
+                        // SAFETY: a read into no buffer from an invalid fd: fails with EBADF.
+                        unsafe { libc::pread(-1, std::ptr::null_mut(), 0, 0) };
+                    } else {
+                        unreachable += 1;
+                    }
+                }
+                unreachable
+            })
+            .join()
+            .unwrap_or(cpus.len() as u64)
+        })
+    }
+
+    /// Scales the timed calls' time to all calls, per file, per process (the part not in
+    /// files) and fills `out.timing`. Returns each process's mean ns per timed call.
+    fn estimate_times(
+        &mut self,
+        out: &mut IoInterval,
+        files: &mut BTreeMap<FileKey, FileActivity>,
+    ) -> HashMap<u32, f64> {
+        // Before `add_file`, a process row holds only what is not per file.
+        let other_calls =
+            |p: &ProcessIo| (p.read_calls + p.write_calls + p.copy_calls).saturating_sub(p.failed_calls);
+        let mut timed: HashMap<u32, (u64, u64)> = HashMap::new();
+        let (mut calls, mut ns, mut n) = (0, 0, 0);
+        for (&tgid, p) in &out.processes {
+            let t = timed.entry(tgid).or_default();
+            (t.0, t.1) = (t.0 + p.io_cpu_ns, t.1 + p.timed_calls);
+            calls += other_calls(p);
+        }
+        for f in files.values() {
+            let t = timed.entry(f.tgid).or_default();
+            (t.0, t.1) = (t.0 + f.io_ns, t.1 + f.timed_calls);
+            calls += f.read_calls + f.write_calls;
+        }
+        for &(tn, tc) in timed.values() {
+            (ns, n) = (ns + tn, n + tc);
+        }
+        self.timed_total = (self.timed_total.0 + ns, self.timed_total.1 + n);
+        let fallback = mean(ns, n).or_else(|| mean(self.timed_total.0, self.timed_total.1)).unwrap_or(0.0);
+        let means: HashMap<u32, f64> =
+            timed.iter().filter_map(|(&tgid, &(tn, tc))| Some((tgid, mean(tn, tc)?))).collect();
+        let m = |tgid: u32| means.get(&tgid).copied().unwrap_or(fallback);
+        for f in files.values_mut() {
+            f.io_ns = estimate_ns(f.io_ns, f.timed_calls, f.read_calls + f.write_calls, m(f.tgid));
+        }
+        for (&tgid, p) in out.processes.iter_mut() {
+            p.io_cpu_ns = estimate_ns(p.io_cpu_ns, p.timed_calls, other_calls(p), m(tgid));
+        }
+        out.timing.calls = calls;
+        out.timing.timed_calls = n;
+        out.timing.fallback_ns_per_call = fallback;
+        (out.timing.sampling, out.timing.measured_sampling) = match &self.sampler {
+            Some(s) => (s.fraction, s.measured_fraction()),
+            None => (1.0, 1.0),
+        };
+        means
+    }
+
     fn drain_paths(&mut self, out: &mut IoInterval) {
         while let Some(item) = self.paths_rb.next() {
             let Some(ev) = read_pod::<PathEvent>(&item) else {
@@ -505,6 +681,20 @@ impl IoProbes {
                 _ => {}
             }
         }
+    }
+}
+
+/// Moves the calling thread to `cpu` (and only there); false when it may not run there.
+fn run_on_cpu(cpu: usize) -> bool {
+    if cpu >= libc::CPU_SETSIZE as usize {
+        return false;
+    }
+    // SAFETY: a zeroed cpu_set_t is a valid empty set; sched_setaffinity on the calling thread
+    // (pid 0) migrates it before returning.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) == 0
     }
 }
 
@@ -575,5 +765,20 @@ mod tests {
         assert_eq!((p.read_calls, p.write_calls), (3, 5));
         assert_eq!(p.io_cpu_ns, 55);
         assert_eq!(p.page_cache_misses_bytes, 8192);
+    }
+
+    #[test]
+    fn timed_calls_scale_to_all_calls() {
+        // 10 of 100 calls timed at 5 µs in all: 50 µs for the 100.
+        assert_eq!(estimate_ns(50_000, 10, 100, 0.0), 500_000);
+        // All timed: exact.
+        assert_eq!(estimate_ns(1234, 7, 7, 99.0), 1234);
+        // None timed: the fallback mean per call.
+        assert_eq!(estimate_ns(0, 0, 40, 250.0), 10_000);
+        assert_eq!(estimate_ns(0, 0, 0, 250.0), 0);
+        // A torn kernel counter with more timed than counted calls is not scaled below 1.
+        assert_eq!(estimate_ns(900, 3, 2, 0.0), 900);
+        // No overflow for large sums.
+        assert_eq!(estimate_ns(u64::MAX / 2, 1_000, 1_000, 0.0), u64::MAX / 2);
     }
 }

@@ -14,6 +14,8 @@ pub fn io_offsets(btf: &Btf) -> Result<IoOffsets, BtfError> {
         regs_dx: m("pt_regs", "dx")?,
         regs_r10: m("pt_regs", "r10")?,
         regs_orig_ax: m("pt_regs", "orig_ax")?,
+        task_pid: m("task_struct", "pid")?,
+        task_tgid: m("task_struct", "tgid")?,
         task_files: m("task_struct", "files")?,
         task_fs: m("task_struct", "fs")?,
         files_fdt: m("files_struct", "fdt")?,
@@ -44,6 +46,7 @@ pub fn io_offsets(btf: &Btf) -> Result<IoOffsets, BtfError> {
         tp_blk_dev: m("trace_event_raw_block_rq_completion", "dev")?,
         tp_blk_nr_sector: m("trace_event_raw_block_rq_completion", "nr_sector")?,
         tp_blk_rwbs: m("trace_event_raw_block_rq_completion", "rwbs")?,
+        flush_tgid: 0,
         ready: 1,
     };
     check_record_offsets(&o)?;

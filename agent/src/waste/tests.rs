@@ -168,6 +168,7 @@ fn kernel_copies_need_two_regular_files() {
         bytes: 32 * MIB,
         calls: 2,
         io_ns: 0,
+        timed_calls: 0,
     };
     let ivs = vec![IoInterval {
         copies: vec![kc(true, true, 2), kc(true, false, 3), kc(false, true, 4)],
