@@ -77,6 +77,8 @@ static IO_OFFSETS: Global<IoOffsets> = Global::new(IoOffsets {
     tp_blk_dev: 0,
     tp_blk_nr_sector: 0,
     tp_blk_rwbs: 0,
+    btf_file: 0,
+    btf_callback_head: 0,
     flush_tgid: 0,
     ready: 0,
 });
@@ -299,8 +301,7 @@ pub fn io_sys_exit(ctx: BtfTracePointContext) -> i32 {
 
 #[inline(always)]
 fn on_io_exit(regs: *const u8, nr: u64, ret: i64) {
-    // SAFETY: bpf helper without preconditions; a trusted BTF pointer.
-    let task = unsafe { bpf_get_current_task_btf() } as *const u8;
+    let task = current_task_btf();
     let (tid, tgid): (u32, u32) = (load(task, off!(task_pid)), load(task, off!(task_tgid)));
     let thread = thread_slot(tid);
     // Timed when io_sys_enter saw this very call.
@@ -349,7 +350,7 @@ fn on_io_exit(regs: *const u8, nr: u64, ret: i64) {
         return;
     }
     let bytes = ret as u64;
-    let f = resolve(task, fd, slot, tgid);
+    let f = resolve(task, fd, Some((slot, tgid)));
     let (kind, dev, ino) = match &f {
         Some(f) => (f.kind, f.dev, f.ino),
         None => {
@@ -431,7 +432,7 @@ fn on_copy_exit(
         if nr == NR_SENDFILE { load::<u64>(regs, off!(regs_si)) } else { load::<u64>(regs, off!(regs_dx)) }
             as i32 as i64;
     let (src, dst) = if nr == NR_SENDFILE { (other, fd) } else { (fd, other) };
-    let (Some(s), Some(d)) = (resolve_probed(task, src, None), resolve_probed(task, dst, None)) else {
+    let (Some(s), Some(d)) = (resolve(task, src, None), resolve(task, dst, None)) else {
         stats::add(stat::IO_FD_UNRESOLVED, 1);
         return;
     };
@@ -596,136 +597,47 @@ fn current_task() -> *const u8 {
     unsafe { bpf_get_current_task() as *const u8 }
 }
 
-/// `current->files->fdt->fd[fd]`.
+/// `current` as a BTF-typed pointer (fields are plain loads).
 #[inline(always)]
-fn fd_file(o: &IoOffsets, fd: i64) -> Option<*const u8> {
-    if fd < 0 {
-        return None;
-    }
+fn current_task_btf() -> *const u8 {
+    // SAFETY: bpf helper without preconditions; a trusted BTF pointer.
+    unsafe { bpf_get_current_task_btf() as *const u8 }
+}
+
+/// `bpf_rdonly_cast(obj, btf_id)`: `obj` (any value) as a read-only, untrusted pointer to the
+/// kernel type `btf_id`, through which the verifier allows plain loads (fault-tolerant
+/// PROBE_MEM loads; a bad address reads as zero). The verifier inlines the call into a register
+/// move: it costs nothing. `btf_id` must be a constant to the verifier (a field of the frozen
+/// `IO_OFFSETS`). Emitted as a call of the marker helper that userspace rewrites into the kfunc
+/// call (`carbon_agent_common::kfunc`).
+#[inline(always)]
+fn rdonly_cast(obj: u64, btf_id: u32) -> *const u8 {
+    let r: u64;
+    // SAFETY: a call with the BPF calling convention: arguments in r1, r2, result in r0,
+    // r1–r5 clobbered.
     unsafe {
-        let files = rd::<*const u8>(current_task(), o.task_files)?;
-        let fdt = rd::<*const u8>(files, o.files_fdt)?;
-        let max = rd::<u32>(fdt, o.fdt_max_fds)?;
-        if fd as u64 >= max as u64 {
-            return None;
-        }
-        let arr = rd::<*const u8>(fdt, o.fdt_fd)?;
-        let file = rd::<*const u8>(arr, (fd as u32) * 8)?;
-        if file.is_null() { None } else { Some(file) }
-    }
-}
-
-#[inline(always)]
-fn resolve_fd(o: &IoOffsets, fd: i64) -> Option<Fd> {
-    let file = fd_file(o, fd)?;
-    unsafe {
-        let inode = rd::<*const u8>(file, o.file_inode)?;
-        let mode = rd::<u16>(inode, o.inode_mode)? as u32;
-        let ino = rd::<u64>(inode, o.inode_ino)?;
-        let sb = rd::<*const u8>(inode, o.inode_sb)?;
-        let dev = rd::<u32>(sb, o.sb_dev)?;
-        Some(Fd { file, inode, dev, kind: kind_of(mode), ino, pos: 0 })
-    }
-}
-
-/// `f_pos` of a regular file (probe read; `file` may be a plain address), else 0.
-#[inline(always)]
-fn file_pos(file: *const u8, kind: u32) -> i64 {
-    if kind != file_kind::REG {
-        return 0;
-    }
-    // SAFETY: bpf_probe_read_kernel copes with any address.
-    unsafe { rd::<i64>(file, off!(file_pos)) }.unwrap_or(0)
-}
-
-/// Most fds resolved by [`fd_array_file`] (`0..FD_ARRAY_ARMS`).
-const FD_ARRAY_ARMS: u64 = 64;
-
-/// `files->fd_array[fd]` as a BTF-typed `struct file` pointer (null: not open), for
-/// `fd < FD_ARRAY_ARMS`. The verifier accepts a plain load of an array element of a BTF
-/// struct only at a constant offset, so each fd has its own load instruction (inline asm, so
-/// that the compiler cannot merge them into one load at a variable offset).
-#[inline(always)]
-fn fd_array_file(files: *const u8, fd: u64) -> *const u8 {
-    // SAFETY: pointer arithmetic by a BTF offset (a verifier constant) inside `files_struct`.
-    let base = unsafe { files.add(off!(files_fd_array) as usize) };
-    macro_rules! arms {
-        ($($n:literal)*) => {
-            match fd {
-                $($n => {
-                    let v: u64;
-                    // SAFETY: a load of `fd_array[$n]` (a BTF-checked, fault-tolerant load).
-                    unsafe {
-                        core::arch::asm!(
-                            "{v} = *(u64 *)({b} + {k})",
-                            v = out(reg) v,
-                            b = in(reg) base,
-                            k = const $n * 8,
-                            options(nostack, readonly, preserves_flags),
-                        )
-                    };
-                    v
-                })*
-                _ => 0,
-            }
-        };
-    }
-    let v = arms!(0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22 23 24 25 26 27 28 29 30 31
-        32 33 34 35 36 37 38 39 40 41 42 43 44 45 46 47 48 49 50 51 52 53 54 55 56 57 58 59 60 61 62 63);
-    v as *const u8
-}
-
-/// The fd's identity for the read/write hot path, `slot` being this CPU's pending slot of the
-/// calling thread and direction (its last file is a cache). While the process has its first
-/// `NR_OPEN_DEFAULT` (64) fds in the table embedded in `files_struct` and `fd` is one of them,
-/// everything is a plain load through BTF-typed pointers, no helper call:
-/// `current->files->fd_array[fd]`, then `f_inode`, `i_ino` and `f_pos`, and only when that is
-/// not the slot's last file (same tgid, fd, `struct file`, inode and inode number: a `struct
-/// file` or `struct inode` can be freed and reused at the same address, the inode number tells
-/// the reuse apart) also `i_mode` and `i_sb->s_dev`. Otherwise [`resolve_probed`].
-#[inline(always)]
-fn resolve(task: *const u8, fd: i64, slot: &PendingIo, tgid: u32) -> Option<Fd> {
-    if fd < 0 {
-        return None;
-    }
-    let files: *const u8 = load(task, off!(task_files));
-    if files.is_null() {
-        return None;
-    }
-    let fdt: *const u8 = load(files, off!(files_fdt));
-    let embedded = fdt as u64 == files as u64 + off!(files_fdtab) as u64;
-    let len = off!(fd_array_len) as u64;
-    if !embedded || fd as u64 >= len || fd as u64 >= FD_ARRAY_ARMS {
-        return resolve_probed(task, fd, Some((slot, tgid)));
-    }
-    let file = fd_array_file(files, fd as u64);
-    if file.is_null() {
-        return None;
-    }
-    let inode: *const u8 = load(file, off!(file_inode));
-    let ino: u64 = load(inode, off!(inode_ino));
-    let (dev, kind) = if slot.kind != 0
-        && slot.tgid == tgid
-        && slot.fd == fd as u32
-        && slot.file == file as u64
-        && slot.inode == inode as u64
-        && slot.ino == ino
-    {
-        (slot.dev, slot.kind)
-    } else {
-        let sb: *const u8 = load(inode, off!(inode_sb));
-        (load(sb, off!(sb_dev)), kind_of(load::<u16>(inode, off!(inode_mode)) as u32))
+        core::arch::asm!(
+            "call {marker}",
+            marker = const carbon_agent_common::kfunc::RDONLY_CAST_MARKER,
+            inlateout("r1") obj => _,
+            inlateout("r2") btf_id as u64 => _,
+            lateout("r0") r,
+            lateout("r3") _,
+            lateout("r4") _,
+            lateout("r5") _,
+            options(nostack, readonly),
+        )
     };
-    let pos: i64 = if kind == file_kind::REG { load(file, off!(file_pos)) } else { 0 };
-    Some(Fd { file, inode, dev, kind, ino, pos })
+    r as *const u8
 }
 
-/// [`resolve`] for a grown fd table (or `fd` ≥ 64): `current->files->fdt` with plain loads,
-/// then `fdt->fd[fd]` and the file's fields with probe reads (the verifier types `fdt->fd`, a
-/// pointer to pointers, as untrusted memory of unknown size, so the element cannot be loaded
-/// directly). The slot's last file, when given, saves `i_mode`, `i_sb` and `s_dev`.
+/// `current->files->fdt->fd[fd]` as a `struct file` pointer the verifier lets the program
+/// load from, whatever the size of the process's fd table, or `None` (out of the table, or
+/// not open). `fdt->fd` is a `struct file **`, which the verifier types as a plain number: the
+/// element's address is cast to a `struct callback_head` (a pointer at offset 0) to load the
+/// element, which is cast to a `struct file`.
 #[inline(always)]
-fn resolve_probed(task: *const u8, fd: i64, cache: Option<(&PendingIo, u32)>) -> Option<Fd> {
+fn fd_file(task: *const u8, fd: i64) -> Option<*const u8> {
     if fd < 0 {
         return None;
     }
@@ -741,34 +653,43 @@ fn resolve_probed(task: *const u8, fd: i64, cache: Option<(&PendingIo, u32)>) ->
     if fd as u64 >= max as u64 {
         return None;
     }
-    let arr: *const u8 = load(fdt, off!(fdt_fd));
-    // SAFETY: bpf_probe_read_kernel copes with any address; the index is below max_fds.
-    unsafe {
-        let file = rd::<*const u8>(arr, (fd as u32) * 8)?;
-        if file.is_null() {
-            return None;
-        }
-        let inode = rd::<*const u8>(file, off!(file_inode))?;
-        let ino = rd::<u64>(inode, off!(inode_ino))?;
-        let (dev, kind) = match cache {
-            Some((c, tgid))
-                if c.kind != 0
-                    && c.tgid == tgid
-                    && c.fd == fd as u32
-                    && c.file == file as u64
-                    && c.inode == inode as u64
-                    && c.ino == ino =>
-            {
-                (c.dev, c.kind)
-            }
-            _ => {
-                let mode = rd::<u16>(inode, off!(inode_mode))? as u32;
-                let sb = rd::<*const u8>(inode, off!(inode_sb))?;
-                (rd::<u32>(sb, off!(sb_dev))?, kind_of(mode))
-            }
-        };
-        Some(Fd { file, inode, dev, kind, ino, pos: file_pos(file, kind) })
+    let arr: u64 = load(fdt, off!(fdt_fd));
+    let element = rdonly_cast(arr + fd as u64 * 8, off!(btf_callback_head));
+    let file: u64 = load(element, 0);
+    if file == 0 {
+        return None;
     }
+    Some(rdonly_cast(file, off!(btf_file)))
+}
+
+/// The fd's identity, with plain loads only: `current->files->fdt->fd[fd]` ([`fd_file`]),
+/// `f_inode`, `i_ino` and, for regular files, `f_pos`; and `i_mode` and `i_sb->s_dev` unless
+/// the file is the last one of `cache` (the calling thread's pending slot for this direction:
+/// same tgid, fd, `struct file`, inode and inode number — a `struct file` or `struct inode`
+/// can be freed and reused at the same address, the inode number tells the reuse apart).
+#[inline(always)]
+fn resolve(task: *const u8, fd: i64, cache: Option<(&PendingIo, u32)>) -> Option<Fd> {
+    let file = fd_file(task, fd)?;
+    let inode: *const u8 = load(file, off!(file_inode));
+    let ino: u64 = load(inode, off!(inode_ino));
+    let (dev, kind) = match cache {
+        Some((c, tgid))
+            if c.kind != 0
+                && c.tgid == tgid
+                && c.fd == fd as u32
+                && c.file == file as u64
+                && c.inode == inode as u64
+                && c.ino == ino =>
+        {
+            (c.dev, c.kind)
+        }
+        _ => {
+            let sb: *const u8 = load(inode, off!(inode_sb));
+            (load(sb, off!(sb_dev)), kind_of(load::<u16>(inode, off!(inode_mode)) as u32))
+        }
+    };
+    let pos: i64 = if kind == file_kind::REG { load(file, off!(file_pos)) } else { 0 };
+    Some(Fd { file, inode, dev, kind, ino, pos })
 }
 
 #[inline(always)]
@@ -837,7 +758,7 @@ fn new_path_event(kind: u32) -> Option<aya_ebpf::maps::ring_buf::RingBufEntry<Pa
 
 #[inline(always)]
 fn on_open_exit(o: &IoOffsets, fd: i64) {
-    let Some(f) = resolve_fd(o, fd) else {
+    let Some(f) = resolve(current_task_btf(), fd, None) else {
         return;
     };
     if f.kind != file_kind::REG {
@@ -886,7 +807,7 @@ fn on_unlink(regs: *const u8, nr: u64) {
                 rd::<*const u8>(current_task(), o.task_fs).and_then(|fs| rd::<*const u8>(fs, o.fs_pwd_dentry))
             }
         } else {
-            fd_file(&o, dfd).and_then(|f| unsafe { rd::<*const u8>(f, o.file_dentry) })
+            fd_file(current_task_btf(), dfd).map(|f| load::<*const u8>(f, off!(file_dentry)))
         };
         let dev = base
             .and_then(|d| unsafe { rd::<*const u8>(d, o.dentry_sb).and_then(|sb| rd::<u32>(sb, o.sb_dev)) });

@@ -110,6 +110,21 @@ pub fn checks(energy: &crate::energy::EnergyConfig) -> Vec<Check> {
                 Some("I/O accounting and wasted-I/O findings will be off (x86_64 with BTF is needed)"),
             ),
         });
+        let btf = crate::probes::btf::KernelBtf::from_sysfs(std::path::Path::new("/sys")).ok();
+        out.push(match crate::probes::kfunc::agent_object(btf.as_ref()).1 {
+            None => check(
+                "I/O programs: kfunc",
+                Status::Ok,
+                "bpf_rdonly_cast found in BTF: fd tables are read with plain loads",
+                None,
+            ),
+            Some(e) => check(
+                "I/O programs: kfunc",
+                Status::Missing,
+                e,
+                Some("I/O accounting and wasted-I/O findings will be off (Linux ≥ 6.2 with BTF is needed)"),
+            ),
+        });
     }
     let (_, meters) = crate::energy::discover(energy);
     for m in meters {
@@ -136,9 +151,11 @@ pub fn plan(checks: &[Check]) -> Vec<String> {
     for c in checks.iter().filter(|c| c.name.starts_with("meter ") && c.detail.ends_with("(selected)")) {
         plan.push(format!("energy: {} ({})", &c.name[6..], c.detail.trim_end_matches(" (selected)")));
     }
-    if ok("I/O programs: kernel offsets") {
+    if ok("I/O programs: kernel offsets") && ok("I/O programs: kfunc") {
         plan.push(
-            "I/O: tp_btf sys_enter/sys_exit, tracepoints for page cache, writeback, sock, block".to_string(),
+            "I/O: tp_btf sys_exit (sys_enter in timing windows), tracepoints for page cache, writeback, sock, \
+             block"
+                .to_string(),
         );
     }
     if ok("tp_btf/sched_switch") {

@@ -25,6 +25,8 @@ pub enum BtfError {
     Malformed(String),
     #[error("the kernel's BTF has no struct or union {0}")]
     NoStruct(String),
+    #[error("the kernel's BTF has no function {0}")]
+    NoFunc(String),
     #[error("struct {strukt} has no field {field} in the kernel's BTF")]
     NoField { strukt: String, field: String },
     #[error("{strukt}.{field} is a bitfield; only byte-aligned fields can be read")]
@@ -39,6 +41,7 @@ const KIND_VOLATILE: u32 = 9;
 const KIND_CONST: u32 = 10;
 const KIND_RESTRICT: u32 = 11;
 const KIND_TYPE_TAG: u32 = 18;
+const KIND_FUNC: u32 = 12;
 
 #[derive(Clone, Copy, Debug)]
 struct Member {
@@ -195,6 +198,20 @@ impl KernelBtf {
             }
         }
         None
+    }
+
+    /// Type id of the struct (or union) `name`.
+    pub fn struct_id(&self, name: &str) -> Result<u32, BtfError> {
+        self.structs_by_name.get(name).copied().ok_or_else(|| BtfError::NoStruct(name.into()))
+    }
+
+    /// Type id of the function `name` (a `BTF_KIND_FUNC`: kernel functions and kfuncs).
+    pub fn func_id(&self, name: &str) -> Result<u32, BtfError> {
+        self.types
+            .iter()
+            .position(|t| t.kind == KIND_FUNC && t.name_off != 0 && self.name(t.name_off) == name)
+            .map(|id| id as u32)
+            .ok_or_else(|| BtfError::NoFunc(name.into()))
     }
 
     /// Byte offset of `field` in struct (or union) `strukt`; `field` may be a dotted path

@@ -335,6 +335,10 @@ pub struct IoOffsets {
     pub tp_blk_dev: u32,
     pub tp_blk_nr_sector: u32,
     pub tp_blk_rwbs: u32,
+    /// Kernel BTF type ids of `struct file` and `struct callback_head`, the target types of
+    /// the programs' `bpf_rdonly_cast` calls (see `agent/src/probes/kfunc.rs`).
+    pub btf_file: u32,
+    pub btf_callback_head: u32,
     /// The agent's tgid: its failing `pread64(-1, ..)` asks the syscall exit handler to move
     /// that CPU's [`PendingIo`] slots into the maps.
     pub flush_tgid: u32,

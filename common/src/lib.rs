@@ -175,3 +175,12 @@ mod pod {
     unsafe impl aya::Pod for super::io::IoOffsets {}
     unsafe impl aya::Pod for super::io::PendingIo {}
 }
+
+/// Kernel functions (kfuncs) the programs call. The Rust eBPF toolchain here cannot emit a
+/// kfunc call, so a program calls a helper number that does not exist, [`kfunc::RDONLY_CAST_MARKER`],
+/// and userspace rewrites each such instruction into a call of the kfunc (by its id in the
+/// running kernel's BTF) before loading the object: `agent/src/probes/kfunc.rs`.
+pub mod kfunc {
+    /// Stands for `void *bpf_rdonly_cast(const void *obj, u32 btf_id)`.
+    pub const RDONLY_CAST_MARKER: i32 = 0x0cab_0001;
+}

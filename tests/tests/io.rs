@@ -41,7 +41,10 @@ fn attach_sampling(time_sampling: f64) -> Probes {
     let offsets = Box::leak(Box::new(io::offsets_from_kernel().expect("offsets from BTF")));
     let mut loader = carbon_agent::probes::new_loader();
     io::configure_loader(&mut loader, offsets);
-    let mut ebpf = loader.load(carbon_agent::probes::EBPF_OBJECT).expect("load the eBPF object");
+    let btf = carbon_agent::probes::btf::KernelBtf::from_sysfs(Path::new("/sys")).expect("kernel BTF");
+    let (object, error) = carbon_agent::probes::kfunc::agent_object(Some(&btf));
+    assert_eq!(error, None, "the I/O programs need bpf_rdonly_cast");
+    let mut ebpf = loader.load(object.bytes()).expect("load the eBPF object");
     let config = IoConfig { time_sampling, ..IoConfig::default() };
     let io = io::attach(&mut ebpf, config).expect("attach the I/O programs");
     Probes { _ebpf: ebpf, io }

@@ -86,7 +86,7 @@ pub struct IoConfig {
 }
 
 /// Default [`IoConfig::time_sampling`].
-pub const DEFAULT_TIME_SAMPLING: f64 = 0.1;
+pub const DEFAULT_TIME_SAMPLING: f64 = 0.05;
 
 impl Default for IoConfig {
     fn default() -> Self {

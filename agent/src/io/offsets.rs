@@ -46,6 +46,8 @@ pub fn io_offsets(btf: &Btf) -> Result<IoOffsets, BtfError> {
         tp_blk_dev: m("trace_event_raw_block_rq_completion", "dev")?,
         tp_blk_nr_sector: m("trace_event_raw_block_rq_completion", "nr_sector")?,
         tp_blk_rwbs: m("trace_event_raw_block_rq_completion", "rwbs")?,
+        btf_file: btf.struct_id("file")?,
+        btf_callback_head: btf.struct_id("callback_head")?,
         flush_tgid: 0,
         ready: 1,
     };

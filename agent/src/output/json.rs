@@ -78,6 +78,9 @@ pub struct IntervalLine {
     /// Block-layer bytes per device in the interval (all processes and the kernel: the
     /// block layer does not know who asked).
     pub block_devices: Vec<crate::io::BlockDeviceIo>,
+    /// How `io.io_cpu_time_s` was measured: the calls timed in the sampling windows and the
+    /// share of time those were open (the figures are estimates scaled from them).
+    pub io_timing: crate::io::IoTiming,
     /// Cumulative counts of what was lost for lack of capacity (zero when nothing was).
     pub losses: Losses,
 }
@@ -111,6 +114,7 @@ pub fn interval_line(report: &IntervalReport, table: &ProcessTable, users: &User
     IntervalLine {
         rollups,
         block_devices: report.io.block.clone(),
+        io_timing: report.io.timing,
         timestamp: super::rfc3339(report.timestamp),
         interval_s: report.usage.interval_s,
         cpus: report.usage.ncpu,

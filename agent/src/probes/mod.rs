@@ -8,6 +8,7 @@
 /// The kernel BTF reader, shared with xtask's benchmark (in the common crate).
 pub use carbon_agent_common::btf;
 pub mod cpu;
+pub mod kfunc;
 pub mod lifecycle;
 pub mod privileges;
 pub mod tracefs;
@@ -158,7 +159,11 @@ impl Probes {
         if let Some(o) = &offsets {
             o.set_globals(&mut loader);
         }
-        let mut ebpf = loader.load(EBPF_OBJECT).context("loading the eBPF object into the kernel")?;
+        let (object, kfunc_error) = kfunc::agent_object(kernel_btf.as_ref());
+        if let (Some(e), true, None) = (&kfunc_error, opts.io.is_some(), &io_error) {
+            io_error = Some(e.clone());
+        }
+        let mut ebpf = loader.load(object.bytes()).context("loading the eBPF object into the kernel")?;
         let logger = aya_log::EbpfLogger::init(&mut ebpf).ok();
 
         let mut tracefs_mounted_by_agent = false;
@@ -190,15 +195,17 @@ impl Probes {
             }
             _ => None,
         };
-        let io = match (&opts.io, &io_offsets, &aya_btf) {
-            (Some(cfg), Some(_), Some(btf)) => match crate::io::attach_with(&mut ebpf, cfg.clone(), btf) {
-                Ok(io) => Some(io),
-                Err(e) => {
-                    io_error = Some(format!("{e:#}"));
-                    None
+        let io = match (&opts.io, &io_offsets, &aya_btf, &kfunc_error) {
+            (Some(cfg), Some(_), Some(btf), None) => {
+                match crate::io::attach_with(&mut ebpf, cfg.clone(), btf) {
+                    Ok(io) => Some(io),
+                    Err(e) => {
+                        io_error = Some(format!("{e:#}"));
+                        None
+                    }
                 }
-            },
-            (Some(_), Some(_), None) => {
+            }
+            (Some(_), Some(_), None, _) => {
                 io_error = Some("the I/O syscall probes (tp_btf) need aya's view of the kernel BTF".into());
                 None
             }
@@ -298,13 +305,15 @@ pub struct HookProbe {
 /// Loads the object and tries to attach each program on its own, then detaches everything.
 pub fn probe_hooks() -> anyhow::Result<Vec<HookProbe>> {
     let btf = Btf::from_sys_fs().ok();
-    let offsets = KernelBtf::from_sysfs(Path::new("/sys")).ok().and_then(|b| StructOffsets::read(&b).ok());
+    let kernel_btf = KernelBtf::from_sysfs(Path::new("/sys")).ok();
+    let offsets = kernel_btf.as_ref().and_then(|b| StructOffsets::read(b).ok());
     let mut loader = new_loader();
     loader.btf(btf.as_ref());
     if let Some(o) = &offsets {
         o.set_globals(&mut loader);
     }
-    let mut ebpf = loader.load(EBPF_OBJECT).context("loading the eBPF object into the kernel")?;
+    let (object, _) = kfunc::agent_object(kernel_btf.as_ref());
+    let mut ebpf = loader.load(object.bytes()).context("loading the eBPF object into the kernel")?;
     let mut out = Vec::new();
     let mut record = |hook: &str, r: anyhow::Result<()>| {
         out.push(HookProbe { hook: hook.into(), ok: r.is_ok(), error: r.err().map(|e| format!("{e:#}")) })
