@@ -3,13 +3,15 @@
 //! of opened and unlinked files.
 //!
 //! Hooks (see `docs/io.md` for the measurements behind the choice):
-//! - BTF tracepoints `sys_enter` / `sys_exit`: one program each for every syscall, filtering
-//!   on the syscall number first. `pt_regs` is BTF-typed there, so the exit handler reads the
-//!   arguments back (still intact at exit) with plain loads, and resolves the file descriptor
-//!   through `bpf_get_current_task_btf()` → `files` → `fd_array[fd]` → `f_inode` with plain
-//!   loads too (no helper calls) while the process's fds fit the table embedded in
-//!   `files_struct`; for a grown table, `fd[fd]` onwards is read with probe reads.
-//! - the time in I/O syscalls is sampled: one call in [`TIME_SAMPLE`] is timed, × the rate.
+//! - BTF tracepoint `sys_exit`, on every syscall, filtering on the syscall number first.
+//!   `pt_regs` is BTF-typed there, so the handler reads the arguments back (still intact at
+//!   exit) with plain loads, and resolves the file descriptor from `bpf_get_current_task_btf()`
+//!   through `files->fdt->fd[fd]` with plain loads too, the fd table's elements through
+//!   `bpf_rdonly_cast` ([`rdonly_cast`]). Each call is added to a per-CPU pending slot
+//!   ([`PendingIo`]) and the slots are moved into the maps when the calls change file, tgid
+//!   or direction, after 64 calls, and when userspace asks before a drain.
+//! - BTF tracepoint `sys_enter`, attached by userspace only in random sampling windows: the
+//!   calls that enter then are timed (enter→exit), and userspace scales their time to all calls.
 //! - classic tracepoints for the page cache, writeback, sockets and the block layer: their
 //!   record offsets come from the kernel's BTF (`trace_event_raw_*`).
 //!
@@ -487,7 +489,7 @@ fn flush(slot: &mut PendingIo, is_read: bool) {
     let mut in_file = false;
     if slot.kind == file_kind::REG && slot.calls > 0 {
         let key = FileKey { tgid: slot.tgid, dev: slot.dev, ino: slot.ino };
-        if let Some(e) = file_entry(&key, slot.uid) {
+        if let Some(e) = file_entry(&key, Some(slot.uid)) {
             // SAFETY: map value pointer; see [`add`].
             unsafe {
                 add(&raw mut (*e).io_ns, slot.timed_ns);
@@ -561,8 +563,8 @@ fn extend_run(key: &FileKey, kind: u32, run: &mut Run, start: u64, end: u64) {
     *run = Run { start, end };
 }
 
-#[inline(always)]
 /// The tgid's per-CPU totals, created when missing with `uid` (`None`: the current thread's).
+#[inline(always)]
 fn tgid_entry(tgid: u32, uid: Option<u32>) -> Option<*mut TgidIo> {
     if let Some(t) = TGID_IO.get_ptr_mut(tgid) {
         return Some(t);
@@ -576,11 +578,13 @@ fn tgid_entry(tgid: u32, uid: Option<u32>) -> Option<*mut TgidIo> {
     TGID_IO.get_ptr_mut(tgid)
 }
 
+/// The (tgid, file) entry, created when missing with `uid` (`None`: the current thread's).
 #[inline(always)]
-fn file_entry(key: &FileKey, uid: u32) -> Option<*mut FileIo> {
+fn file_entry(key: &FileKey, uid: Option<u32>) -> Option<*mut FileIo> {
     if let Some(e) = FILE_IO.get_ptr_mut(key) {
         return Some(e);
     }
+    let uid = uid.unwrap_or_else(|| bpf_get_current_uid_gid() as u32);
     let init = FileIo { uid, ..FileIo::default() };
     // BPF_NOEXIST: another CPU may have created it meanwhile; then use that one.
     let _ = FILE_IO.insert(key, init, 1);
@@ -863,7 +867,7 @@ pub fn io_cache_add(ctx: TracePointContext) -> i32 {
     let pages = 1u64 << (order & 31);
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
     let key = FileKey { tgid, dev, ino };
-    if let Some(e) = file_entry(&key, bpf_get_current_uid_gid() as u32) {
+    if let Some(e) = file_entry(&key, None) {
         unsafe {
             add(&raw mut (*e).cache_miss_pages, pages);
             let start = index * carbon_agent_common::io::PAGE_SIZE;

@@ -107,9 +107,9 @@ pub fn syscall_heavy_copy(src: &Path, dst: &Path, block: usize) -> Result<(Durat
 }
 
 /// [`syscall_heavy_copy`] in a forked child whose file table holds only fds 0–2 (the copy's
-/// own files come next), like a workload started apart from the agent. The agent's process
-/// holds hundreds of fds (maps, programs, links), so a copy run in it would use a grown fd
-/// table, which the programs resolve on their slower path (see `docs/io.md`).
+/// own files come next), like a workload started apart from the agent (the agent's process
+/// holds hundreds of fds: maps, programs, links). The programs read small and grown fd tables
+/// the same way (`docs/io.md`), so this only keeps the agent's own state out of the copy.
 pub fn copy_in_child(src: &Path, dst: &Path, block: usize) -> Result<(Duration, u64)> {
     const CLOSE_RANGE_UNSHARE: libc::c_uint = 1 << 1;
     // SAFETY: an anonymous shared mapping of two u64, checked below.
