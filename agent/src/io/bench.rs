@@ -52,6 +52,9 @@ pub struct IoBench {
     /// event: the floor that any program on that tracepoint costs here (most of it the
     /// stats' own two clock reads).
     pub empty_program_ns_per_event: f64,
+    /// The same for an empty raw tracepoint program (`bench_empty_raw_sys_exit`), the kind
+    /// `shared/notes/kernel.md` measured.
+    pub empty_raw_program_ns_per_event: f64,
     /// Best-of-N CPU time of the copy without programs, with the agent's I/O programs, and
     /// with only the empty program (stats off: they add two clock reads per program run).
     pub copy_detached_s: f64,
@@ -223,6 +226,7 @@ pub fn run(object: &[u8], dir: &Path, file_bytes: u64, block: usize, rounds: usi
     let config = IoConfig::default();
     let (mut detached, mut attached, mut empty) = (f64::MAX, f64::MAX, f64::MAX);
     let (mut ratios, mut empty_ratios, mut exit_ns, mut empty_ns) = (vec![], vec![], vec![], vec![]);
+    let mut empty_raw_ns = vec![];
     let mut traced = 0;
     let mut handlers: Vec<(HandlerCost, Vec<f64>)> = Vec::new();
     for _ in 0..rounds.max(1) {
@@ -275,6 +279,15 @@ pub fn run(object: &[u8], dir: &Path, file_bytes: u64, block: usize, rounds: usi
         drop(ebpf);
         empty_ns.extend(costs.iter().filter(|c| c.1 > 0).map(|&(_, cnt, ns)| ns as f64 / cnt as f64));
 
+        let mut ebpf = crate::probes::new_loader().load(object)?;
+        let p: &mut aya::programs::RawTracePoint =
+            ebpf.program_mut(EMPTY_RAW_PROGRAM).context("no empty raw benchmark program")?.try_into()?;
+        p.load()?;
+        p.attach("sys_exit")?;
+        let (costs, _) = stats_copy(&ebpf, &[EMPTY_RAW_PROGRAM], &src, &dst, block)?;
+        drop(ebpf);
+        empty_raw_ns.extend(costs.iter().filter(|c| c.1 > 0).map(|&(_, cnt, ns)| ns as f64 / cnt as f64));
+
         detached = detached.min(d);
         attached = attached.min(a);
         empty = empty.min(e);
@@ -306,6 +319,7 @@ pub fn run(object: &[u8], dir: &Path, file_bytes: u64, block: usize, rounds: usi
         other_syscalls_share,
         ns_per_traced_syscall_verdict: verdict(ns_per_traced_syscall <= TARGET_NS_PER_TRACED_SYSCALL),
         empty_program_ns_per_event: median(empty_ns),
+        empty_raw_program_ns_per_event: median(empty_raw_ns),
         copy_detached_s: detached,
         copy_attached_s: attached,
         copy_empty_program_s: empty,
@@ -321,6 +335,8 @@ pub fn run(object: &[u8], dir: &Path, file_bytes: u64, block: usize, rounds: usi
 
 /// The empty program on `sys_exit` in the agent's object (see `agent-ebpf/src/io.rs`).
 pub const EMPTY_PROGRAM: &str = "bench_empty_sys_exit";
+/// The empty raw tracepoint program on `sys_exit`.
+pub const EMPTY_RAW_PROGRAM: &str = "bench_empty_raw_sys_exit";
 
 /// (program, run count, run time ns) of each attached program, now.
 fn program_stats(ebpf: &aya::Ebpf, programs: &[&'static str]) -> Result<ProgramCosts> {

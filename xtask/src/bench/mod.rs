@@ -180,8 +180,9 @@ fn io_bench(runs: usize) -> Result<bool> {
         );
     }
     println!(
-        "{IO_SECTION}: empty program on sys_exit (the floor) {:.1} ns per event",
-        f("empty_program_ns_per_event")
+        "{IO_SECTION}: empty program on sys_exit (the floor) {:.1} ns per event (tp_btf), {:.1} (raw tracepoint)",
+        f("empty_program_ns_per_event"),
+        f("empty_raw_program_ns_per_event")
     );
     let (ns_v, slow_v) = (
         r["ns_per_traced_syscall_verdict"].as_str().unwrap_or("MISS"),
