@@ -93,6 +93,8 @@ pub struct RunDocument {
     /// What the same IT energy would have emitted in the lowest-carbon cloud regions.
     pub alternatives: Vec<Alternative>,
     pub io: IoJson,
+    /// How `io.io_cpu_time_s` was measured (absent with `--no-io`).
+    pub io_time: Option<crate::io::IoTimeSource>,
     /// Wasted I/O found in the tree, largest first.
     pub findings: Vec<Finding>,
     /// Bytes the agent itself read to compare file contents (duplicate/copy checks).
@@ -209,6 +211,7 @@ pub async fn run(args: RunArgs, agent: &AgentArgs) -> anyhow::Result<i32> {
         carbon: session.carbon.info(),
         alternatives: lowest_carbon_alternatives(it.total, pue, 3, AlternativeScope::CloudRegions),
         io: tree.io,
+        io_time: session.probes().io.as_ref().map(|io| io.timing_since_start()),
         tree,
         findings,
         agent_hash_read_bytes: hasher.bytes_read(),

@@ -341,6 +341,18 @@ pub struct IoTiming {
     pub unflushed_cpus: u64,
 }
 
+/// Where `io_cpu_time_s` comes from, over a whole run (`run --json`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+pub struct IoTimeSource {
+    pub method: &'static str,
+    /// Configured and measured share of time the enter of I/O syscalls was watched.
+    pub sampling: f64,
+    pub measured_sampling: f64,
+    /// Successful I/O calls of every process, and those of them that were timed.
+    pub calls: u64,
+    pub timed_calls: u64,
+}
+
 /// Enter→exit time of `calls` calls of which `timed` were timed, taking `timed_ns`: the ratio
 /// estimate `timed_ns × calls / timed`, or `calls × fallback` when none was timed.
 pub fn estimate_ns(timed_ns: u64, timed: u64, calls: u64, fallback_ns_per_call: f64) -> u64 {
@@ -366,8 +378,10 @@ pub struct IoProbes {
     paths_rb: RingBuf<MapData>,
     pending: PerCpuArray<MapData, PendingIo>,
     sampler: Option<sampler::EnterSampler>,
-    /// Timed ns and calls since the start (the fallback when an interval timed none).
+    /// Timed ns and calls since the start (the fallback when an interval timed none), and all
+    /// successful calls since the start.
     timed_total: (u64, u64),
+    calls_total: u64,
     ncpus: usize,
     config: IoConfig,
     mounts: HashMap<u32, paths::Mount>,
@@ -447,6 +461,7 @@ pub fn attach_with(ebpf: &mut Ebpf, config: IoConfig, kernel_btf: &Btf) -> Resul
         )?,
         sampler,
         timed_total: (0, 0),
+        calls_total: 0,
         ncpus: aya::util::nr_cpus().map_err(|(m, e)| anyhow::anyhow!("{m}: {e}"))?,
         paths: paths::PathTable::new(config.path_table_capacity),
         config,
@@ -608,6 +623,26 @@ impl IoProbes {
         })
     }
 
+    /// How the time in I/O syscalls has been measured since the start: the configured and
+    /// measured window share, and the calls timed out of all.
+    pub fn timing_since_start(&self) -> IoTimeSource {
+        let (sampling, measured_sampling) = match &self.sampler {
+            Some(s) => (s.fraction, s.measured_fraction()),
+            None => (1.0, 1.0),
+        };
+        IoTimeSource {
+            method: if sampling < 1.0 {
+                "estimated: calls timed (enter→exit) in random sampling windows, scaled to all calls"
+            } else {
+                "measured: every call timed (enter→exit)"
+            },
+            sampling,
+            measured_sampling,
+            calls: self.calls_total,
+            timed_calls: self.timed_total.1,
+        }
+    }
+
     /// Scales the timed calls' time to all calls, per file, per process (the part not in
     /// files) and fills `out.timing`. Returns each process's mean ns per timed call.
     fn estimate_times(
@@ -634,6 +669,7 @@ impl IoProbes {
             (ns, n) = (ns + tn, n + tc);
         }
         self.timed_total = (self.timed_total.0 + ns, self.timed_total.1 + n);
+        self.calls_total += calls;
         let fallback = mean(ns, n).or_else(|| mean(self.timed_total.0, self.timed_total.1)).unwrap_or(0.0);
         let means: HashMap<u32, f64> =
             timed.iter().filter_map(|(&tgid, &(tn, tc))| Some((tgid, mean(tn, tc)?))).collect();
