@@ -23,7 +23,7 @@ use aya_ebpf::{
     helpers::{
         bpf_get_current_pid_tgid, bpf_get_current_task, bpf_get_current_uid_gid, bpf_ktime_get_ns,
         bpf_probe_read_kernel, bpf_probe_read_kernel_str_bytes, bpf_probe_read_user_str_bytes,
-        generated::bpf_get_current_task_btf,
+        generated::{bpf_get_current_task_btf, bpf_task_pt_regs},
     },
     macros::{btf_tracepoint, map, raw_tracepoint, tracepoint},
     maps::{Array, HashMap, PerCpuArray, PerCpuHashMap, RingBuf},
@@ -47,6 +47,7 @@ static IO_OFFSETS: Global<IoOffsets> = Global::new(IoOffsets {
     regs_dx: 0,
     regs_r10: 0,
     regs_orig_ax: 0,
+    regs_ax: 0,
     task_pid: 0,
     task_tgid: 0,
     task_files: 0,
@@ -113,6 +114,7 @@ const S_IFIFO: u32 = 0o010000;
 const S_IFSOCK: u32 = 0o140000;
 const MSG_PEEK: i32 = 2;
 const EBADF: i64 = 9;
+const ENOSYS: i64 = 38;
 
 /// Per-tgid totals, per CPU. Taken (read and deleted) by userspace every interval.
 #[map]
@@ -849,12 +851,14 @@ fn field<T: Copy>(rec: &[u8; RECORD], off: u32) -> T {
 }
 
 /// `filemap:mm_filemap_add_to_page_cache`: a folio inserted in the page cache (a miss), in
-/// the context of the task that caused the read. One per-file update (which also carries the
-/// tgid total); the per-tgid map only when the per-file one is full.
+/// the context of the task that caused it. One per-file update (which also carries the tgid
+/// total); the per-tgid map only when the per-file one is full. Folios inserted while the task
+/// is inside a write-family syscall hold new data, not data fetched from storage: they are not
+/// counted ([`in_write_syscall`]).
 #[tracepoint(category = "filemap", name = "mm_filemap_add_to_page_cache")]
 pub fn io_cache_add(ctx: TracePointContext) -> i32 {
     let o = offs();
-    if o.ready == 0 {
+    if o.ready == 0 || in_write_syscall() {
         return 0;
     }
     let Some(rec) = record(&ctx) else {
@@ -883,6 +887,22 @@ pub fn io_cache_add(ctx: TracePointContext) -> i32 {
         unsafe { (*t).cache_miss_pages += pages };
     }
     0
+}
+
+/// Whether the current task is inside write, pwrite64, writev, pwritev or pwritev2: its
+/// user-mode registers (`bpf_task_pt_regs`) hold that syscall number in `orig_ax` and, until the
+/// syscall returns, `-ENOSYS` in `ax` (the entry code sets it; after a page fault from user
+/// mode, `orig_ax` holds the fault's error code instead and `ax` the program's own value).
+#[inline(always)]
+fn in_write_syscall() -> bool {
+    // SAFETY: bpf helper without preconditions on a trusted task pointer.
+    let regs = unsafe { bpf_task_pt_regs(current_task_btf() as *mut _) } as *const u8;
+    if regs.is_null() {
+        return false;
+    }
+    let nr: u64 = load(regs, off!(regs_orig_ax));
+    let ax: i64 = load(regs, off!(regs_ax));
+    ax == -ENOSYS && matches!(nr, NR_WRITE | NR_PWRITE64 | NR_WRITEV | NR_PWRITEV | NR_PWRITEV2)
 }
 
 /// `filemap:mm_filemap_get_pages`: pages a buffered read asked the page cache for (hits

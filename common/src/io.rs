@@ -289,6 +289,8 @@ pub struct IoOffsets {
     pub regs_dx: u32,
     pub regs_r10: u32,
     pub regs_orig_ax: u32,
+    /// `pt_regs.ax` (`-ENOSYS` while a syscall runs).
+    pub regs_ax: u32,
     /// `task_struct.pid`, `task_struct.tgid` (thread and process ids).
     pub task_pid: u32,
     pub task_tgid: u32,

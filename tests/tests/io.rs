@@ -269,6 +269,16 @@ fn python() -> String {
 
 /// Runs a single command as its own tree; returns the findings of that tree.
 fn findings_of(p: &mut Probes, tracker: &mut WasteTracker, args: &[&str], uid: Option<u32>) -> u32 {
+    let (root, ivs) = run_tree(p, args, uid);
+    let trees = Trees { roots: Mutex::new(BTreeMap::new()) };
+    for iv in &ivs {
+        tracker.observe(iv, ENERGY, &|t| trees.info(t, root));
+    }
+    root
+}
+
+/// Runs a single command; returns its pid and what the probes saw meanwhile, per interval.
+fn run_tree(p: &mut Probes, args: &[&str], uid: Option<u32>) -> (u32, Vec<IoInterval>) {
     let mut cmd = Command::new(args[0]);
     cmd.args(&args[1..]).stdout(std::process::Stdio::null());
     if let Some(u) = uid {
@@ -277,7 +287,6 @@ fn findings_of(p: &mut Probes, tracker: &mut WasteTracker, args: &[&str], uid: O
     }
     let mut child = cmd.spawn().unwrap();
     let root = child.id();
-    let trees = Trees { roots: Mutex::new(BTreeMap::new()) };
     let mut ivs: Vec<IoInterval> = Vec::new();
     loop {
         std::thread::sleep(std::time::Duration::from_millis(50));
@@ -287,11 +296,8 @@ fn findings_of(p: &mut Probes, tracker: &mut WasteTracker, args: &[&str], uid: O
         }
     }
     ivs.push(p.io.drain());
-    for iv in &ivs {
-        tracker.observe(iv, ENERGY, &|t| trees.info(t, root));
-    }
     assert!(child.wait().unwrap().success(), "workload failed: {args:?}");
-    root
+    (root, ivs)
 }
 
 fn within(a: u64, b: u64, tol: f64) -> bool {
@@ -322,6 +328,36 @@ fn reread_of_a_64mib_file_five_times() {
     assert_eq!(f.paths, vec![data.display().to_string()]);
     assert_eq!(f.count, 5);
     assert!(f.energy_j > 0.0 && f.emissions_g > 0.0 && !f.suggestion.is_empty());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Pages a write puts in the page cache hold new data, not data fetched from storage: a file
+/// written, flushed and dropped from the cache, then read once, was fetched once (16 MiB of
+/// misses, not 32) and is no re-fetch.
+#[test]
+fn pages_written_are_not_fetched_from_storage() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut p = attach();
+    let dir = scratch("written");
+    let data = dir.join("fresh.bin");
+    let script = format!(
+        "import os\nf = '{}'\nwith open(f, 'wb') as h:\n    for i in range(16):\n        h.write(os.urandom(1 << 20))\n    h.flush()\n    os.fsync(h.fileno())\n    os.posix_fadvise(h.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)\nwith open(f, 'rb') as h:\n    while h.read(1 << 20): pass\n",
+        data.display()
+    );
+    let (root, ivs) = run_tree(&mut p, &[&python(), "-c", &script], None);
+    let misses: u64 =
+        ivs.iter().filter_map(|iv| iv.processes.get(&root)).map(|r| r.page_cache_misses_bytes).sum();
+    let written: u64 = ivs.iter().filter_map(|iv| iv.processes.get(&root)).map(|r| r.write_file_bytes).sum();
+    assert_eq!(written, 16 << 20);
+    assert!(within(misses, 16 << 20, 0.02), "page-cache misses {misses} for a 16 MiB file read once");
+    let mut t = tracker();
+    let trees = Trees { roots: Mutex::new(BTreeMap::new()) };
+    for iv in &ivs {
+        t.observe(iv, ENERGY, &|x| trees.info(x, root));
+    }
+    let all = t.findings(&mut FsHasher::new(0));
+    let mine = of_root(&all, root);
+    assert!(mine.iter().all(|f| f.kind != FindingKind::Refetch), "{mine:#?}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

@@ -14,6 +14,7 @@ pub fn io_offsets(btf: &Btf) -> Result<IoOffsets, BtfError> {
         regs_dx: m("pt_regs", "dx")?,
         regs_r10: m("pt_regs", "r10")?,
         regs_orig_ax: m("pt_regs", "orig_ax")?,
+        regs_ax: m("pt_regs", "ax")?,
         task_pid: m("task_struct", "pid")?,
         task_tgid: m("task_struct", "tgid")?,
         task_files: m("task_struct", "files")?,
