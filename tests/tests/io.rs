@@ -123,6 +123,36 @@ fn of_root(findings: &[Finding], root: u32) -> Vec<&Finding> {
     findings.iter().filter(|f| f.tree == root).collect()
 }
 
+/// Forks a child that runs `work`, then stops itself (SIGSTOP) so that the parent can read
+/// its /proc files before it exits; returns its pid once it has stopped. The child exits with
+/// 0 when `work` succeeded. Finish it with [`reap`].
+fn fork_stopped(work: impl FnOnce() -> std::io::Result<()>) -> libc::pid_t {
+    // SAFETY: fork in a test; the child only does syscalls and exits.
+    let pid = unsafe { libc::fork() };
+    if pid == 0 {
+        let code = if work().is_ok() { 0 } else { 1 };
+        // SAFETY: stop here so that the parent reads /proc/<pid>/..., then exit.
+        unsafe {
+            libc::raise(libc::SIGSTOP);
+            libc::_exit(code)
+        };
+    }
+    let mut status = 0;
+    // SAFETY: waiting for our child.
+    unsafe { libc::waitpid(pid, &mut status, libc::WUNTRACED) };
+    pid
+}
+
+/// Kills and reaps a child of [`fork_stopped`].
+fn reap(pid: libc::pid_t) {
+    let mut status = 0;
+    // SAFETY: our child.
+    unsafe {
+        libc::kill(pid, libc::SIGKILL);
+        libc::waitpid(pid, &mut status, 0);
+    }
+}
+
 #[test]
 fn byte_counts_match_proc_io() {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
@@ -132,63 +162,46 @@ fn byte_counts_match_proc_io() {
     let path = dir.join("data");
     write_random(&path, 4 << 20, 1);
     let _ = p.io.drain();
-    // SAFETY: fork in a test; the child only does syscalls and exits.
-    let pid = unsafe { libc::fork() };
-    if pid == 0 {
-        #[expect(
-            clippy::unused_io_amount,
-            reason = "the test compares whatever was read and written with /proc/<pid>/io"
-        )]
-        let run = || -> std::io::Result<()> {
-            let mut f = std::fs::OpenOptions::new().read(true).write(true).open(&path)?;
-            let mut buf = vec![0u8; 64 << 10];
-            // read
-            while f.read(&mut buf)? > 0 {}
-            // pread64
-            for i in 0..32 {
-                f.read_at(&mut buf, i * 65536)?;
-            }
-            // readv
-            let mut a = vec![0u8; 4096];
-            let mut b = vec![0u8; 8192];
-            let mut f2 = std::fs::File::open(&path)?;
-            for _ in 0..64 {
-                f2.read_vectored(&mut [std::io::IoSliceMut::new(&mut a), std::io::IoSliceMut::new(&mut b)])?;
-            }
-            let mut out = std::fs::File::create(path.with_extension("out"))?;
-            // write, writev, pwrite64
-            for _ in 0..64 {
-                out.write_all(&buf)?;
-            }
-            for _ in 0..64 {
-                out.write_vectored(&[std::io::IoSlice::new(&a), std::io::IoSlice::new(&b)])?;
-            }
-            for i in 0..32 {
-                out.write_at(&buf[..1000], i * 1000)?;
-            }
-            Ok(())
-        };
-        let code = if run().is_ok() { 0 } else { 1 };
-        // SAFETY: stop here so that the parent reads /proc/<pid>/io, then exit.
-        unsafe {
-            libc::raise(libc::SIGSTOP);
-            libc::_exit(code)
-        };
-    }
-    let mut status = 0;
-    // SAFETY: waiting for our child.
-    unsafe { libc::waitpid(pid, &mut status, libc::WUNTRACED) };
+    #[expect(
+        clippy::unused_io_amount,
+        reason = "the test compares whatever was read and written with /proc/<pid>/io"
+    )]
+    let pid = fork_stopped(|| {
+        let mut f = std::fs::OpenOptions::new().read(true).write(true).open(&path)?;
+        let mut buf = vec![0u8; 64 << 10];
+        // read
+        while f.read(&mut buf)? > 0 {}
+        // pread64
+        for i in 0..32 {
+            f.read_at(&mut buf, i * 65536)?;
+        }
+        // readv
+        let mut a = vec![0u8; 4096];
+        let mut b = vec![0u8; 8192];
+        let mut f2 = std::fs::File::open(&path)?;
+        for _ in 0..64 {
+            f2.read_vectored(&mut [std::io::IoSliceMut::new(&mut a), std::io::IoSliceMut::new(&mut b)])?;
+        }
+        let mut out = std::fs::File::create(path.with_extension("out"))?;
+        // write, writev, pwrite64
+        for _ in 0..64 {
+            out.write_all(&buf)?;
+        }
+        for _ in 0..64 {
+            out.write_vectored(&[std::io::IoSlice::new(&a), std::io::IoSlice::new(&b)])?;
+        }
+        for i in 0..32 {
+            out.write_at(&buf[..1000], i * 1000)?;
+        }
+        Ok(())
+    });
     let procio = std::fs::read_to_string(format!("/proc/{pid}/io")).unwrap();
     let field = |name: &str| -> u64 {
         procio.lines().find_map(|l| l.strip_prefix(name)?.trim().parse().ok()).unwrap()
     };
     let (rchar, wchar) = (field("rchar:"), field("wchar:"));
     let iv = p.io.drain();
-    // SAFETY: our child.
-    unsafe {
-        libc::kill(pid, libc::SIGKILL);
-        libc::waitpid(pid, &mut status, 0);
-    }
+    reap(pid);
     let row = iv.processes.get(&(pid as u32)).copied().unwrap_or_default();
     eprintln!("rchar {rchar} wchar {wchar} probes {row:?}");
     assert!(rchar > 4 << 20 && wchar > 4 << 20, "workload too small: {procio}");
@@ -215,38 +228,21 @@ fn sampled_io_time_scales_to_all_calls() {
     let path = dir.join("data");
     write_random(&path, 4 << 20, 2);
     let _ = p.io.drain();
-    // SAFETY: fork in a test; the child only does syscalls and exits.
-    let pid = unsafe { libc::fork() };
-    if pid == 0 {
-        let run = || -> std::io::Result<()> {
-            let f = std::fs::File::open(&path)?;
-            let mut buf = vec![0u8; 4096];
-            let t = std::time::Instant::now();
-            while t.elapsed() < std::time::Duration::from_millis(1500) {
-                for i in 0..1024 {
-                    f.read_exact_at(&mut buf, i * 4096)?;
-                }
+    let pid = fork_stopped(|| {
+        let f = std::fs::File::open(&path)?;
+        let mut buf = vec![0u8; 4096];
+        let t = std::time::Instant::now();
+        while t.elapsed() < std::time::Duration::from_millis(1500) {
+            for i in 0..1024 {
+                f.read_exact_at(&mut buf, i * 4096)?;
             }
-            Ok(())
-        };
-        let code = if run().is_ok() { 0 } else { 1 };
-        // SAFETY: stop here so that the parent reads /proc/<pid>/schedstat, then exit.
-        unsafe {
-            libc::raise(libc::SIGSTOP);
-            libc::_exit(code)
-        };
-    }
-    let mut status = 0;
-    // SAFETY: waiting for our child.
-    unsafe { libc::waitpid(pid, &mut status, libc::WUNTRACED) };
+        }
+        Ok(())
+    });
     let schedstat = std::fs::read_to_string(format!("/proc/{pid}/schedstat")).unwrap();
     let cpu_ns: u64 = schedstat.split_whitespace().next().unwrap().parse().unwrap();
     let iv = p.io.drain();
-    // SAFETY: our child.
-    unsafe {
-        libc::kill(pid, libc::SIGKILL);
-        libc::waitpid(pid, &mut status, 0);
-    }
+    reap(pid);
     let row = iv.processes.get(&(pid as u32)).copied().unwrap_or_default();
     eprintln!("cpu {cpu_ns} ns, probes {row:?}, timing {:?}", iv.timing);
     let calls = row.read_calls - row.failed_calls;
