@@ -165,6 +165,18 @@ pub fn copy_in_child(src: &Path, dst: &Path, block: usize) -> Result<(Duration, 
     Ok((Duration::from_nanos(ns), calls))
 }
 
+/// Asks the kernel to drop a (clean) file's pages from the page cache.
+fn drop_from_cache(path: &Path) -> Result<()> {
+    use std::os::fd::AsRawFd;
+    let f = std::fs::File::open(path)?;
+    // SAFETY: a valid open fd.
+    let r = unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+    if r != 0 {
+        anyhow::bail!("posix_fadvise(DONTNEED) on {}: error {r}", path.display());
+    }
+    Ok(())
+}
+
 fn set_bpf_stats(on: bool) -> Result<()> {
     std::fs::write("/proc/sys/kernel/bpf_stats_enabled", if on { "1" } else { "0" })
         .context("enabling kernel.bpf_stats_enabled (needs root)")
@@ -215,7 +227,9 @@ fn stats_copy(
 /// Runs the benchmark in `dir` with a `file_bytes` file copied in `block` byte syscalls. Each
 /// of the `rounds` measures the copy's CPU time without programs, with the agent's I/O
 /// programs, and with only an empty program on `sys_exit` (best of three copies each), and
-/// one copy with the kernel's BPF stats on for each program set.
+/// copies with the kernel's BPF stats on: for the syscall handlers and the empty programs a
+/// copy from the page cache, for the other handlers a copy from a source dropped from the
+/// cache to a new file (page-cache insertions, dirtied folios, block requests).
 pub fn run(object: &[u8], dir: &Path, file_bytes: u64, block: usize, rounds: usize) -> Result<IoBench> {
     let src = dir.join("carbon-io-bench.src");
     let dst = dir.join("carbon-io-bench.dst");
@@ -238,11 +252,23 @@ pub fn run(object: &[u8], dir: &Path, file_bytes: u64, block: usize, rounds: usi
         let mut probes = super::attach_with(&mut ebpf, config.clone(), &kernel_btf)?;
         let a = best_copy(&src, &dst, block)?;
         let _ = probes.drain();
-        let (costs, calls) = stats_copy(&ebpf, &probes.programs, &src, &dst, block)?;
+        // The syscall handlers on the copy from the page cache; the others (page-cache
+        // insertions, dirtied folios, block requests) on a copy from a source dropped from the
+        // cache to a new destination.
+        let (warm, calls) = stats_copy(&ebpf, &probes.programs, &src, &dst, block)?;
+        let _ = probes.drain();
+        drop_from_cache(&src)?;
+        std::fs::remove_file(&dst)?;
+        let (cold, _) = stats_copy(&ebpf, &probes.programs, &src, &dst, block)?;
         let _ = probes.drain();
         drop(probes);
         drop(ebpf);
         traced += calls;
+        let syscall_handler = |name: &str| name == "io_sys_enter" || name == "io_sys_exit";
+        let costs = warm
+            .into_iter()
+            .filter(|c| syscall_handler(c.0))
+            .chain(cold.into_iter().filter(|c| !syscall_handler(c.0)));
         for (name, cnt, ns) in costs {
             let per = if cnt == 0 { f64::NAN } else { ns as f64 / cnt as f64 };
             if name == "io_sys_exit" {
