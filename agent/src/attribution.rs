@@ -234,7 +234,8 @@ pub fn attribute(input: &AttributionInput<'_>) -> Attribution {
     ];
     for (domain, energy) in cpu_side {
         let (stat, dynamic) = static_dynamic(energy, input.interval_s);
-        s.out.metered_j += stat + dynamic;
+        // The meter's own figure (`stat + dynamic` can differ from it in the last bit).
+        s.out.metered_j += sanitize(energy.energy_j);
         s.split(dynamic, &cpu_weights, domain, Kind::Dynamic);
         let static_weights: &[(Target, f64)] = match input.policy {
             StaticShare::Proportional => &cpu_weights,
@@ -245,7 +246,7 @@ pub fn attribute(input: &AttributionInput<'_>) -> Attribution {
     }
     for gpu in input.gpus {
         let (stat, dynamic) = static_dynamic(gpu.energy, input.interval_s);
-        s.out.metered_j += stat + dynamic;
+        s.out.metered_j += sanitize(gpu.energy.energy_j);
         let shares: Vec<(Target, f64)> = gpu
             .shares
             .iter()
