@@ -61,6 +61,8 @@ pub struct IntervalReport {
 
 pub struct Session {
     probes: Probes,
+    /// The online CPUs, visited before every drain ([`crate::probes::kick`]).
+    cpus: Vec<usize>,
     pub energy: EnergyAccountant,
     pub carbon: CarbonAccountant,
     /// Wasted-I/O findings over the whole session.
@@ -115,6 +117,7 @@ impl Session {
             procfs,
             users: Users::load(std::path::Path::new("/etc/passwd")),
             ncpu: online_cpus(),
+            cpus: crate::probes::kick::online_cpus(),
             opts,
             last_tick: Instant::now(),
             events_seen: 0,
@@ -193,6 +196,9 @@ impl Session {
     /// the pipeline: usage → energy → carbon → per-process totals → waste tracking.
     pub fn close_interval(&mut self) -> IntervalReport {
         self.drain_events();
+        // Every CPU switches once, so that time still running (idle, a thread that has not
+        // switched) and pending I/O are charged now, to this interval.
+        crate::probes::kick::kick_cpus(&self.cpus);
         let now = Instant::now();
         let timestamp = SystemTime::now();
         let interval_s = now.duration_since(self.last_tick).as_secs_f64();

@@ -135,6 +135,9 @@ async fn idle_kernel_and_processes_cover_all_cpu_time() {
     }
     let coverage = total / available;
     eprintln!("covered {:.2}% of the CPU time of 3 s", coverage * 100.0);
-    // A VM's steal time is in no bucket (the kernel does not charge it to tasks either).
-    assert!((0.80..=1.15).contains(&coverage), "buckets cover {:.1}% of CPU time", coverage * 100.0);
+    // A VM's steal time is in no bucket (the kernel does not charge it to tasks either). Every
+    // CPU passes through the scheduler before each drain (`probes::kick`), so nothing still
+    // running is charged to a later interval: over 100 % would be time counted twice (before
+    // the kick, idle CPUs' stints made 89–118 % here).
+    assert!((0.85..=1.05).contains(&coverage), "buckets cover {:.1}% of CPU time", coverage * 100.0);
 }

@@ -588,9 +588,9 @@ impl IoProbes {
     }
 
     /// Asks the syscall exit handler on every CPU with pending calls ([`PendingIo`]) to move
-    /// them into the maps: a thread of the agent runs a failing `pread64(-1, ..)` on each of
-    /// those CPUs. Returns how many of them the agent may not run on (their pending calls
-    /// stay until that CPU's next I/O call that does not continue them, or 64 calls).
+    /// them into the maps ([`crate::probes::kick`]). Returns how many of them the agent may not
+    /// run on (their pending calls stay until that CPU's next I/O call that does not continue
+    /// them, or 64 calls).
     fn flush_pending(&self) -> u64 {
         let mut cpus: Vec<usize> = Vec::new();
         for i in 0..PENDING_SLOTS {
@@ -602,25 +602,7 @@ impl IoProbes {
                 }
             }
         }
-        if cpus.is_empty() {
-            return 0;
-        }
-        std::thread::scope(|s| {
-            s.spawn(|| {
-                let mut unreachable = 0;
-                for &cpu in &cpus {
-                    if run_on_cpu(cpu) {
-                        // SAFETY: a read into no buffer from an invalid fd: fails with EBADF.
-                        unsafe { libc::pread(-1, std::ptr::null_mut(), 0, 0) };
-                    } else {
-                        unreachable += 1;
-                    }
-                }
-                unreachable
-            })
-            .join()
-            .unwrap_or(cpus.len() as u64)
-        })
+        crate::probes::kick::kick_cpus(&cpus)
     }
 
     /// How the time in I/O syscalls has been measured since the start: the configured and
@@ -717,20 +699,6 @@ impl IoProbes {
                 _ => {}
             }
         }
-    }
-}
-
-/// Moves the calling thread to `cpu` (and only there); false when it may not run there.
-fn run_on_cpu(cpu: usize) -> bool {
-    if cpu >= libc::CPU_SETSIZE as usize {
-        return false;
-    }
-    // SAFETY: a zeroed cpu_set_t is a valid empty set; sched_setaffinity on the calling thread
-    // (pid 0) migrates it before returning.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu, &mut set);
-        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) == 0
     }
 }
 

@@ -9,6 +9,7 @@
 pub use carbon_agent_common::btf;
 pub mod cpu;
 pub mod kfunc;
+pub mod kick;
 pub mod lifecycle;
 pub mod privileges;
 pub mod tracefs;
