@@ -21,8 +21,8 @@
 use aya_ebpf::{
     EbpfContext, Global,
     helpers::{
-        bpf_get_current_pid_tgid, bpf_get_current_task, bpf_get_current_uid_gid, bpf_ktime_get_ns,
-        bpf_probe_read_kernel, bpf_probe_read_kernel_str_bytes, bpf_probe_read_user_str_bytes,
+        bpf_get_current_pid_tgid, bpf_get_current_uid_gid, bpf_ktime_get_ns, bpf_probe_read_kernel,
+        bpf_probe_read_kernel_str_bytes, bpf_probe_read_user_str_bytes,
         generated::{bpf_get_current_task_btf, bpf_task_pt_regs},
     },
     macros::{btf_tracepoint, map, raw_tracepoint, tracepoint},
@@ -597,12 +597,6 @@ fn file_entry(key: &FileKey, uid: Option<u32>) -> Option<*mut FileIo> {
     e
 }
 
-#[inline(always)]
-fn current_task() -> *const u8 {
-    // SAFETY: bpf helper without preconditions.
-    unsafe { bpf_get_current_task() as *const u8 }
-}
-
 /// `current` as a BTF-typed pointer (fields are plain loads).
 #[inline(always)]
 fn current_task_btf() -> *const u8 {
@@ -809,9 +803,8 @@ fn on_unlink(regs: *const u8, nr: u64) {
     if ev.user_path[0] != b'/' {
         ev.flags |= path_flag::RELATIVE;
         let base = if dfd == AT_FDCWD {
-            unsafe {
-                rd::<*const u8>(current_task(), o.task_fs).and_then(|fs| rd::<*const u8>(fs, o.fs_pwd_dentry))
-            }
+            let fs: *const u8 = load(current_task_btf(), off!(task_fs));
+            if fs.is_null() { None } else { Some(load::<*const u8>(fs, off!(fs_pwd_dentry))) }
         } else {
             fd_file(current_task_btf(), dfd).map(|f| load::<*const u8>(f, off!(file_dentry)))
         };

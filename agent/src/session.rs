@@ -198,13 +198,13 @@ impl Session {
         self.drain_events();
         // Every CPU switches once, so that time still running (idle, a thread that has not
         // switched) and pending I/O are charged now, to this interval.
-        crate::probes::kick::kick_cpus(&self.cpus);
+        let unvisited_cpus = crate::probes::kick::kick_cpus(&self.cpus);
         let now = Instant::now();
         let timestamp = SystemTime::now();
         let interval_s = now.duration_since(self.last_tick).as_secs_f64();
         self.last_tick = now;
         let deltas = self.probes.cpu.drain();
-        let io = self.probes.io.as_mut().map(|p| p.drain()).unwrap_or_default();
+        let io = self.probes.io.as_mut().map(|p| p.drain_flushed(unvisited_cpus)).unwrap_or_default();
         let usage = self.table.apply_cpu(&deltas, interval_s, self.ncpu, &self.procfs);
 
         let energy = self.energy.interval(&usage);

@@ -336,8 +336,8 @@ pub struct IoTiming {
     pub measured_sampling: f64,
     /// Mean ns per call used for the processes and files without timed calls.
     pub fallback_ns_per_call: f64,
-    /// Pending kernel slots that could not be flushed because the agent may not run on
-    /// their CPU (their calls show up in a later interval).
+    /// CPUs whose pending kernel slots could not be flushed before the drain because the
+    /// agent may not run there (their calls, if any, show up in a later interval).
     pub unflushed_cpus: u64,
 }
 
@@ -485,8 +485,15 @@ fn read_pod<T: Copy>(bytes: &[u8]) -> Option<T> {
 impl IoProbes {
     /// Takes everything the kernel counted since the previous drain.
     pub fn drain(&mut self) -> IoInterval {
+        let unflushed_cpus = self.flush_pending();
+        self.drain_flushed(unflushed_cpus)
+    }
+
+    /// [`drain`](Self::drain) right after the caller visited every CPU ([`crate::probes::kick`],
+    /// which flushes the pending calls), `unflushed_cpus` being the CPUs it could not visit.
+    pub fn drain_flushed(&mut self, unflushed_cpus: u64) -> IoInterval {
         let mut out = IoInterval::default();
-        out.timing.unflushed_cpus = self.flush_pending();
+        out.timing.unflushed_cpus = unflushed_cpus;
         self.drain_paths(&mut out);
         let max = self.config.max_ranges_per_file;
         let mut files: BTreeMap<FileKey, FileActivity> = BTreeMap::new();

@@ -106,20 +106,18 @@ impl EnterSampler {
                 // Sleeps `d`; false when asked to stop.
                 let sleep =
                     |d: Duration| matches!(stopped.recv_timeout(d), Err(mpsc::RecvTimeoutError::Timeout));
-                let t = Instant::now();
-                let go_on = sleep(first_window);
-                drop(first);
-                counter.fetch_add(t.elapsed().as_nanos() as u64, Ordering::Relaxed);
-                if !go_on || !sleep(period - first_window) {
-                    return;
-                }
+                // The first window, already attached, opens the first period.
+                let mut first = Some(first);
                 loop {
-                    let (offset, on) = window(period, fraction, rng.next());
+                    let (offset, on) = match first {
+                        Some(_) => (Duration::ZERO, first_window),
+                        None => window(period, fraction, rng.next()),
+                    };
                     if !sleep(offset) {
                         return;
                     }
                     let t = Instant::now();
-                    let link = attach(prog.as_fd());
+                    let link = first.take().map_or_else(|| attach(prog.as_fd()), Ok);
                     let go_on = sleep(on);
                     match link {
                         Ok(link) => {
