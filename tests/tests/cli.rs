@@ -1,7 +1,11 @@
 //! End-to-end tests of the `carbon-agent` binary: `run --json`/`--csv` documents, JSON Lines,
 //! energy attribution on real processes, wasted-I/O findings. Root only, never skipped.
 
-use std::{path::PathBuf, process::Command};
+use std::{
+    path::PathBuf,
+    process::Command,
+    sync::atomic::{AtomicUsize, Ordering},
+};
 
 use carbon_agent_tests::{agent_bin, require_root};
 use serde_json::Value;
@@ -18,8 +22,9 @@ fn tmp(name: &str) -> PathBuf {
 
 /// Runs `carbon-agent run --json FILE ARGS -- CMD` and returns (exit code, document, stderr).
 fn run(args: &[&str], cmd: &[&str]) -> (i32, Value, String) {
-    let json =
-        tmp(&format!("run-{}.json", cmd.join("-").replace('/', "_").chars().take(40).collect::<String>()));
+    // One file per call: tests run in parallel, and two commands can share a long prefix.
+    static CALLS: AtomicUsize = AtomicUsize::new(0);
+    let json = tmp(&format!("run-{}.json", CALLS.fetch_add(1, Ordering::Relaxed)));
     let out = Command::new(agent_bin())
         .arg("run")
         .arg("--json")
@@ -184,7 +189,7 @@ fn one_thread_against_three_gets_a_quarter_of_the_dynamic_energy() {
     assert_eq!(code, 0, "{stderr}");
     let kids: Vec<&Value> =
         doc["tree"]["children"].as_array().unwrap().iter().filter(|c| c["comm"] == "workload").collect();
-    assert_eq!(kids.len(), 2);
+    assert_eq!(kids.len(), 2, "tree: {:#}", doc["tree"]);
     let (mut a, mut b) = (kids[0], kids[1]);
     if a["cpu_time_s"].as_f64() > b["cpu_time_s"].as_f64() {
         std::mem::swap(&mut a, &mut b);
