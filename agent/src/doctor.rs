@@ -45,8 +45,10 @@ pub fn checks(energy: &crate::energy::EnergyConfig) -> Vec<Check> {
             false
         }
     };
-    match KernelBtf::from_sysfs(Path::new("/sys")) {
-        Ok(btf) => match StructOffsets::read(&btf) {
+    // Parsed once for every check that needs it.
+    let kernel_btf = KernelBtf::from_sysfs(Path::new("/sys"));
+    match &kernel_btf {
+        Ok(btf) => match StructOffsets::read(btf) {
             Ok(o) => out.push(check("kernel BTF", Status::Ok, format!("/sys/kernel/btf/vmlinux: {}", o.describe()), None)),
             Err(e) => out.push(check("kernel BTF", Status::Warn, format!("{e:#}"), Some("lifecycle events need these fields; processes will be discovered from /proc instead"))),
         },
@@ -79,7 +81,7 @@ pub fn checks(energy: &crate::energy::EnergyConfig) -> Vec<Check> {
         ));
     }
     if privileged {
-        match probes::probe_hooks() {
+        match probes::probe_hooks(kernel_btf.as_ref().ok()) {
             Ok(hooks) => {
                 for h in hooks {
                     out.push(match h.error {
@@ -96,7 +98,11 @@ pub fn checks(energy: &crate::energy::EnergyConfig) -> Vec<Check> {
             )),
         }
 
-        out.push(match crate::io::offsets_from_kernel() {
+        let io_offsets = match &kernel_btf {
+            Ok(btf) => crate::io::offsets_from(btf),
+            Err(e) => Err(anyhow::anyhow!("I/O probes need the kernel BTF: {e}")),
+        };
+        out.push(match io_offsets {
             Ok(_) => check(
                 "I/O programs: kernel offsets",
                 Status::Ok,
@@ -110,8 +116,7 @@ pub fn checks(energy: &crate::energy::EnergyConfig) -> Vec<Check> {
                 Some("I/O accounting and wasted-I/O findings will be off (x86_64 with BTF is needed)"),
             ),
         });
-        let btf = crate::probes::btf::KernelBtf::from_sysfs(std::path::Path::new("/sys")).ok();
-        out.push(match crate::probes::kfunc::agent_object(btf.as_ref()).1 {
+        out.push(match crate::probes::kfunc::agent_object(kernel_btf.as_ref().ok()).1 {
             None => check(
                 "I/O programs: kfunc",
                 Status::Ok,

@@ -155,11 +155,17 @@ fn parse_stat(s: &str) -> Option<Stat> {
     })
 }
 
+/// The online CPUs (`/sys/devices/system/cpu/online`); empty when unreadable.
+pub fn online_cpu_ids() -> Vec<usize> {
+    aya::util::online_cpus().map(|v| v.into_iter().map(|c| c as usize).collect()).unwrap_or_default()
+}
+
 /// Number of online CPUs.
 pub fn online_cpus() -> u32 {
-    aya::util::online_cpus()
-        .map(|c| c.len() as u32)
-        .unwrap_or_else(|_| std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1))
+    match online_cpu_ids().len() {
+        0 => std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1),
+        n => n as u32,
+    }
 }
 
 /// User names by uid, from an `/etc/passwd`-format file; unknown uids print as numbers.

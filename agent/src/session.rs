@@ -117,7 +117,7 @@ impl Session {
             procfs,
             users: Users::load(std::path::Path::new("/etc/passwd")),
             ncpu: online_cpus(),
-            cpus: crate::probes::kick::online_cpus(),
+            cpus: crate::procfs::online_cpu_ids(),
             opts,
             last_tick: Instant::now(),
             events_seen: 0,

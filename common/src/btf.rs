@@ -33,7 +33,6 @@ pub enum BtfError {
     Bitfield { strukt: String, field: String },
 }
 
-const KIND_ARRAY: u32 = 3;
 const KIND_STRUCT: u32 = 4;
 const KIND_UNION: u32 = 5;
 const KIND_TYPEDEF: u32 = 8;
@@ -59,8 +58,6 @@ struct Type {
     /// For modifiers and typedefs: the referenced type.
     type_ref: u32,
     members: Vec<Member>,
-    /// For arrays: the number of elements.
-    nelems: u32,
 }
 
 /// Parsed kernel BTF: enough to answer "where is field F of struct S".
@@ -106,7 +103,7 @@ impl KernelBtf {
             .ok_or_else(|| BtfError::Malformed("string section out of bounds".into()))?
             .to_vec();
 
-        let mut types = vec![Type { name_off: 0, kind: 0, type_ref: 0, members: Vec::new(), nelems: 0 }];
+        let mut types = vec![Type { name_off: 0, kind: 0, type_ref: 0, members: Vec::new() }];
         let mut at = 0;
         while at < type_data.len() {
             let name_off = u32_at(type_data, at)?;
@@ -117,7 +114,6 @@ impl KernelBtf {
             let kind = (info >> 24) & 0x1f;
             let kind_flag = info >> 31 == 1;
             let mut members = Vec::new();
-            let nelems = if kind == KIND_ARRAY { u32_at(type_data, at + 8)? } else { 0 };
             let extra = match kind {
                 1 | 14 | 17 => 4, // INT, VAR, DECL_TAG
                 3 => 12,          // ARRAY
@@ -140,7 +136,7 @@ impl KernelBtf {
                 other => return Err(BtfError::Malformed(format!("unknown BTF kind {other}"))),
             };
             at += extra;
-            types.push(Type { name_off, kind, type_ref: size_or_type, members, nelems });
+            types.push(Type { name_off, kind, type_ref: size_or_type, members });
         }
         if at != type_data.len() {
             return Err(BtfError::Malformed("type section ends inside a record".into()));
@@ -217,20 +213,6 @@ impl KernelBtf {
     /// Byte offset of `field` in struct (or union) `strukt`; `field` may be a dotted path
     /// through embedded structs, e.g. `f_path.dentry`.
     pub fn member_offset(&self, strukt: &str, field: &str) -> Result<u32, BtfError> {
-        Ok(self.member(strukt, field)?.0)
-    }
-
-    /// Number of elements of the array member `field` of `strukt`.
-    pub fn member_array_len(&self, strukt: &str, field: &str) -> Result<u32, BtfError> {
-        let (_, ty) = self.member(strukt, field)?;
-        match self.types.get(ty as usize) {
-            Some(t) if t.kind == KIND_ARRAY => Ok(t.nelems),
-            _ => Err(BtfError::Malformed(format!("{strukt}.{field} is not an array"))),
-        }
-    }
-
-    /// Byte offset and (resolved) type id of `field` in `strukt`.
-    fn member(&self, strukt: &str, field: &str) -> Result<(u32, u32), BtfError> {
         let mut id = *self.structs_by_name.get(strukt).ok_or_else(|| BtfError::NoStruct(strukt.into()))?;
         let mut bits = 0;
         for part in field.split('.') {
@@ -246,7 +228,7 @@ impl KernelBtf {
         if bits % 8 != 0 {
             return Err(BtfError::Bitfield { strukt: strukt.into(), field: field.into() });
         }
-        Ok((bits / 8, id))
+        Ok(bits / 8)
     }
 }
 
@@ -302,8 +284,6 @@ mod tests {
         let path = Path::new("/sys/kernel/btf/vmlinux");
         if path.exists() {
             let k = KernelBtf::from_sysfs(Path::new("/sys")).unwrap();
-            assert!(k.member_array_len("files_struct", "fd_array").unwrap() >= 1);
-            assert!(k.member_array_len("files_struct", "next_fd").is_err());
             let direct =
                 k.member_offset("file", "f_path").unwrap() + k.member_offset("path", "dentry").unwrap();
             assert_eq!(k.member_offset("file", "f_path.dentry").unwrap(), direct);

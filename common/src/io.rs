@@ -301,11 +301,6 @@ pub struct IoOffsets {
     pub files_fdt: u32,
     pub fdt_max_fds: u32,
     pub fdt_fd: u32,
-    /// `files_struct.fdtab` (the embedded `fdtable`) and `files_struct.fd_array` (its `fd`
-    /// array while the table has not grown), and that array's length (`NR_OPEN_DEFAULT`).
-    pub files_fdtab: u32,
-    pub files_fd_array: u32,
-    pub fd_array_len: u32,
     /// `file.f_inode`, `file.f_pos`, `file.f_path` + `path.dentry`.
     pub file_inode: u32,
     pub file_pos: u32,

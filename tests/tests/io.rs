@@ -38,10 +38,10 @@ fn attach() -> Probes {
 /// [`attach`] with the given share of time in which the I/O syscalls are timed.
 fn attach_sampling(time_sampling: f64) -> Probes {
     require_root();
-    let offsets = Box::leak(Box::new(io::offsets_from_kernel().expect("offsets from BTF")));
+    let btf = carbon_agent::probes::btf::KernelBtf::from_sysfs(Path::new("/sys")).expect("kernel BTF");
+    let offsets = Box::leak(Box::new(io::offsets_from(&btf).expect("offsets from BTF")));
     let mut loader = carbon_agent::probes::new_loader();
     io::configure_loader(&mut loader, offsets);
-    let btf = carbon_agent::probes::btf::KernelBtf::from_sysfs(Path::new("/sys")).expect("kernel BTF");
     let (object, error) = carbon_agent::probes::kfunc::agent_object(Some(&btf));
     assert_eq!(error, None, "the I/O programs need bpf_rdonly_cast");
     let mut ebpf = loader.load(object.bytes()).expect("load the eBPF object");

@@ -10,6 +10,7 @@ use anyhow::{Context, Result};
 use serde::Serialize;
 
 use super::{IoConfig, IoOffsets};
+use crate::probes::btf::KernelBtf;
 
 /// Cost of one program.
 #[derive(Clone, Debug, Serialize)]
@@ -229,13 +230,19 @@ fn stats_copy(
 /// programs, and with only an empty program on `sys_exit` (best of three copies each), and
 /// copies with the kernel's BPF stats on: for the syscall handlers and the empty programs a
 /// copy from the page cache, for the other handlers a copy from a source dropped from the
-/// cache to a new file (page-cache insertions, dirtied folios, block requests).
-pub fn run(object: &[u8], dir: &Path, file_bytes: u64, block: usize, rounds: usize) -> Result<IoBench> {
+/// cache to a new file (page-cache insertions, dirtied folios, block requests). The agent's
+/// object is prepared for the running kernel, whose parsed BTF is `btf`.
+pub fn run(btf: &KernelBtf, dir: &Path, file_bytes: u64, block: usize, rounds: usize) -> Result<IoBench> {
+    let (object, error) = crate::probes::kfunc::agent_object(Some(btf));
+    if let Some(e) = error {
+        anyhow::bail!(e);
+    }
+    let object = object.bytes();
     let src = dir.join("carbon-io-bench.src");
     let dst = dir.join("carbon-io-bench.dst");
     std::fs::write(&src, vec![0x5au8; file_bytes as usize])?;
     syscall_heavy_copy(&src, &dst, block)?; // warm the page cache
-    let offsets: IoOffsets = super::offsets_from_kernel()?;
+    let offsets: IoOffsets = super::offsets_from(btf)?;
     let kernel_btf = aya::Btf::from_sys_fs().context("the I/O benchmark needs the kernel BTF")?;
     let config = IoConfig::default();
     let (mut detached, mut attached, mut empty) = (f64::MAX, f64::MAX, f64::MAX);

@@ -1,7 +1,7 @@
 //! I/O per process from the kernel: attaching the I/O programs of `agent-ebpf/src/io.rs` and
 //! draining their maps once per interval into an [`IoInterval`].
 //!
-//! Use: compute [`IoOffsets`] with [`offsets_from_kernel`], set them on the loader as the
+//! Use: compute [`IoOffsets`] with [`offsets_from`], set them on the loader as the
 //! global [`IO_OFFSETS_GLOBAL`] (see [`configure_loader`]), load, then [`attach`]; call
 //! [`IoProbes::drain`] once per interval. See `docs/io.md`.
 
@@ -46,14 +46,7 @@ pub const IO_STATS: &[(u32, &str)] = &[
     (carbon_agent_common::stat::IO_FD_UNRESOLVED, "io_fd_unresolved"),
 ];
 
-/// Reads the offsets the I/O programs need from the running kernel's BTF.
-pub fn offsets_from_kernel() -> Result<IoOffsets> {
-    let btf = crate::probes::btf::KernelBtf::from_sysfs(std::path::Path::new("/sys"))
-        .context("I/O probes need the kernel BTF")?;
-    offsets_from(&btf)
-}
-
-/// The offsets the I/O programs need, from already parsed kernel BTF.
+/// The offsets the I/O programs need, from the running kernel's (parsed) BTF.
 pub fn offsets_from(btf: &crate::probes::btf::KernelBtf) -> Result<IoOffsets> {
     if !cfg!(target_arch = "x86_64") {
         bail!("the I/O probes use x86_64 syscall numbers and pt_regs; this is {}", std::env::consts::ARCH);
@@ -482,6 +475,18 @@ fn read_pod<T: Copy>(bytes: &[u8]) -> Option<T> {
         .then(|| unsafe { std::ptr::read_unaligned(bytes.as_ptr() as *const T) })
 }
 
+/// The activity of file `k` in `files`, added empty (ranges capped at `max`) when missing.
+fn file_activity(files: &mut BTreeMap<FileKey, FileActivity>, k: FileKey, max: usize) -> &mut FileActivity {
+    files.entry(k).or_insert_with(|| FileActivity {
+        tgid: k.tgid,
+        file: FileId { dev: k.dev, ino: k.ino },
+        read_ranges: RangeSet::with_limit(max),
+        write_ranges: RangeSet::with_limit(max),
+        cache_ranges: RangeSet::with_limit(max),
+        ..Default::default()
+    })
+}
+
 impl IoProbes {
     /// Takes everything the kernel counted since the previous drain.
     pub fn drain(&mut self) -> IoInterval {
@@ -497,27 +502,14 @@ impl IoProbes {
         self.drain_paths(&mut out);
         let max = self.config.max_ranges_per_file;
         let mut files: BTreeMap<FileKey, FileActivity> = BTreeMap::new();
-        let entry = |files: &mut BTreeMap<FileKey, FileActivity>, k: FileKey| -> *mut FileActivity {
-            files.entry(k).or_insert_with(|| FileActivity {
-                tgid: k.tgid,
-                file: FileId { dev: k.dev, ino: k.ino },
-                read_ranges: RangeSet::with_limit(max),
-                write_ranges: RangeSet::with_limit(max),
-                cache_ranges: RangeSet::with_limit(max),
-                ..Default::default()
-            }) as *mut _
-        };
         while let Some(item) = self.extents.next() {
             let Some(e) = read_pod::<Extent>(&item) else {
                 continue;
             };
-            // SAFETY: pointer into `files`, used before any other insertion.
-            let f = unsafe { &mut *entry(&mut files, e.key) };
-            add_run(f, e.kind, e.run);
+            add_run(file_activity(&mut files, e.key, max), e.kind, e.run);
         }
         for (k, v) in maps::take_all::<FileKey, FileIo>(self.file_io.fd().as_fd()) {
-            // SAFETY: as above.
-            let f = unsafe { &mut *entry(&mut files, k) };
+            let f = file_activity(&mut files, k, max);
             f.uid = v.uid;
             f.read_bytes += v.read_bytes;
             f.write_bytes += v.write_bytes;
@@ -615,10 +607,7 @@ impl IoProbes {
     /// How the time in I/O syscalls has been measured since the start: the configured and
     /// measured window share, and the calls timed out of all.
     pub fn timing_since_start(&self) -> IoTimeSource {
-        let (sampling, measured_sampling) = match &self.sampler {
-            Some(s) => (s.fraction, s.measured_fraction()),
-            None => (1.0, 1.0),
-        };
+        let (sampling, measured_sampling) = self.sampling();
         IoTimeSource {
             method: if sampling < 1.0 {
                 "estimated: calls timed (enter→exit) in random sampling windows, scaled to all calls"
@@ -672,11 +661,14 @@ impl IoProbes {
         out.timing.calls = calls;
         out.timing.timed_calls = n;
         out.timing.fallback_ns_per_call = fallback;
-        (out.timing.sampling, out.timing.measured_sampling) = match &self.sampler {
-            Some(s) => (s.fraction, s.measured_fraction()),
-            None => (1.0, 1.0),
-        };
+        (out.timing.sampling, out.timing.measured_sampling) = self.sampling();
         means
+    }
+
+    /// The configured and the measured share of time `io_sys_enter` was attached since the
+    /// start (1 and 1 when it stays attached).
+    fn sampling(&self) -> (f64, f64) {
+        self.sampler.as_ref().map_or((1.0, 1.0), |s| (s.fraction, s.measured_fraction()))
     }
 
     fn drain_paths(&mut self, out: &mut IoInterval) {

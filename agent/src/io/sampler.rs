@@ -80,11 +80,9 @@ pub struct EnterSampler {
     stop: Option<mpsc::Sender<()>>,
     thread: Option<JoinHandle<()>>,
     attached_ns: Arc<AtomicU64>,
-    attach_failures: Arc<AtomicU64>,
     started: Instant,
     /// The configured share of time attached.
     pub fraction: f64,
-    pub period: Duration,
 }
 
 impl EnterSampler {
@@ -97,8 +95,7 @@ impl EnterSampler {
         let first_window = period.mul_f64(fraction.clamp(0.0, 1.0));
         let (stop, stopped) = mpsc::channel::<()>();
         let attached_ns = Arc::new(AtomicU64::new(0));
-        let attach_failures = Arc::new(AtomicU64::new(0));
-        let (counter, failed) = (attached_ns.clone(), attach_failures.clone());
+        let counter = attached_ns.clone();
         let thread = std::thread::Builder::new()
             .name("io-time-sampler".into())
             .spawn(move || {
@@ -119,14 +116,11 @@ impl EnterSampler {
                     let t = Instant::now();
                     let link = first.take().map_or_else(|| attach(prog.as_fd()), Ok);
                     let go_on = sleep(on);
-                    match link {
-                        Ok(link) => {
-                            drop(link);
-                            counter.fetch_add(t.elapsed().as_nanos() as u64, Ordering::Relaxed);
-                        }
-                        Err(_) => {
-                            failed.fetch_add(1, Ordering::Relaxed);
-                        }
+                    // A window whose attach failed timed no call: it is left out of the
+                    // measured share.
+                    if let Ok(link) = link {
+                        drop(link);
+                        counter.fetch_add(t.elapsed().as_nanos() as u64, Ordering::Relaxed);
                     }
                     if !go_on || !sleep(period - on - offset) {
                         return;
@@ -134,26 +128,13 @@ impl EnterSampler {
                 }
             })
             .context("starting the I/O timing sampler thread")?;
-        Ok(Self {
-            stop: Some(stop),
-            thread: Some(thread),
-            attached_ns,
-            attach_failures,
-            started: Instant::now(),
-            fraction,
-            period,
-        })
+        Ok(Self { stop: Some(stop), thread: Some(thread), attached_ns, started: Instant::now(), fraction })
     }
 
     /// Share of the time since the start that `io_sys_enter` was attached.
     pub fn measured_fraction(&self) -> f64 {
         let total = self.started.elapsed().as_nanos() as f64;
         if total == 0.0 { 0.0 } else { self.attached_ns.load(Ordering::Relaxed) as f64 / total }
-    }
-
-    /// Windows in which attaching failed (their calls were not timed).
-    pub fn attach_failures(&self) -> u64 {
-        self.attach_failures.load(Ordering::Relaxed)
     }
 }
 

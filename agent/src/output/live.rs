@@ -65,8 +65,6 @@ pub fn tree_rows(
     }
     struct Tree {
         root: Pid,
-        interval_ns: u64,
-        total_ns: u64,
         count: u64,
         active: Vec<(u64, Pid)>,
         interval: Totals,
@@ -77,8 +75,6 @@ pub fn tree_rows(
         .map(|(root, pids)| {
             let mut t = Tree {
                 root,
-                interval_ns: 0,
-                total_ns: 0,
                 count: 0,
                 active: Vec::new(),
                 interval: Totals::default(),
@@ -86,8 +82,6 @@ pub fn tree_rows(
             };
             for pid in pids {
                 let p = table.get(pid).expect("listed");
-                t.interval_ns += p.interval.cpu_ns;
-                t.total_ns += p.totals.cpu_ns + p.reaped.cpu_ns;
                 t.interval.add(&p.interval);
                 t.total.add(&p.totals);
                 t.total.add(&p.reaped);
@@ -99,10 +93,14 @@ pub fn tree_rows(
             t.active.sort_by(|a, b| b.cmp(a));
             t
         })
-        .filter(|t| t.total_ns > 0)
+        .filter(|t| t.total.cpu_ns > 0)
         .collect();
     trees.sort_by(|a, b| {
-        b.interval_ns.cmp(&a.interval_ns).then(b.total_ns.cmp(&a.total_ns)).then(a.root.cmp(&b.root))
+        b.interval
+            .cpu_ns
+            .cmp(&a.interval.cpu_ns)
+            .then(b.total.cpu_ns.cmp(&a.total.cpu_ns))
+            .then(a.root.cmp(&b.root))
     });
     let mut rows = Vec::new();
     for t in trees {
@@ -113,8 +111,8 @@ pub fn tree_rows(
             user: users.name(root.map_or(u32::MAX, |p| p.uid)),
             comm: root.map_or_else(|| "?".into(), |p| p.comm.clone()),
             processes: t.count,
-            cpu_total_s: t.total_ns as f64 / 1e9,
-            cpu_percent: pct(t.interval_ns),
+            cpu_total_s: t.total.cpu_s(),
+            cpu_percent: pct(t.interval.cpu_ns),
             watts: per_s(t.interval.energy.total),
             energy_j: t.total.energy.total,
             emissions_g: t.total.emissions.total,

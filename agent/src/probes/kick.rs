@@ -33,11 +33,6 @@ pub fn kick_cpus(cpus: &[usize]) -> u64 {
     })
 }
 
-/// Every online CPU.
-pub fn online_cpus() -> Vec<usize> {
-    aya::util::online_cpus().map(|v| v.into_iter().map(|c| c as usize).collect()).unwrap_or_default()
-}
-
 /// Moves the calling thread to `cpu` (and only there); false when it may not run there.
 fn run_on_cpu(cpu: usize) -> bool {
     if cpu >= libc::CPU_SETSIZE as usize {
@@ -58,7 +53,7 @@ mod tests {
 
     #[test]
     fn visits_the_cpus_it_may_run_on_and_counts_the_others() {
-        let online = online_cpus();
+        let online = crate::procfs::online_cpu_ids();
         assert!(!online.is_empty());
         assert_eq!(kick_cpus(&online), 0);
         assert_eq!(kick_cpus(&[]), 0);

@@ -304,16 +304,16 @@ pub struct HookProbe {
 }
 
 /// Loads the object and tries to attach each program on its own, then detaches everything.
-pub fn probe_hooks() -> anyhow::Result<Vec<HookProbe>> {
+/// `kernel_btf`: the running kernel's BTF, already parsed (`None` where it has none).
+pub fn probe_hooks(kernel_btf: Option<&KernelBtf>) -> anyhow::Result<Vec<HookProbe>> {
     let btf = Btf::from_sys_fs().ok();
-    let kernel_btf = KernelBtf::from_sysfs(Path::new("/sys")).ok();
-    let offsets = kernel_btf.as_ref().and_then(|b| StructOffsets::read(b).ok());
+    let offsets = kernel_btf.and_then(|b| StructOffsets::read(b).ok());
     let mut loader = new_loader();
     loader.btf(btf.as_ref());
     if let Some(o) = &offsets {
         o.set_globals(&mut loader);
     }
-    let (object, _) = kfunc::agent_object(kernel_btf.as_ref());
+    let (object, _) = kfunc::agent_object(kernel_btf);
     let mut ebpf = loader.load(object.bytes()).context("loading the eBPF object into the kernel")?;
     let mut out = Vec::new();
     let mut record = |hook: &str, r: anyhow::Result<()>| {

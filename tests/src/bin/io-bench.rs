@@ -6,17 +6,7 @@ fn main() -> anyhow::Result<()> {
     let block: usize = a.get(2).map_or(Ok(4096), |s| s.parse())?;
     let rounds: usize = a.get(3).map_or(Ok(5), |s| s.parse())?;
     let btf = carbon_agent::probes::btf::KernelBtf::from_sysfs(std::path::Path::new("/sys"))?;
-    let (object, error) = carbon_agent::probes::kfunc::agent_object(Some(&btf));
-    if let Some(e) = error {
-        anyhow::bail!(e);
-    }
-    let r = carbon_agent::io::bench::run(
-        object.bytes(),
-        std::path::Path::new("/var/tmp"),
-        mib << 20,
-        block,
-        rounds,
-    )?;
+    let r = carbon_agent::io::bench::run(&btf, std::path::Path::new("/var/tmp"), mib << 20, block, rounds)?;
     println!("{}", serde_json::to_string_pretty(&r)?);
     Ok(())
 }
