@@ -126,10 +126,17 @@ fn of_root(findings: &[Finding], root: u32) -> Vec<&Finding> {
 /// Forks a child that runs `work`, then stops itself (SIGSTOP) so that the parent can read
 /// its /proc files before it exits; returns its pid once it has stopped. The child exits with
 /// 0 when `work` succeeded. Finish it with [`reap`].
+///
+/// The child first closes every fd from 3 up (`work` opens what it uses). A fork without exec
+/// keeps copies of the parent's fds, BPF links included: one taken while the timing sampler's
+/// window was open would keep `io_sys_enter` attached for the child's whole life, and time
+/// every call it makes.
 fn fork_stopped(work: impl FnOnce() -> std::io::Result<()>) -> libc::pid_t {
     // SAFETY: fork in a test; the child only does syscalls and exits.
     let pid = unsafe { libc::fork() };
     if pid == 0 {
+        // SAFETY: closes this child's own copies of its fds from 3 up.
+        unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32) };
         let code = if work().is_ok() { 0 } else { 1 };
         // SAFETY: stop here so that the parent reads /proc/<pid>/..., then exit.
         unsafe {
