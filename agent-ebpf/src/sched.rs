@@ -32,7 +32,7 @@ use aya_ebpf::{
     bindings::{BPF_F_NO_PREALLOC, BPF_LOCAL_STORAGE_GET_F_CREATE, bpf_map_type},
     helpers::{
         bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_get_current_uid_gid, bpf_ktime_get_ns,
-        generated::bpf_task_storage_get,
+        bpf_probe_read_kernel, generated::bpf_task_storage_get,
     },
     macros::{btf_map, btf_tracepoint, map, tracepoint},
     maps::{PerCpuArray, PerCpuHashMap},
@@ -79,6 +79,13 @@ struct IdleCpu {
     pending_ns: u64,
     /// Switches away from idle not yet added to `TGID_CPU`.
     pending_switches: u64,
+    /// When this CPU last switched away from idle (0: not seen since attach).
+    last_out: u64,
+    /// Runtime of the threads that switched out on this CPU since `last_out`.
+    busy_since_out: u64,
+    /// The thread last switched in on this CPU, and its `sum_exec_runtime` then.
+    last_in: u64,
+    last_in_runtime: u64,
 }
 
 /// Per CPU, for the BTF program: its idle task's state.
@@ -166,24 +173,33 @@ pub fn sched_switch_btf(ctx: BtfTracePointContext) -> i32 {
     // `prev` is `current`: its tgid, read from the task instead of through a helper call.
     let tgid: u32 = field(prev, &SCHED_TASK_TGID_OFF);
     let next_is_idle = field::<i32>(next, &SCHED_TASK_PID_OFF) == 0;
-    if tgid == IDLE_TGID || next_is_idle {
-        idle_switch(tgid == IDLE_TGID, next_is_idle);
-    }
+    let Some(idle) = IDLE_CPU.get_ptr_mut(0) else {
+        return 0;
+    };
+    // SAFETY: this CPU's slot; preemption is off in the scheduler.
+    let idle = unsafe { &mut *idle };
     if tgid != IDLE_TGID {
-        thread_switched_out(prev, tgid);
+        idle.busy_since_out += thread_switched_out(prev, tgid);
     }
+    if tgid == IDLE_TGID || next_is_idle {
+        idle_switch(idle, tgid == IDLE_TGID, next_is_idle);
+    }
+    idle.last_in = next as u64;
+    idle.last_in_runtime = field(next, &TASK_SUM_EXEC_RUNTIME_OFF);
     0
 }
 
-/// Accounts `prev`, a thread that is not idle, at its switch-out.
+/// Accounts `prev`, a thread that is not idle, at its switch-out; returns the runtime it
+/// added.
 #[inline(always)]
-fn thread_switched_out(prev: *const u8, tgid: u32) {
+fn thread_switched_out(prev: *const u8, tgid: u32) -> u64 {
     let runtime: u64 = field(prev, &TASK_SUM_EXEC_RUNTIME_OFF);
     let Some(thread) = THREAD_CPU.get_or_create(prev) else {
         stats::add(stat::TASK_STORAGE_FAILED, 1);
         // This stint, as the scheduler measured it.
-        charge(tgid, runtime.saturating_sub(field(prev, &TASK_PREV_SUM_EXEC_RUNTIME_OFF)), 1);
-        return;
+        let stint = runtime.saturating_sub(field(prev, &TASK_PREV_SUM_EXEC_RUNTIME_OFF));
+        charge(tgid, stint, 1);
+        return stint;
     };
     // SAFETY: this thread's own storage, written only at its switch-outs.
     let thread = unsafe { &mut *thread };
@@ -193,29 +209,49 @@ fn thread_switched_out(prev: *const u8, tgid: u32) {
         last => last,
     };
     thread.last_runtime = runtime;
-    thread.pending_ns += runtime.saturating_sub(since);
+    let stint = runtime.saturating_sub(since);
+    thread.pending_ns += stint;
     thread.pending_switches += 1;
     if thread.pending_ns >= FLUSH_NS || field::<u32>(prev, &SCHED_TASK_FLAGS_OFF) & PF_EXITING != 0 {
         let ns = core::mem::replace(&mut thread.pending_ns, 0);
         let switches = core::mem::replace(&mut thread.pending_switches, 0);
         charge(tgid, ns, switches);
     }
+    stint
 }
 
 /// Accounts this CPU's idle task when it is switched out (`out`) and/or in (`into`).
+///
+/// Some kernels do not deliver every switch to the program (`docs/architecture.md`): a switch
+/// into idle that was not seen leaves `since` at 0 when idle is switched out. That stint is
+/// then inferred (`IDLE_START_UNSEEN` counts them): the time since this CPU last left idle,
+/// less the runtime of the threads seen switching out since, less what the thread last
+/// switched in has run since (its switch-out was the one not seen; its runtime is charged at
+/// its next switch-out that is seen). Without it, on a quiet machine, a missed switch loses
+/// the whole idle stint that follows it, up to seconds.
 #[inline(always)]
-fn idle_switch(out: bool, into: bool) {
-    let Some(idle) = IDLE_CPU.get_ptr_mut(0) else {
-        return;
-    };
-    // SAFETY: this CPU's slot; preemption is off in the scheduler.
-    let idle = unsafe { &mut *idle };
+fn idle_switch(idle: &mut IdleCpu, out: bool, into: bool) {
     // SAFETY: helper without preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
     if out {
         let since = core::mem::replace(&mut idle.since, 0);
-        if since != 0 {
-            idle.pending_ns += now.saturating_sub(since);
+        let stint = if since != 0 {
+            now.saturating_sub(since)
+        } else if idle.last_out != 0 {
+            stats::add(stat::IDLE_START_UNSEEN, 1);
+            // SAFETY: bpf_probe_read_kernel copes with any address (the thread may be gone).
+            let last_in_ran = unsafe {
+                bpf_probe_read_kernel(
+                    (idle.last_in as *const u8).add(TASK_SUM_EXEC_RUNTIME_OFF.load() as usize) as *const u64,
+                )
+            }
+            .map_or(0, |r: u64| r.saturating_sub(idle.last_in_runtime));
+            now.saturating_sub(idle.last_out).saturating_sub(idle.busy_since_out).saturating_sub(last_in_ran)
+        } else {
+            0
+        };
+        if stint != 0 {
+            idle.pending_ns += stint;
             idle.pending_switches += 1;
             if idle.pending_ns >= FLUSH_NS {
                 let ns = core::mem::replace(&mut idle.pending_ns, 0);
@@ -223,6 +259,8 @@ fn idle_switch(out: bool, into: bool) {
                 charge(IDLE_TGID, ns, switches);
             }
         }
+        idle.last_out = now;
+        idle.busy_since_out = 0;
     }
     if into {
         idle.since = now;

@@ -66,6 +66,9 @@ pub mod stat {
     /// The scheduler program could not get a thread's task-local storage (out of memory):
     /// that stint was charged from `prev_sum_exec_runtime` instead.
     pub const TASK_STORAGE_FAILED: u32 = 10;
+    /// The scheduler program saw idle switched out without having seen it switched in (the
+    /// kernel did not deliver that switch): the idle stint was inferred (`agent-ebpf/src/sched.rs`).
+    pub const IDLE_START_UNSEEN: u32 = 11;
     /// Number of `STATS` slots.
     pub const COUNT: u32 = 16;
 }

@@ -127,17 +127,28 @@ async fn idle_kernel_and_processes_cover_all_cpu_time() {
     tokio::time::sleep(Duration::from_millis(1000)).await;
     s.close_interval();
     let (mut total, mut available) = (0.0, 0.0);
+    let mut intervals = Vec::new();
     for _ in 0..3 {
         tokio::time::sleep(Duration::from_millis(1000)).await;
         let u = s.close_interval().usage;
-        total += (u.process_cpu_ns() + u.kernel_cpu_ns + u.idle_cpu_ns) as f64;
-        available += u.interval_s * 1e9 * f64::from(u.ncpu);
+        let covered = (u.process_cpu_ns() + u.kernel_cpu_ns + u.idle_cpu_ns) as f64;
+        let wall = u.interval_s * 1e9 * f64::from(u.ncpu);
+        intervals.push(format!("{:.1}%", covered / wall * 100.0));
+        total += covered;
+        available += wall;
     }
     let coverage = total / available;
-    eprintln!("covered {:.2}% of the CPU time of 3 s", coverage * 100.0);
+    eprintln!(
+        "covered {:.2}% of the CPU time of 3 s (per interval: {}); idle stints inferred since the start: {}",
+        coverage * 100.0,
+        intervals.join(" "),
+        s.probes().losses().idle_stints_inferred
+    );
     // A VM's steal time is in no bucket (the kernel does not charge it to tasks either). Every
     // CPU passes through the scheduler before each drain (`probes::kick`), so nothing still
     // running is charged to a later interval: over 100 % would be time counted twice (before
-    // the kick, idle CPUs' stints made 89–118 % here).
-    assert!((0.85..=1.05).contains(&coverage), "buckets cover {:.1}% of CPU time", coverage * 100.0);
+    // the kick, idle CPUs' stints made 89–118 % here). Idle stints whose start the kernel did
+    // not deliver are inferred (`idle_switch` in agent-ebpf/src/sched.rs); before that, a
+    // quiet machine lost whole idle stints: 77–99 % here.
+    assert!((0.95..=1.05).contains(&coverage), "buckets cover {:.1}% of CPU time", coverage * 100.0);
 }

@@ -78,6 +78,9 @@ pub struct KernelLosses {
     pub lost_cpu_ns: u64,
     /// Lifecycle events dropped because the ring buffer was full.
     pub lifecycle_dropped: u64,
+    /// Idle stints whose start the kernel did not deliver to the scheduler program, inferred
+    /// instead (an approximation, not a loss: see `agent-ebpf/src/sched.rs`, `idle_switch`).
+    pub idle_stints_inferred: u64,
     /// The I/O programs' loss counters (see `docs/io.md`), by name.
     #[serde(flatten)]
     pub io: std::collections::BTreeMap<&'static str, u64>,
@@ -226,6 +229,7 @@ impl Probes {
             cpu_map_full: self.stat(stat::TGID_MAP_FULL),
             lost_cpu_ns: self.stat(stat::LOST_CPU_NS),
             lifecycle_dropped: self.stat(stat::LIFECYCLE_RINGBUF_FULL),
+            idle_stints_inferred: self.stat(stat::IDLE_START_UNSEEN),
             io: crate::io::IO_STATS.iter().map(|&(i, name)| (name, self.stat(i))).collect(),
         }
     }
