@@ -29,7 +29,7 @@ use crate::usage::IntervalUsage;
 /// Energy of one process (or bucket) in one interval, in joules.
 ///
 /// `total = cpu + dram + gpu + platform = dynamic + static`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, serde::Deserialize)]
 pub struct EnergyBreakdown {
     /// All domains.
     pub total: f64,

@@ -28,6 +28,7 @@ const AFTER_HELP: &str = "Examples:
   sudo carbon-agent                         live view of every process tree
   sudo carbon-agent --json --duration 10s   ten JSON lines, one per second
   sudo carbon-agent run -- python train.py  follow one command's tree, then summarize
+  sudo carbon-agent serve                   always on: Prometheus metrics on 127.0.0.1:9586
   sudo carbon-agent doctor                  what this machine offers, and what to fix";
 
 /// Options of the live view / interval output (no subcommand).
@@ -100,6 +101,13 @@ pub enum Command {
     /// Exits with the command's exit code. Started through sudo, the command runs as the
     /// invoking user (SUDO_UID/SUDO_GID).
     Run(RunArgs),
+    /// The always-on agent: measure every process tree and export the figures to Prometheus.
+    ///
+    /// Serves OpenMetrics text on http://LISTEN/metrics once the probes are attached. SIGTERM
+    /// or SIGINT stop it; SIGHUP reloads the config file (a file that cannot be used keeps
+    /// the previous settings). Logs go to stderr (journald-friendly: no colours unless a
+    /// terminal; level from CARBON_AGENT_LOG, default info).
+    Serve(ServeArgs),
     /// Show what this machine offers (BTF, tracefs, program types, privileges, meters), what
     /// the agent will use, and how to fix what is missing.
     Doctor(DoctorArgs),
@@ -143,6 +151,28 @@ pub struct RunArgs {
     /// The command and its arguments (after --).
     #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true, value_name = "CMD")]
     pub command: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address of the metrics endpoint [default: 127.0.0.1:9586; config: serve.listen]
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<std::net::SocketAddr>,
+
+    /// Where serve keeps what must outlive it [default: /var/lib/carbon-agent; config: serve.state_dir]
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+
+    /// Process trees exported with a series of their own; the rest in one `other` series
+    /// [default: 20; config: serve.top_trees]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(usize))]
+    pub top_trees: Option<usize>,
+
+    #[command(flatten)]
+    pub energy: EnergyArgs,
+
+    #[command(flatten)]
+    pub carbon: CarbonArgs,
 }
 
 #[derive(Debug, Args)]
@@ -217,6 +247,18 @@ mod tests {
         let Some(Command::Run(run)) = cli.command else { panic!("not run") };
         assert_eq!(run.command, ["ls", "-la", "--color"]);
         assert_eq!(run.json.unwrap(), PathBuf::from("o.json"));
+    }
+
+    #[test]
+    fn serve_flags() {
+        let cli =
+            Cli::try_parse_from(["carbon-agent", "serve", "--listen", "127.0.0.1:9999", "--top-trees", "5"])
+                .unwrap();
+        let Some(Command::Serve(s)) = cli.command else { panic!("not serve") };
+        assert_eq!((s.listen.unwrap().port(), s.top_trees), (9999, Some(5)));
+        let e =
+            Cli::try_parse_from(["carbon-agent", "serve", "--listen", "localhost"]).unwrap_err().to_string();
+        assert!(e.contains("--listen"), "{e}");
     }
 
     #[test]

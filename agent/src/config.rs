@@ -31,6 +31,11 @@
 //! cpu = 15
 //! dram = 3
 //! gpu = 40
+//!
+//! [serve]
+//! listen = "127.0.0.1:9586"
+//! state_dir = "/var/lib/carbon-agent"
+//! top_trees = 20
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -38,6 +43,9 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::carbon::EmbodiedOverrides;
+
+/// The most process trees the exporter gives a series of their own (bounded cardinality).
+pub const MAX_TOP_TREES: usize = 1000;
 
 /// The default config path, read when it exists and no `--config` is given.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/carbon-agent/config.toml";
@@ -58,6 +66,20 @@ pub struct Config {
     pub carbon: CarbonConfig,
     #[serde(default)]
     pub energy: EnergyConfig,
+    #[serde(default)]
+    pub serve: ServeConfig,
+}
+
+/// `[serve]`: the always-on mode (`carbon-agent serve`).
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServeConfig {
+    /// Address of the metrics endpoint [default: 127.0.0.1:9586].
+    pub listen: Option<std::net::SocketAddr>,
+    /// Where `serve` keeps what must outlive it [default: /var/lib/carbon-agent].
+    pub state_dir: Option<PathBuf>,
+    /// Process trees exported with a series of their own [default: 20].
+    pub top_trees: Option<usize>,
 }
 
 /// `[carbon]`.
@@ -233,6 +255,11 @@ impl Config {
         check("energy.cpu_idle_watts", en.cpu_idle_watts, |v| v >= 0.0, watts)?;
         check("energy.cpu_max_watts", en.cpu_max_watts, |v| v > 0.0, "watts, a number > 0")?;
         check("energy.dram_watts_per_gb", en.dram_watts_per_gb, |v| v >= 0.0, "watts per GB, a number ≥ 0")?;
+        if let Some(n) = self.serve.top_trees
+            && n > MAX_TOP_TREES
+        {
+            return Err(bad("serve.top_trees", n.to_string(), &format!("at most {MAX_TOP_TREES}")));
+        }
         if let (Some(idle), Some(max)) = (en.cpu_idle_watts, en.cpu_max_watts)
             && idle > max
         {
@@ -322,6 +349,9 @@ mod tests {
                 .contains("at most energy.cpu_max_watts")
         );
         assert!(err("[energy.idle_watts]\ngpu = -5\n").contains("energy.idle_watts.gpu = -5"));
+        assert!(err("[serve]\ntop_trees = 5000\n").contains("serve.top_trees = 5000: expected at most 1000"));
+        let e = err("[serve]\nlisten = \"localhost\"\n");
+        assert!(e.contains("listen") && e.contains("line 2"), "{e}");
     }
 
     #[test]

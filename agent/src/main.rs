@@ -5,18 +5,25 @@ use clap::Parser as _;
 use carbon_agent::{
     cli::{AgentArgs, Cli, Command, WatchArgs},
     doctor,
+    engine::{
+        DEFAULT_TOP_TREES, Engine, EngineOptions,
+        sink::{self, LineSink},
+    },
     output::{json, live, text},
-    session::{Session, SessionOptions},
+    session::SessionOptions,
     settings::Settings,
 };
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // The always-on mode says what it does (info); the others only what goes wrong.
+    let level = if matches!(cli.command, Some(Command::Serve(_))) { "info" } else { "warn" };
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("CARBON_AGENT_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level)),
         )
         .init();
     let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build() {
@@ -38,6 +45,7 @@ fn main() -> ExitCode {
 async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
     match cli.command {
         Some(Command::Run(args)) => carbon_agent::run::run(args, &cli.agent).await,
+        Some(Command::Serve(args)) => carbon_agent::serve::serve(args, &cli.agent).await,
         Some(Command::Doctor(args)) => {
             if let Some(index) = args.gpu_energy {
                 let joules =
@@ -68,41 +76,36 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
 
 async fn watch(args: WatchArgs, agent: &AgentArgs) -> anyhow::Result<()> {
     let settings = Settings::resolve(&agent.config, &args.energy, &args.carbon)?;
-    let mut session = Session::start(SessionOptions {
-        interval: agent.interval,
-        load: agent.load_options(),
-        prune_exited: true,
-        settings,
+    let mut engine = Engine::start(EngineOptions {
+        session: SessionOptions {
+            interval: agent.interval,
+            load: agent.load_options(),
+            prune_exited: true,
+            settings,
+        },
+        top_trees: DEFAULT_TOP_TREES,
     })?;
-    for w in session.carbon.warnings() {
+    for w in engine.session().carbon.warnings() {
         eprintln!("carbon-agent: warning: {w}");
     }
-    let pue = session.carbon.pue().value;
-    let stdout = std::io::stdout();
-    if !args.json && stdout.is_terminal() {
-        return live::run(&mut session, args.duration).await;
+    if !args.json && std::io::stdout().is_terminal() {
+        return live::run(&mut engine, args.duration).await;
     }
+    let render = if args.json { json::render } else { text::render };
+    let mut output = tokio::spawn(sink::feed(engine.subscribe(), LineSink::new(std::io::stdout(), render)));
     let started = tokio::time::Instant::now();
     loop {
-        let report = tokio::select! {
-            r = session.next_interval() => r,
-            _ = tokio::signal::ctrl_c() => return Ok(()),
-        };
-        let line = if args.json {
-            serde_json::to_string(&json::interval_line(&report, &session.table, &session.users, pue))?
-        } else {
-            text::interval_line(&report, &session.table, 5)
-        };
-        {
-            use std::io::Write as _;
-            let mut out = stdout.lock();
-            // A closed pipe (e.g. `| head`) ends the agent quietly.
-            if writeln!(out, "{line}").and_then(|()| out.flush()).is_err() {
-                return Ok(());
-            }
+        tokio::select! {
+            _ = engine.step() => {}
+            _ = tokio::signal::ctrl_c() => break,
+            // The output stopped (its pipe closed) or failed.
+            done = &mut output => return done?,
         }
         if args.duration.is_some_and(|d| started.elapsed() >= d) {
-            return Ok(());
+            break;
         }
     }
+    // Closing the channel lets the output write what is queued, then end.
+    drop(engine);
+    output.await?
 }

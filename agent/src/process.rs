@@ -5,7 +5,7 @@
 //! `reaped` totals, like the kernel's `cutime`, so a tree never loses what its dead members
 //! used. Roll-ups (tree, user, cgroup) are sums of the same per-process numbers.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use crate::{
     attribution::EnergyBreakdown,
@@ -329,6 +329,26 @@ impl ProcessTable {
         old.into_iter().map(|(_, pid)| pid).collect()
     }
 
+    /// [`Self::prune_exited`], except for the members of the trees of `pinned` roots.
+    pub fn prune_exited_keeping(&mut self, grace_intervals: u64, pinned: &BTreeSet<Pid>) -> Vec<Pid> {
+        if pinned.is_empty() {
+            return self.prune_exited(grace_intervals);
+        }
+        let mut old: Vec<(u64, Pid)> = self
+            .procs
+            .values()
+            .filter_map(|p| {
+                p.exited_at_interval.filter(|&i| i + grace_intervals < self.interval_no).map(|i| (i, p.pid))
+            })
+            .filter(|&(_, pid)| !pinned.iter().any(|&root| self.is_in_tree(pid, root)))
+            .collect();
+        old.sort();
+        for &(_, pid) in &old {
+            self.prune_one(pid);
+        }
+        old.into_iter().map(|(_, pid)| pid).collect()
+    }
+
     fn prune_one(&mut self, pid: Pid) {
         let Some(p) = self.procs.remove(&pid) else { return };
         // Its children now hang from its parent, like reparenting.
@@ -500,6 +520,22 @@ mod tests {
         assert_eq!(t.get(300).unwrap().ppid, 100);
         assert!(t.is_in_tree(300, 100));
         assert_eq!(t.tree_totals(100).0.cpu_ns, 30);
+    }
+
+    #[test]
+    fn pinned_trees_keep_their_exited_members() {
+        let mut t = seeded();
+        t.fork(200, 100, "followed", 0, 0, 1);
+        t.fork(201, 200, "child", 0, 0, 2);
+        t.fork(300, 100, "other", 0, 0, 3);
+        t.exit(201, 0, 4);
+        t.exit(300, 0, 4);
+        for _ in 0..3 {
+            t.apply_cpu(&cpu(&[]), 1.0, 2, &none);
+        }
+        assert_eq!(t.prune_exited_keeping(0, &BTreeSet::from([200])), vec![300]);
+        assert!(t.get(201).is_some());
+        assert_eq!(t.prune_exited_keeping(0, &BTreeSet::new()), vec![201]);
     }
 
     #[test]

@@ -18,12 +18,13 @@ use crate::{
         lowest_carbon_alternatives,
     },
     cli::{AgentArgs, RunArgs},
+    engine::{DEFAULT_TOP_TREES, Engine, EngineOptions},
     host::HostInfo,
     io::IoJson,
     output::{fmt_secs, rfc3339},
     probes::KernelLosses,
     process::{Pid, ProcessTable, Totals},
-    session::{Session, SessionOptions},
+    session::SessionOptions,
     settings::Settings,
     waste::{
         Finding,
@@ -152,13 +153,17 @@ fn sudo_user() -> Option<(u32, u32)> {
 pub async fn run(args: RunArgs, agent: &AgentArgs) -> anyhow::Result<i32> {
     let settings = Settings::resolve(&agent.config, &args.energy, &args.carbon)?;
     let location = LocationColumns::from_entry(settings.carbon.table_entry()?);
-    let mut session = Session::start(SessionOptions {
-        interval: agent.interval,
-        load: agent.load_options(),
-        prune_exited: false,
-        settings,
+    // Other trees are pruned as in the live view; the followed one is pinned.
+    let mut engine = Engine::start(EngineOptions {
+        session: SessionOptions {
+            interval: agent.interval,
+            load: agent.load_options(),
+            prune_exited: true,
+            settings,
+        },
+        top_trees: DEFAULT_TOP_TREES,
     })?;
-    for w in session.carbon.warnings() {
+    for w in engine.session().carbon.warnings() {
         eprintln!("carbon-agent: warning: {w}");
     }
     let start = SystemTime::now();
@@ -172,13 +177,13 @@ pub async fn run(args: RunArgs, agent: &AgentArgs) -> anyhow::Result<i32> {
     }
     let mut child = cmd.spawn().with_context(|| format!("cannot run `{}`", args.command[0]))?;
     let root = child.id().context("the command exited before it could be followed")?;
-    session.run_root = Some(root);
+    engine.follow(root);
 
     let mut meter = MeterTally::default();
     let status = loop {
         tokio::select! {
             status = child.wait() => break status.context("waiting for the command")?,
-            report = session.next_interval() => meter.add(&report.energy.meter),
+            snapshot = engine.step() => meter.add(&snapshot.meter),
             // Ctrl-C reaches the command too (same process group); wait for it to exit.
             _ = tokio::signal::ctrl_c() => {}
         }
@@ -186,8 +191,8 @@ pub async fn run(args: RunArgs, agent: &AgentArgs) -> anyhow::Result<i32> {
     // The command's last time slice is accounted at its final context switch, which can
     // come just after the parent is woken: give it a moment before the last drain.
     tokio::time::sleep(Duration::from_millis(30)).await;
-    let last = session.close_interval();
-    meter.add(&last.energy.meter);
+    meter.add(&engine.close_now().meter);
+    let session = engine.session();
     let duration_s = started.elapsed().as_secs_f64();
     let exit_code = status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0));
 
@@ -235,7 +240,7 @@ struct MeterTally {
 }
 
 impl MeterTally {
-    fn add(&mut self, m: &crate::energy::MeterSummary) {
+    fn add(&mut self, m: &crate::api::Meter) {
         if !self.sources.contains(&m.source) {
             self.sources.push(m.source.clone());
         }

@@ -6,7 +6,7 @@
 //! once per interval: energy (meters and attribution), carbon, I/O and waste tracking.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     time::{Duration, Instant, SystemTime},
 };
 
@@ -65,10 +65,13 @@ pub struct Session {
     cpus: Vec<usize>,
     pub energy: EnergyAccountant,
     pub carbon: CarbonAccountant,
+    /// What the embodied-emissions model was given (to rebuild the carbon accountant on reload).
+    pub hardware: HostHardware,
     /// Wasted-I/O findings over the whole session.
     pub waste: WasteTracker,
-    /// For `run`: the command's pid, the root that findings are attributed to.
-    pub run_root: Option<Pid>,
+    /// Followed roots (`run`): their findings are attributed to them, and their exited
+    /// members are never pruned.
+    pub follows: BTreeSet<Pid>,
     ring: Option<AsyncFd<RingBuf<MapData>>>,
     pub table: ProcessTable,
     pub procfs: ProcFs,
@@ -110,8 +113,9 @@ impl Session {
             probes,
             energy,
             carbon,
+            hardware,
             waste: WasteTracker::new(waste::Thresholds::default(), waste::Coefficients::default(), 65536),
-            run_root: None,
+            follows: BTreeSet::new(),
             ring,
             table,
             procfs,
@@ -265,12 +269,9 @@ impl Session {
             g_per_kwh: carbon.intensity.g_per_kwh * self.carbon.pue().value,
         };
         let table = &self.table;
-        let run_root = self.run_root;
+        let follows = &self.follows;
         self.waste.observe(&io, ctx, &|tgid| waste::ProcessInfo {
-            root: match run_root {
-                Some(root) if table.is_in_tree(tgid, root) => root,
-                _ => table.top_of(tgid),
-            },
+            root: crate::engine::snapshot::tree_root(table, follows, tgid),
             comm: table.get(tgid).map_or_else(|| "?".into(), |p| p.comm.clone()),
         });
 
@@ -284,7 +285,7 @@ impl Session {
             .collect();
         self.probes.cpu.forget(&gone);
         if self.opts.prune_exited {
-            self.table.prune_exited(5);
+            self.table.prune_exited_keeping(5, &self.follows);
         }
         IntervalReport {
             timestamp,

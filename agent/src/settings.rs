@@ -16,6 +16,8 @@ use crate::{
 pub struct Settings {
     pub energy: EnergyConfig,
     pub carbon: CarbonOptions,
+    /// The config file's `[serve]` (flags are merged by `serve`).
+    pub serve: crate::config::ServeConfig,
     /// The config file that was read, if any.
     pub config_path: Option<PathBuf>,
 }
@@ -28,6 +30,7 @@ impl Default for Settings {
             energy: EnergyConfig::default(),
             carbon: CarbonOptions::merge(&Default::default(), &CarbonArgs::default(), "(none)")
                 .expect("the defaults are valid"),
+            serve: Default::default(),
             config_path: None,
         }
     }
@@ -40,6 +43,7 @@ impl Settings {
         Ok(Settings {
             energy: merge_energy(energy, &file),
             carbon: CarbonOptions::merge(&file.carbon, carbon, &origin).context("carbon settings")?,
+            serve: file.serve.clone(),
             config_path: path,
         })
     }

@@ -214,7 +214,7 @@ impl ProcessIo {
 }
 
 /// The `io` object of the JSON outputs, field names as in the issue.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, serde::Deserialize)]
 pub struct IoJson {
     pub read_bytes: u64,
     pub write_bytes: u64,
@@ -279,7 +279,7 @@ pub struct Unlink {
 }
 
 /// Block-layer bytes of one device in one interval.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct BlockDeviceIo {
     pub major: u32,
     pub minor: u32,
@@ -318,7 +318,7 @@ pub struct IoInterval {
 }
 
 /// How the time in I/O syscalls was measured in one interval (see [`sampler`]).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, serde::Deserialize)]
 pub struct IoTiming {
     /// Successful I/O calls, and those of them that were timed.
     pub calls: u64,

@@ -1,20 +1,14 @@
-//! JSON Lines: one object per interval (`carbon-agent --json`).
+//! JSON Lines: one object per interval (`carbon-agent --json`), from the engine's snapshot.
+//! Schema: `docs/schema/interval-line.schema.json`.
 
-use serde::Serialize;
+use std::collections::HashMap;
 
-use crate::{
-    attribution::EnergyBreakdown,
-    carbon::Emissions,
-    energy::MeterSummary,
-    io::IoJson,
-    probes::KernelLosses,
-    process::{ProcessKind, ProcessTable, TableLosses},
-    procfs::Users,
-    session::IntervalReport,
-};
+use serde::{Deserialize, Serialize};
+
+use crate::api::{Emissions, EnergyBreakdown, IoJson, Losses, Meter, Snapshot, Usage};
 
 /// One process active in the interval.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ProcessRow {
     pub pid: u32,
     pub ppid: u32,
@@ -30,7 +24,7 @@ pub struct ProcessRow {
     pub io: IoJson,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Bucket {
     pub cpu_time_s: f64,
     pub energy_j: EnergyBreakdown,
@@ -38,7 +32,7 @@ pub struct Bucket {
 }
 
 /// The carbon intensity used for the interval.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct IntervalIntensity {
     /// gCO2e/kWh.
     pub intensity: f64,
@@ -46,7 +40,7 @@ pub struct IntervalIntensity {
     pub pue: f64,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Buckets {
     /// Kernel threads.
     pub kernel: Bucket,
@@ -54,16 +48,10 @@ pub struct Buckets {
     pub idle: Bucket,
 }
 
-#[derive(Clone, Debug, Serialize)]
-pub struct Losses {
-    #[serde(flatten)]
-    pub kernel: KernelLosses,
-    #[serde(flatten)]
-    pub table: TableLosses,
-}
-
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct IntervalLine {
+    /// [`crate::api::SCHEMA_VERSION`].
+    pub schema_version: u32,
     pub timestamp: String,
     pub interval_s: f64,
     pub cpus: u32,
@@ -71,7 +59,7 @@ pub struct IntervalLine {
     pub buckets: Buckets,
     /// What the meter measured (or the model estimated) in the interval: the rows and the
     /// buckets add up to `meter.energy_j.total`.
-    pub meter: MeterSummary,
+    pub meter: Meter,
     pub carbon: IntervalIntensity,
     /// The same rows summed by user, cgroup and systemd unit.
     pub rollups: super::rollup::Rollups,
@@ -81,62 +69,53 @@ pub struct IntervalLine {
     /// How `io.io_cpu_time_s` was measured: the calls timed in the sampling windows and the
     /// share of time those were open (the figures are estimates scaled from them).
     pub io_timing: crate::io::IoTiming,
-    /// Cumulative counts of what was lost for lack of capacity (zero when nothing was).
+    /// Cumulative counts of what was lost for lack of capacity (zero when nothing was), by name.
     pub losses: Losses,
 }
 
 /// The JSON line of one interval: rows sorted by CPU time, largest first.
-pub fn interval_line(report: &IntervalReport, table: &ProcessTable, users: &Users, pue: f64) -> IntervalLine {
-    // Every process with CPU time or energy (a GPU-only process has energy without CPU time).
-    let mut pids: Vec<u32> = report.usage.processes.keys().copied().collect();
-    pids.extend(report.energy.per_tgid.keys().filter(|p| !report.usage.processes.contains_key(p)));
-    let mut processes: Vec<ProcessRow> = pids
-        .into_iter()
-        .map(|pid| {
-            let cpu_ns = report.usage.processes.get(&pid).map_or(0, |c| c.cpu_ns);
-            let p = table.get(pid);
-            ProcessRow {
-                pid,
-                ppid: p.map_or(0, |p| p.ppid),
-                uid: p.map_or(u32::MAX, |p| p.uid),
-                user: users.name(p.map_or(u32::MAX, |p| p.uid)),
-                comm: p.map_or_else(|| "?".into(), |p| p.comm.clone()),
-                cpu_time_s: cpu_ns as f64 / 1e9,
-                energy_j: report.energy.per_tgid.get(&pid).copied().unwrap_or_default(),
-                emissions_g: report.emissions.get(&pid).copied().unwrap_or_default(),
-                io: report.io.processes.get(&pid).map(|io| io.json()).unwrap_or_default(),
-            }
+pub fn interval_line(s: &Snapshot) -> IntervalLine {
+    let processes: Vec<ProcessRow> = s
+        .processes
+        .iter()
+        .map(|r| ProcessRow {
+            pid: r.pid,
+            ppid: r.ppid,
+            uid: r.uid,
+            user: r.user.clone(),
+            comm: r.comm.clone(),
+            cpu_time_s: r.interval.cpu_time_s,
+            energy_j: r.interval.energy_j,
+            emissions_g: r.interval.emissions_g,
+            io: r.interval.io,
         })
         .collect();
-    processes.sort_by(|a, b| b.cpu_time_s.total_cmp(&a.cpu_time_s).then(a.pid.cmp(&b.pid)));
-    debug_assert!(processes.iter().all(|r| table.get(r.pid).is_none_or(|p| p.kind == ProcessKind::User)));
-    let rollups = super::rollup::rollups(&processes, |pid| table.get(pid).and_then(|p| p.cgroup.clone()));
+    let cgroups: HashMap<u32, &str> =
+        s.processes.iter().filter_map(|r| r.cgroup.as_deref().map(|c| (r.pid, c))).collect();
+    let rollups = super::rollup::rollups(&processes, |pid| cgroups.get(&pid).map(|c| (*c).to_owned()));
+    let bucket =
+        |u: &Usage| Bucket { cpu_time_s: u.cpu_time_s, energy_j: u.energy_j, emissions_g: u.emissions_g };
     IntervalLine {
-        rollups,
-        block_devices: report.io.block.clone(),
-        io_timing: report.io.timing,
-        timestamp: super::rfc3339(report.timestamp),
-        interval_s: report.usage.interval_s,
-        cpus: report.usage.ncpu,
+        schema_version: s.schema_version,
+        timestamp: s.timestamp.clone(),
+        interval_s: s.interval_s,
+        cpus: s.cpus,
         processes,
-        buckets: Buckets {
-            kernel: Bucket {
-                cpu_time_s: report.usage.kernel_cpu_ns as f64 / 1e9,
-                energy_j: report.energy.kernel,
-                emissions_g: report.kernel_emissions,
-            },
-            idle: Bucket {
-                cpu_time_s: report.usage.idle_cpu_ns as f64 / 1e9,
-                energy_j: report.energy.idle,
-                emissions_g: report.idle_emissions,
-            },
-        },
-        meter: report.energy.meter.clone(),
+        buckets: Buckets { kernel: bucket(&s.buckets.kernel), idle: bucket(&s.buckets.idle) },
+        meter: s.meter.clone(),
         carbon: IntervalIntensity {
-            intensity: report.carbon.intensity.g_per_kwh,
-            source: report.carbon.intensity.source.clone(),
-            pue,
+            intensity: s.carbon.intensity,
+            source: s.carbon.source.clone(),
+            pue: s.carbon.pue,
         },
-        losses: Losses { kernel: report.kernel_losses.clone(), table: report.table_losses.clone() },
+        rollups,
+        block_devices: s.block_devices.clone(),
+        io_timing: s.io_timing,
+        losses: s.losses.clone(),
     }
+}
+
+/// The interval line as one line of JSON (a [`crate::engine::sink::LineSink`] renderer).
+pub fn render(s: &Snapshot) -> anyhow::Result<String> {
+    Ok(serde_json::to_string(&interval_line(s))?)
 }

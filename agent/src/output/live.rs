@@ -16,6 +16,7 @@ use ratatui::{
 };
 
 use crate::{
+    engine::{Engine, NoContentHash},
     process::{Pid, ProcessKind, ProcessTable, Totals},
     procfs::Users,
     session::{IntervalReport, Session},
@@ -143,7 +144,7 @@ pub fn tree_rows(
 }
 
 /// Runs the live view until `q`, Esc or Ctrl-C, or until `duration` has passed.
-pub async fn run(session: &mut Session, duration: Option<Duration>) -> anyhow::Result<()> {
+pub async fn run(engine: &mut Engine, duration: Option<Duration>) -> anyhow::Result<()> {
     let (quit_tx, mut quit_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
     // Keys are read on a thread of their own: crossterm's reads block.
     std::thread::spawn(move || {
@@ -162,56 +163,39 @@ pub async fn run(session: &mut Session, duration: Option<Duration>) -> anyhow::R
         }
     });
     let mut terminal = ratatui::init();
-    let result = draw_loop(&mut terminal, session, duration, &mut quit_rx).await;
+    let result = draw_loop(&mut terminal, engine, duration, &mut quit_rx).await;
     ratatui::restore();
     result
 }
 
 async fn draw_loop(
     terminal: &mut DefaultTerminal,
-    session: &mut Session,
+    engine: &mut Engine,
     duration: Option<Duration>,
     quit: &mut tokio::sync::mpsc::UnboundedReceiver<()>,
 ) -> anyhow::Result<()> {
     let started = tokio::time::Instant::now();
-    let mut last: Option<IntervalReport> = None;
     let mut findings: HashMap<Pid, usize> = HashMap::new();
     let mut n = 0u64;
-    terminal.draw(|f| draw(f, session, last.as_ref(), &findings))?;
+    terminal.draw(|f| draw(f, engine.session(), None, &findings))?;
     loop {
         tokio::select! {
             _ = quit.recv() => return Ok(()),
-            report = session.next_interval() => {
+            _ = engine.step() => {
                 // The waste marker: findings that need no content hash, every 5 intervals.
                 if n.is_multiple_of(5) {
                     findings.clear();
-                    for f in session.waste.findings(&mut NoContentHash) {
+                    for f in engine.session().waste.findings(&mut NoContentHash) {
                         *findings.entry(f.tree).or_default() += 1;
                     }
                 }
                 n += 1;
-                last = Some(report);
-                terminal.draw(|f| draw(f, session, last.as_ref(), &findings))?;
+                terminal.draw(|f| draw(f, engine.session(), engine.last_report(), &findings))?;
             }
         }
         if duration.is_some_and(|d| started.elapsed() >= d) {
             return Ok(());
         }
-    }
-}
-
-/// Findings for the live marker are not confirmed by content: no file is read for them.
-struct NoContentHash;
-
-impl crate::waste::hash::ContentHasher for NoContentHash {
-    fn size(&mut self, path: &std::path::Path) -> Option<u64> {
-        std::fs::metadata(path).ok().map(|m| m.len())
-    }
-    fn content(&mut self, _: &std::path::Path) -> Option<crate::waste::hash::Content> {
-        None
-    }
-    fn bytes_read(&self) -> u64 {
-        0
     }
 }
 

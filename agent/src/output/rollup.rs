@@ -3,12 +3,12 @@
 
 use std::collections::BTreeMap;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::json::ProcessRow;
 
 /// One group's share of the interval.
-#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct RollupRow {
     /// The user name, cgroup path or unit name; `?` when unknown.
     pub key: String,
@@ -22,7 +22,7 @@ pub struct RollupRow {
     pub write_bytes: u64,
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Rollups {
     pub users: Vec<RollupRow>,
     pub cgroups: Vec<RollupRow>,

@@ -1,0 +1,289 @@
+//! The pure step: one closed interval (the session's [`IntervalReport`] and the process table
+//! after it) → an immutable, self-contained [`Snapshot`], and the ledger's totals moved on by
+//! that interval. No I/O: tested without root on hand-built tables and reports.
+
+use std::collections::BTreeSet;
+
+use crate::{
+    api::{self, Buckets, Carbon, DomainJoules, Meter, ProcessRow, Snapshot, Usage},
+    carbon::Pue,
+    energy::MeterSummary,
+    process::{Pid, ProcessTable, Totals},
+    procfs::{Users, systemd_unit},
+    session::IntervalReport,
+};
+
+use super::{ledger::Ledger, scope::container_of};
+
+/// What the pure step reads besides the report.
+pub struct StepInput<'a> {
+    pub seq: u64,
+    pub report: &'a IntervalReport,
+    pub table: &'a ProcessTable,
+    pub users: &'a Users,
+    pub pue: &'a Pue,
+    /// Followed roots (`run`): their members' tree is the followed root.
+    pub follows: &'a BTreeSet<Pid>,
+}
+
+fn usage_of(t: &Totals) -> Usage {
+    Usage { cpu_time_s: t.cpu_s(), energy_j: t.energy, emissions_g: t.emissions, io: t.io.json() }
+}
+
+/// The tree a process is shown under: the followed root it belongs to, else its top.
+pub fn tree_root(table: &ProcessTable, follows: &BTreeSet<Pid>, pid: Pid) -> Pid {
+    follows.iter().copied().find(|&root| table.is_in_tree(pid, root)).unwrap_or_else(|| table.top_of(pid))
+}
+
+/// The API form of the meter's interval summary.
+pub fn meter_of(m: &MeterSummary) -> Meter {
+    let e = &m.energy_j;
+    Meter {
+        source: m.source.clone(),
+        estimated: m.estimated,
+        energy_j: DomainJoules {
+            cpu: e.cpu,
+            dram: e.dram,
+            gpu: e.gpu,
+            platform: e.platform,
+            total: e.total,
+            core: e.core,
+            uncore: e.uncore,
+            psys: e.psys,
+        },
+        static_power: m
+            .static_power
+            .iter()
+            .map(|(k, s)| {
+                let source = serde_json::to_value(s.source).ok().and_then(|v| v.as_str().map(str::to_owned));
+                (k.clone(), api::StaticPower { watts: s.watts, source: source.unwrap_or_default() })
+            })
+            .collect(),
+        gpu_share_basis: m.gpu_share_basis.iter().map(|(k, v)| (k.clone(), (*v).to_owned())).collect(),
+        agreement: m.agreement.map(|a| api::Agreement {
+            other: a.other.to_owned(),
+            selected_j: a.selected_j,
+            other_j: a.other_j,
+            relative_difference: a.relative_difference,
+        }),
+        warnings: m.warnings.clone(),
+    }
+}
+
+fn losses_of(report: &IntervalReport) -> api::Losses {
+    let mut out = api::Losses::new();
+    for v in [serde_json::to_value(&report.kernel_losses), serde_json::to_value(&report.table_losses)] {
+        if let Ok(serde_json::Value::Object(map)) = v {
+            out.extend(map.into_iter().filter_map(|(k, v)| v.as_u64().map(|n| (k, n))));
+        }
+    }
+    out
+}
+
+/// Builds the interval's snapshot and adds the interval to `ledger`.
+pub fn build(input: &StepInput<'_>, ledger: &mut Ledger) -> Snapshot {
+    let StepInput { seq, report, table, users, pue, follows } = *input;
+    // Every process with CPU time or energy (a GPU-only process has energy without CPU time).
+    let mut pids: Vec<Pid> = report.usage.processes.keys().copied().collect();
+    pids.extend(report.energy.per_tgid.keys().filter(|p| !report.usage.processes.contains_key(p)));
+    let mut processes: Vec<ProcessRow> = pids
+        .into_iter()
+        .map(|pid| {
+            let p = table.get(pid);
+            let uid = p.map_or(u32::MAX, |p| p.uid);
+            let cgroup = p.and_then(|p| p.cgroup.clone());
+            ProcessRow {
+                pid,
+                ppid: p.map_or(0, |p| p.ppid),
+                uid,
+                user: users.name(uid),
+                comm: p.map_or_else(|| "?".into(), |p| p.comm.clone()),
+                unit: cgroup.as_deref().and_then(systemd_unit).map(str::to_owned),
+                container: cgroup.as_deref().and_then(container_of),
+                cgroup,
+                tree_root: tree_root(table, follows, pid),
+                interval: Usage {
+                    cpu_time_s: report.usage.processes.get(&pid).map_or(0, |c| c.cpu_ns) as f64 / 1e9,
+                    energy_j: report.energy.per_tgid.get(&pid).copied().unwrap_or_default(),
+                    emissions_g: report.emissions.get(&pid).copied().unwrap_or_default(),
+                    io: report.io.processes.get(&pid).map(|io| io.json()).unwrap_or_default(),
+                },
+                total: p.map(|p| usage_of(&p.totals)).unwrap_or_default(),
+            }
+        })
+        .collect();
+    processes.sort_by(|a, b| b.interval.cpu_time_s.total_cmp(&a.interval.cpu_time_s).then(a.pid.cmp(&b.pid)));
+    let buckets = Buckets {
+        kernel: Usage {
+            cpu_time_s: report.usage.kernel_cpu_ns as f64 / 1e9,
+            energy_j: report.energy.kernel,
+            emissions_g: report.kernel_emissions,
+            io: Default::default(),
+        },
+        idle: Usage {
+            cpu_time_s: report.usage.idle_cpu_ns as f64 / 1e9,
+            energy_j: report.energy.idle,
+            emissions_g: report.idle_emissions,
+            io: Default::default(),
+        },
+    };
+    let meter = meter_of(&report.energy.meter);
+    let tree_info = |root: Pid| table.get(root).map(|p| (p.comm.clone(), users.name(p.uid)));
+    ledger.record(report.usage.interval_s, &meter, &processes, &buckets, &tree_info);
+    Snapshot {
+        schema_version: api::SCHEMA_VERSION,
+        seq,
+        timestamp: crate::output::rfc3339(report.timestamp),
+        interval_s: report.usage.interval_s,
+        cpus: report.usage.ncpu,
+        processes_known: table.len() as u64,
+        meter,
+        carbon: Carbon {
+            intensity: report.carbon.intensity.g_per_kwh,
+            source: report.carbon.intensity.source.clone(),
+            pue: pue.value,
+            pue_source: pue.source.clone(),
+        },
+        processes,
+        buckets,
+        block_devices: report.io.block.clone(),
+        io_timing: report.io.timing,
+        losses: losses_of(report),
+        cumulative: ledger.cumulative(),
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use std::{collections::BTreeMap, time::SystemTime};
+
+    use super::*;
+    use crate::{
+        attribution::EnergyBreakdown,
+        carbon::Emissions,
+        process::{ProcInfo, ProcessKind},
+        usage::ProcessCpu,
+    };
+
+    fn energy(j: f64) -> EnergyBreakdown {
+        EnergyBreakdown { total: j, cpu: j, dynamic: j, ..Default::default() }
+    }
+
+    /// A table with init, two trees (sshd → bash → make; cron) and a kernel thread, and one
+    /// interval's report in which make, bash and cron ran.
+    pub(crate) fn fixture() -> (ProcessTable, IntervalReport, Users) {
+        let mut t = ProcessTable::new();
+        let info = |pid, ppid, uid, comm: &str, kind| ProcInfo {
+            pid,
+            ppid,
+            uid,
+            comm: comm.into(),
+            kind,
+            start_ns: None,
+        };
+        t.seed([
+            info(1, 0, 0, "init", ProcessKind::User),
+            info(100, 1, 0, "sshd", ProcessKind::User),
+            info(101, 100, 1000, "bash", ProcessKind::User),
+            info(200, 1, 0, "cron", ProcessKind::User),
+            info(2, 0, 0, "kthreadd", ProcessKind::Kernel),
+        ]);
+        t.fork(102, 101, "make", 1000, 0, 1);
+        t.set_cgroup(102, "/user.slice/user-1000.slice/session-1.scope".into());
+        let deltas: BTreeMap<_, _> =
+            [(101, 100_000_000u64), (102, 900_000_000), (200, 50_000_000), (2, 10_000_000), (0, 940_000_000)]
+                .into_iter()
+                .map(|(p, ns)| (p, ProcessCpu { cpu_ns: ns, switches: 1 }))
+                .collect();
+        let usage = t.apply_cpu(&deltas, 1.0, 2, &|_| None);
+        let mut e = crate::energy::IntervalEnergy::default();
+        for (pid, j) in [(101, 1.0), (102, 9.0), (200, 0.5)] {
+            e.per_tgid.insert(pid, energy(j));
+        }
+        e.kernel = energy(0.1);
+        e.idle = energy(2.4);
+        e.meter.source = "model".into();
+        e.meter.estimated = true;
+        e.meter.energy_j.cpu = 13.0;
+        e.meter.energy_j.total = 13.0;
+        let emissions: BTreeMap<u32, Emissions> =
+            e.per_tgid.iter().map(|(p, en)| (*p, Emissions::new(en.total * 0.01, 0.001))).collect();
+        for (pid, en) in &e.per_tgid {
+            let extra = Totals { energy: *en, emissions: emissions[pid], ..Default::default() };
+            t.add_interval(*pid, &extra, &|_| None);
+        }
+        let report = IntervalReport {
+            timestamp: SystemTime::UNIX_EPOCH,
+            usage,
+            energy: e,
+            emissions,
+            kernel_emissions: Emissions::new(0.001, 0.0),
+            idle_emissions: Emissions::new(0.024, 0.0),
+            carbon: crate::carbon::IntervalCarbon::default(),
+            io: Default::default(),
+            kernel_losses: Default::default(),
+            table_losses: Default::default(),
+        };
+        (t, report, Users::parse("root:x:0:0::/root:/bin/sh\nalice:x:1000:1000::/home/alice:/bin/sh\n"))
+    }
+
+    #[test]
+    fn rows_are_resolved_and_add_up_to_the_meter() {
+        let (table, report, users) = fixture();
+        let mut ledger = Ledger::new(10);
+        let pue = Pue::new(1.5, "--pue").unwrap();
+        let follows = BTreeSet::new();
+        let input =
+            StepInput { seq: 1, report: &report, table: &table, users: &users, pue: &pue, follows: &follows };
+        let s = build(&input, &mut ledger);
+        assert_eq!(s.schema_version, api::SCHEMA_VERSION);
+        assert_eq!(s.processes.iter().map(|r| r.pid).collect::<Vec<_>>(), [102, 101, 200]);
+        let make = &s.processes[0];
+        assert_eq!(
+            (make.user.as_str(), make.comm.as_str(), make.ppid, make.tree_root),
+            ("alice", "make", 101, 100)
+        );
+        assert_eq!(make.unit.as_deref(), Some("session-1.scope"));
+        assert!((make.interval.cpu_time_s - 0.9).abs() < 1e-12);
+        assert_eq!(make.total.energy_j.total, 9.0);
+        assert_eq!(s.processes[2].tree_root, 200);
+        let rows: f64 = s.processes.iter().map(|r| r.interval.energy_j.total).sum();
+        let sum = rows + s.buckets.kernel.energy_j.total + s.buckets.idle.energy_j.total;
+        assert!((sum - s.meter.energy_j.total).abs() < 1e-12);
+        assert!((s.buckets.idle.cpu_time_s - 0.94).abs() < 1e-12);
+        assert_eq!((s.carbon.pue, s.carbon.pue_source.as_str()), (1.5, "--pue"));
+        assert_eq!(s.losses["cpu_map_full"], 0);
+        assert_eq!(s.losses["unknown_processes"], 0);
+        let c = &s.cumulative;
+        let users_j: Vec<(&str, f64)> =
+            c.users.iter().map(|u| (u.key.as_str(), u.usage.energy_j.total)).collect();
+        assert_eq!(users_j, [("alice", 10.0), ("root", 0.5)]);
+        assert_eq!(
+            c.trees.iter().map(|t| (t.root_pid, t.comm.as_str(), t.user.as_str())).collect::<Vec<_>>(),
+            [(100, "sshd", "root"), (200, "cron", "root")]
+        );
+        assert_eq!(c.meter[0].energy_j.total, 13.0);
+
+        // A followed root: make's and bash's tree is bash now.
+        let follows = BTreeSet::from([101]);
+        let input =
+            StepInput { seq: 2, report: &report, table: &table, users: &users, pue: &pue, follows: &follows };
+        let s = build(&input, &mut ledger);
+        assert_eq!(s.processes[0].tree_root, 101);
+        assert_eq!(s.cumulative.meter[0].energy_j.total, 26.0);
+        assert_eq!(s.cumulative.users[0].usage.energy_j.total, 20.0);
+    }
+
+    #[test]
+    fn snapshots_round_trip_through_json() {
+        let (table, report, users) = fixture();
+        let mut ledger = Ledger::new(1);
+        let pue = Pue::default();
+        let follows = BTreeSet::new();
+        let input =
+            StepInput { seq: 7, report: &report, table: &table, users: &users, pue: &pue, follows: &follows };
+        let s = build(&input, &mut ledger);
+        let back: Snapshot = serde_json::from_str(&serde_json::to_string(&s).unwrap()).unwrap();
+        assert_eq!(back, s);
+    }
+}
