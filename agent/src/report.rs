@@ -6,7 +6,7 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
-use serde_json::Value;
+use crate::api::{SCHEMA_VERSION, run::RunDocument};
 
 /// Output format.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -63,57 +63,46 @@ struct Run {
     pue_source: String,
 }
 
-fn f(v: &Value, path: &[&str]) -> Option<f64> {
-    path.iter().try_fold(v, |v, k| v.get(k))?.as_f64()
+fn run_of(doc: &RunDocument) -> Run {
+    let (e, h, c) = (&doc.energy_j, &doc.host, &doc.carbon);
+    Run {
+        command: doc.command.join(" "),
+        duration_s: doc.duration_s,
+        cpu_model: h.cpu_model.clone(),
+        cpu_count: Some(u64::from(h.cpu_count)),
+        ram_gb: h.ram_total_bytes.map(|b| b as f64 / (1u64 << 30) as f64),
+        gpus: h.gpus.iter().map(|g| g.name.clone()).collect(),
+        hostname: Some(h.hostname.clone()),
+        meter_source: doc.meter.source.clone(),
+        estimated: doc.meter.estimated,
+        energy_j: e.it.total,
+        cpu_j: Some(e.it.cpu),
+        dram_j: Some(e.it.dram),
+        gpu_j: Some(e.it.gpu),
+        facility_j: e.facility,
+        operational_g: doc.emissions_g.operational,
+        embodied_g: doc.emissions_g.embodied,
+        total_g: doc.emissions_g.total,
+        intensity: c.intensity,
+        intensity_source: c.source.clone(),
+        intensity_year: c.year.map(u64::from),
+        location: c.location.clone(),
+        pue: c.pue,
+        pue_source: c.pue_source.clone(),
+    }
 }
 
-fn s(v: &Value, path: &[&str]) -> Option<String> {
-    path.iter().try_fold(v, |v, k| v.get(k))?.as_str().map(str::to_string)
-}
-
-fn parse_run(doc: &Value, origin: &str) -> Result<Run, ReportError> {
-    let missing =
-        |what: &str| ReportError::Invalid { path: origin.to_string(), reason: format!("missing {what}") };
-    let energy_j = f(doc, &["energy_j", "total"]).ok_or_else(|| missing("energy_j.total (a number)"))?;
-    let pue = f(doc, &["carbon", "pue"]).ok_or_else(|| missing("carbon.pue (a number)"))?;
-    let operational_g =
-        f(doc, &["emissions_g", "operational"]).ok_or_else(|| missing("emissions_g.operational"))?;
-    let embodied_g = f(doc, &["emissions_g", "embodied"]).unwrap_or(0.0);
-    let command = match doc.get("command") {
-        Some(Value::Array(a)) => a.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(" "),
-        Some(Value::String(c)) => c.clone(),
-        _ => return Err(missing("command")),
-    };
-    let gpus = doc
-        .pointer("/host/gpus")
-        .and_then(Value::as_array)
-        .map(|a| a.iter().filter_map(|g| g.get("name").and_then(Value::as_str)).map(str::to_string).collect())
-        .unwrap_or_default();
-    Ok(Run {
-        command,
-        duration_s: f(doc, &["duration_s"]).ok_or_else(|| missing("duration_s"))?,
-        cpu_model: s(doc, &["host", "cpu_model"]),
-        cpu_count: doc.pointer("/host/cpu_count").and_then(Value::as_u64),
-        ram_gb: f(doc, &["host", "ram_total_bytes"]).map(|b| b / (1u64 << 30) as f64),
-        gpus,
-        hostname: s(doc, &["host", "hostname"]),
-        meter_source: s(doc, &["energy_j", "meter", "source"]).unwrap_or_else(|| "unknown".into()),
-        estimated: doc.pointer("/energy_j/meter/estimated").and_then(Value::as_bool).unwrap_or(true),
-        energy_j,
-        cpu_j: f(doc, &["energy_j", "cpu"]),
-        dram_j: f(doc, &["energy_j", "dram"]),
-        gpu_j: f(doc, &["energy_j", "gpu"]),
-        facility_j: f(doc, &["energy_j", "facility"]).unwrap_or(energy_j * pue),
-        operational_g,
-        embodied_g,
-        total_g: f(doc, &["emissions_g", "total"]).unwrap_or(operational_g + embodied_g),
-        intensity: f(doc, &["carbon", "intensity"]).ok_or_else(|| missing("carbon.intensity"))?,
-        intensity_source: s(doc, &["carbon", "source"]).unwrap_or_else(|| "unknown".into()),
-        intensity_year: doc.pointer("/carbon/year").and_then(Value::as_u64),
-        location: s(doc, &["carbon", "location"]),
-        pue,
-        pue_source: s(doc, &["carbon", "pue_source"]).unwrap_or_else(|| "unknown".into()),
-    })
+/// Reads one run document, checking its schema version.
+pub fn parse_document(text: &str, origin: &str) -> Result<RunDocument, ReportError> {
+    let invalid = |reason: String| ReportError::Invalid { path: origin.to_string(), reason };
+    let doc: RunDocument = serde_json::from_str(text).map_err(|e| invalid(e.to_string()))?;
+    if doc.schema_version != SCHEMA_VERSION {
+        return Err(invalid(format!(
+            "schema_version {}, and this carbon-agent reads version {SCHEMA_VERSION}",
+            doc.schema_version
+        )));
+    }
+    Ok(doc)
 }
 
 fn kwh(j: f64) -> f64 {
@@ -194,9 +183,9 @@ IT energy times the PUE. Operational emissions are facility energy times the gri
 each interval, and embodied emissions are the hardware's manufacturing emissions amortized over its lifetime \
 and charged by the run's share of the machine.";
 
-/// The disclosure statement for parsed run documents (`(origin, document)` pairs).
-pub fn render(docs: &[(String, Value)], format: ReportFormat) -> Result<String, ReportError> {
-    let runs: Vec<Run> = docs.iter().map(|(o, d)| parse_run(d, o)).collect::<Result<_, _>>()?;
+/// The disclosure statement for run documents (`(origin, document)` pairs).
+pub fn render(docs: &[(String, RunDocument)], format: ReportFormat) -> Result<String, ReportError> {
+    let runs: Vec<Run> = docs.iter().map(|(_, d)| run_of(d)).collect();
     if runs.is_empty() {
         return Err(ReportError::Invalid { path: "(none)".into(), reason: "no run documents given".into() });
     }
@@ -332,8 +321,7 @@ pub fn report_files(files: &[impl AsRef<Path>], format: ReportFormat) -> Result<
         let origin = path.display().to_string();
         let text = std::fs::read_to_string(path)
             .map_err(|source| ReportError::Io { path: origin.clone(), source })?;
-        let doc: Value = serde_json::from_str(&text)
-            .map_err(|e| ReportError::Invalid { path: origin.clone(), reason: format!("not JSON: {e}") })?;
+        let doc = parse_document(&text, &origin)?;
         docs.push((origin, doc));
     }
     render(&docs, format)
@@ -343,19 +331,33 @@ pub fn report_files(files: &[impl AsRef<Path>], format: ReportFormat) -> Result<
 mod tests {
     use super::*;
 
-    fn doc() -> Value {
+    fn doc_json() -> serde_json::Value {
+        let energy = serde_json::json!({ "total": 36000.0, "cpu": 30000.0, "dram": 6000.0, "gpu": 0.0,
+            "platform": 0.0, "dynamic": 20000.0, "static": 16000.0 });
+        let emissions = serde_json::json!({ "operational": 0.885, "embodied": 4.756, "total": 5.641 });
+        let io = serde_json::json!({ "read_bytes": 0, "write_bytes": 0, "copied_bytes": 0, "net_tx_bytes": 0,
+            "net_rx_bytes": 0, "io_cpu_time_s": 0.0, "page_cache_misses_bytes": 0 });
         serde_json::json!({
+            "schema_version": 1,
             "command": ["python3", "train.py"], "exit_code": 0,
             "start_time": "2026-11-28T23:00:00Z", "end_time": "2026-11-28T23:10:00Z", "duration_s": 600.0,
             "host": { "hostname": "node1", "os": "Linux 6.18.44", "cpu_model": "AMD EPYC 7B13",
                       "cpu_count": 2, "ram_total_bytes": 25769803776u64, "gpus": [] },
-            "energy_j": { "total": 36000.0, "cpu": 30000.0, "dram": 6000.0, "gpu": 0.0, "dynamic": 20000.0,
-                          "static": 16000.0, "facility": 56880.0,
-                          "meter": { "source": "model", "estimated": true } },
+            "meter": { "source": "model", "estimated": true },
+            "energy_j": { "total": 36000.0, "cpu": 30000.0, "dram": 6000.0, "gpu": 0.0, "platform": 0.0,
+                          "dynamic": 20000.0, "static": 16000.0, "facility": 56880.0 },
             "emissions_g": { "operational": 0.885, "embodied": 4.756, "total": 5.641 },
             "carbon": { "intensity": 56.0, "unit": "gCO2e/kWh", "source": "Our World in Data", "year": 2023,
-                        "pue": 1.58, "pue_source": "default", "location": "FRA" }
+                        "pue": 1.58, "pue_source": "default", "location": "FRA" },
+            "tree": { "root_pid": 7, "processes": 1, "cpu_time_s": 1.0, "energy_j": energy, "emissions_g": emissions,
+                      "io": io, "children": [] },
+            "alternatives": [], "io": io, "io_time": null, "findings": [], "agent_hash_read_bytes": 0,
+            "losses": { "cpu_map_full": 0 }
         })
+    }
+
+    fn doc() -> RunDocument {
+        serde_json::from_value(doc_json()).unwrap()
     }
 
     #[test]
@@ -386,8 +388,8 @@ mod tests {
     #[test]
     fn latex_statement_escapes_and_sums_runs() {
         let mut second = doc();
-        second["command"] = serde_json::json!(["bash", "-c", "echo 100% & done_"]);
-        second["energy_j"]["meter"] = serde_json::json!({ "source": "rapl-perf", "estimated": false });
+        second.command = ["bash", "-c", "echo 100% & done_"].map(String::from).to_vec();
+        second.meter = crate::api::run::MeterInfo { source: "rapl-perf".into(), estimated: false };
         let tex = render(&[("a".into(), doc()), ("b".into(), second)], ReportFormat::Latex).unwrap();
         assert!(
             tex.starts_with(
@@ -404,16 +406,28 @@ mod tests {
 
     #[test]
     fn bad_documents_are_clear_errors() {
-        let mut d = doc();
+        let mut d = doc_json();
         d["energy_j"].as_object_mut().unwrap().remove("total");
-        let e = render(&[("x.json".into(), d)], ReportFormat::Markdown).unwrap_err().to_string();
-        assert_eq!(e, "x.json is not a run document: missing energy_j.total (a number)");
+        let e = parse_document(&d.to_string(), "x.json").unwrap_err().to_string();
+        assert!(e.starts_with("x.json is not a run document: missing field `total`"), "{e}");
+        let mut d = doc_json();
+        d["schema_version"] = 2.into();
+        let e = parse_document(&d.to_string(), "x.json").unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "x.json is not a run document: schema_version 2, and this carbon-agent reads version 1"
+        );
+        let mut d = doc_json();
+        d["meter"]["sauce"] = d["meter"]["source"].take();
+        d["meter"].as_object_mut().unwrap().remove("source");
+        let e = parse_document(&d.to_string(), "x.json").unwrap_err().to_string();
+        assert!(e.contains("missing field `source`"), "{e}");
         let e = report_files(&["/nonexistent/run.json"], ReportFormat::Markdown).unwrap_err().to_string();
         assert!(e.starts_with("cannot read run document /nonexistent/run.json"), "{e}");
         let p = std::env::temp_dir().join(format!("carbon-report-{}.json", std::process::id()));
         std::fs::write(&p, "{not json").unwrap();
         let e = report_files(&[&p], ReportFormat::Markdown).unwrap_err().to_string();
-        assert!(e.contains("is not a run document: not JSON"), "{e}");
+        assert!(e.contains("is not a run document: key must be a string"), "{e}");
         std::fs::remove_file(&p).unwrap();
     }
 }

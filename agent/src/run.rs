@@ -8,19 +8,21 @@ use std::{
 };
 
 use anyhow::Context as _;
-use serde::Serialize;
 
+pub use crate::api::run::{ChildRow, MeterInfo, RunDocument, RunEnergy, TreeSummary};
 use crate::{
-    attribution::EnergyBreakdown,
+    api::{
+        self,
+        run::{Gpu, Host, IoTime},
+    },
     carbon::{
-        Alternative, AlternativeScope, CarbonInfo, Emissions,
+        AlternativeScope,
         codecarbon_csv::{self, CodeCarbonRun, LocationColumns},
         lowest_carbon_alternatives,
     },
     cli::{AgentArgs, RunArgs},
     engine::{DEFAULT_TOP_TREES, Engine, EngineOptions},
     host::HostInfo,
-    io::IoJson,
     output::{fmt_secs, rfc3339},
     probes::KernelLosses,
     process::{Pid, ProcessTable, Totals},
@@ -32,75 +34,42 @@ use crate::{
     },
 };
 
-/// One process of the tree.
-#[derive(Clone, Debug, Serialize)]
-pub struct ChildRow {
-    pub pid: u32,
-    pub ppid: u32,
-    pub comm: String,
-    pub exe: Option<String>,
-    pub cpu_time_s: f64,
-    pub exit_code: Option<i32>,
-    pub energy_j: EnergyBreakdown,
-    pub emissions_g: Emissions,
-    pub io: IoJson,
+/// The API form of the host description.
+fn host_of(h: HostInfo) -> Host {
+    Host {
+        hostname: h.hostname,
+        os: h.os,
+        cpu_model: h.cpu_model,
+        cpu_count: h.cpu_count,
+        ram_total_bytes: h.ram_total_bytes,
+        gpus: h.gpus.into_iter().map(|g| Gpu { index: g.index, name: g.name, uuid: g.uuid }).collect(),
+    }
 }
 
-#[derive(Clone, Debug, Serialize)]
-pub struct TreeSummary {
-    pub root_pid: u32,
-    /// Processes the tree had in all, the root included.
-    pub processes: u64,
-    pub cpu_time_s: f64,
-    pub energy_j: EnergyBreakdown,
-    pub emissions_g: Emissions,
-    pub io: IoJson,
-    /// Every process of the tree, root first, then by CPU time.
-    pub children: Vec<ChildRow>,
+/// The API form of a finding.
+fn finding_of(f: Finding) -> api::run::Finding {
+    let kind = serde_json::to_value(f.kind).ok().and_then(|v| v.as_str().map(str::to_owned));
+    api::run::Finding {
+        kind: kind.unwrap_or_default(),
+        pid: f.pid,
+        comm: f.comm,
+        paths: f.paths,
+        bytes: f.bytes,
+        count: f.count,
+        energy_j: f.energy_j,
+        emissions_g: f.emissions_g,
+        suggestion: f.suggestion,
+    }
 }
 
-/// Where the energy figures come from.
-#[derive(Clone, Debug, Serialize)]
-pub struct MeterInfo {
-    /// e.g. `rapl-perf`, `rapl-powercap`, `model`, `+nvml` when GPUs are metered.
-    pub source: String,
-    /// Whether any of it was estimated rather than metered.
-    pub estimated: bool,
-}
-
-/// The tree's energy: IT energy by domain, facility energy (× PUE), and the meter.
-#[derive(Clone, Debug, Serialize)]
-pub struct RunEnergy {
-    #[serde(flatten)]
-    pub it: EnergyBreakdown,
-    /// IT energy × PUE.
-    pub facility: f64,
-    pub meter: MeterInfo,
-}
-
-/// The `run --json` document.
-#[derive(Clone, Debug, Serialize)]
-pub struct RunDocument {
-    pub command: Vec<String>,
-    pub exit_code: i32,
-    pub start_time: String,
-    pub end_time: String,
-    pub duration_s: f64,
-    pub host: HostInfo,
-    pub tree: TreeSummary,
-    pub energy_j: RunEnergy,
-    pub emissions_g: Emissions,
-    pub carbon: CarbonInfo,
-    /// What the same IT energy would have emitted in the lowest-carbon cloud regions.
-    pub alternatives: Vec<Alternative>,
-    pub io: IoJson,
-    /// How `io.io_cpu_time_s` was measured (absent with `--no-io`).
-    pub io_time: Option<crate::io::IoTimeSource>,
-    /// Wasted I/O found in the tree, largest first.
-    pub findings: Vec<Finding>,
-    /// Bytes the agent itself read to compare file contents (duplicate/copy checks).
-    pub agent_hash_read_bytes: u64,
-    pub losses: KernelLosses,
+/// Loss counters by name (the JSON shape of [`KernelLosses`]).
+fn losses_of(k: &KernelLosses) -> api::Losses {
+    match serde_json::to_value(k) {
+        Ok(serde_json::Value::Object(map)) => {
+            map.into_iter().filter_map(|(k, v)| v.as_u64().map(|n| (k, n))).collect()
+        }
+        _ => api::Losses::new(),
+    }
 }
 
 /// Builds the tree summary from the table (pure).
@@ -198,29 +167,40 @@ pub async fn run(args: RunArgs, agent: &AgentArgs) -> anyhow::Result<i32> {
 
     let tree = tree_summary(&session.table, root);
     let mut hasher = FsHasher::new(args.hash_budget);
-    let findings: Vec<Finding> =
-        session.waste.findings(&mut hasher).into_iter().filter(|f| f.tree == root).collect();
+    let findings: Vec<api::run::Finding> =
+        session.waste.findings(&mut hasher).into_iter().filter(|f| f.tree == root).map(finding_of).collect();
     let pue = session.carbon.pue().value;
     let it = tree.energy_j;
     let mut host = HostInfo::read(&session.procfs);
     host.gpus = session.energy.gpus();
     let doc = RunDocument {
+        schema_version: api::SCHEMA_VERSION,
         command: args.command.clone(),
         exit_code,
         start_time: rfc3339(start),
         end_time: rfc3339(SystemTime::now()),
         duration_s,
-        host,
-        energy_j: RunEnergy { it, facility: it.total * pue, meter: meter.info() },
+        host: host_of(host),
+        meter: meter.info(),
+        energy_j: RunEnergy { it, facility: it.total * pue },
         emissions_g: tree.emissions_g,
         carbon: session.carbon.info(),
         alternatives: lowest_carbon_alternatives(it.total, pue, 3, AlternativeScope::CloudRegions),
         io: tree.io,
-        io_time: session.probes().io.as_ref().map(|io| io.timing_since_start()),
+        io_time: session.probes().io.as_ref().map(|io| {
+            let t = io.timing_since_start();
+            IoTime {
+                method: t.method.to_owned(),
+                sampling: t.sampling,
+                measured_sampling: t.measured_sampling,
+                calls: t.calls,
+                timed_calls: t.timed_calls,
+            }
+        }),
         tree,
         findings,
         agent_hash_read_bytes: hasher.bytes_read(),
-        losses: session.probes().losses(),
+        losses: losses_of(&session.probes().losses()),
     };
     eprint!("{}", summary_text(&doc, args.top));
     if let Some(path) = &args.json {
@@ -255,7 +235,7 @@ impl MeterTally {
 /// The run as a row of CodeCarbon's emissions.csv.
 pub fn codecarbon_row(doc: &RunDocument, project: &str, location: LocationColumns) -> CodeCarbonRun {
     let e = &doc.energy_j;
-    let metered = |v: f64| (!e.meter.estimated || v > 0.0).then_some(v);
+    let metered = |v: f64| (!doc.meter.estimated || v > 0.0).then_some(v);
     CodeCarbonRun {
         end_time: humantime::parse_rfc3339(&doc.end_time).unwrap_or_else(|_| SystemTime::now()),
         project_name: Some(project.to_string()),
@@ -348,8 +328,8 @@ pub fn summary_text(doc: &RunDocument, top: usize) -> String {
         fmt_j(e.it.gpu),
         fmt_j(e.it.dynamic),
         fmt_j(e.it.static_),
-        if e.meter.estimated { "ESTIMATED by" } else { "metered by" },
-        e.meter.source
+        if doc.meter.estimated { "ESTIMATED by" } else { "metered by" },
+        doc.meter.source
     ));
     s.push_str(&format!(
         "  energy (site)  {} = IT x PUE {:.2} ({})\n",
@@ -420,7 +400,7 @@ pub fn summary_text(doc: &RunDocument, top: usize) -> String {
         for f in &doc.findings {
             s.push_str(&format!(
                 "    {:<18} {:>10} x{:<3} {} [{}] {}: {}  ({}, {})\n",
-                format!("{:?}", f.kind).to_lowercase(),
+                f.kind,
                 fmt_bytes(f.bytes),
                 f.count,
                 f.comm,
@@ -438,11 +418,9 @@ pub fn summary_text(doc: &RunDocument, top: usize) -> String {
             ));
         }
     }
-    if doc.losses.any() {
-        s.push_str(&format!(
-            "  LOSSES: {} (see docs/io.md and docs/architecture.md)\n",
-            doc.losses.summary()
-        ));
+    let lost = crate::output::text::losses_summary(&doc.losses);
+    if !lost.is_empty() {
+        s.push_str(&format!("  LOSSES: {lost} (see docs/io.md and docs/architecture.md)\n"));
     }
     s
 }

@@ -85,8 +85,8 @@ fn run_document_has_the_schema_and_the_exit_code() {
     ));
     assert!(close(total, e["dynamic"].as_f64().unwrap() + e["static"].as_f64().unwrap(), 1e-9));
     assert!(close(e["facility"].as_f64().unwrap(), total * 1.5, 1e-9));
-    assert_eq!(e["meter"]["source"], "model", "this machine kind has no RAPL: the model estimates");
-    assert_eq!(e["meter"]["estimated"], true);
+    assert_eq!(doc["meter"]["source"], "model", "this machine kind has no RAPL: the model estimates");
+    assert_eq!(doc["meter"]["estimated"], true);
     assert!(close(tree["energy_j"]["total"].as_f64().unwrap(), total, 1e-12));
     let child_sum: f64 = children.iter().map(|c| c["energy_j"]["total"].as_f64().unwrap()).sum();
     assert!(close(child_sum, total, 1e-9), "children {child_sum} vs tree {total}");
@@ -310,4 +310,49 @@ fn network_bytes_are_counted_per_process() {
     // The socket layer's own counts (sock_send_length / sock_recv_length), loopback both ways.
     assert!(close(tx as f64, bytes as f64, 0.01), "net_tx_bytes {tx} for {bytes} sent");
     assert!(close(rx as f64, bytes as f64, 0.01), "net_rx_bytes {rx} for {bytes} received");
+}
+
+/// The JSON Schema `docs/schema/NAME.schema.json`, compiled.
+fn schema(name: &str) -> jsonschema::Validator {
+    let path =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../docs/schema/{name}.schema.json"));
+    let schema: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    jsonschema::validator_for(&schema).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+fn violations(v: &jsonschema::Validator, doc: &Value) -> Vec<String> {
+    v.iter_errors(doc).map(|e| format!("{} at {}", e, e.instance_path())).collect()
+}
+
+#[test]
+fn documents_match_their_schemas() {
+    require_root();
+    let lines_schema = schema("interval-line");
+    let out =
+        Command::new(agent_bin()).args(["--json", "--duration", "2", "--country", "FRA"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let lines: Vec<Value> =
+        String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert!(!lines.is_empty());
+    for l in &lines {
+        let bad = violations(&lines_schema, l);
+        assert!(bad.is_empty(), "interval line against its schema: {bad:?}");
+    }
+    let file = tmp("schema-data.bin");
+    std::fs::write(&file, vec![1u8; 16 << 20]).unwrap();
+    let f = file.to_str().unwrap();
+    let (code, doc, stderr) =
+        run(&["--country", "FRA"], &["sh", "-c", &format!("for i in 1 2 3 4; do cat {f} > /dev/null; done")]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(!doc["findings"].as_array().unwrap().is_empty(), "a finding, so that its schema is checked");
+    let run_schema = schema("run-document");
+    let bad = violations(&run_schema, &doc);
+    assert!(bad.is_empty(), "run document against its schema: {bad:?}");
+    // The schemas fail a document with a renamed field, and put the meter in the same place.
+    let mut renamed = doc.clone();
+    renamed["metre"] = renamed["meter"].take();
+    renamed.as_object_mut().unwrap().remove("meter");
+    assert!(!violations(&run_schema, &renamed).is_empty());
+    assert_eq!(doc["meter"]["source"], lines[0]["meter"]["source"]);
+    std::fs::remove_file(&file).unwrap();
 }

@@ -17,7 +17,7 @@ pub enum AlternativeScope {
 }
 
 /// One alternative location and the run's operational emissions there.
-#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Alternative {
     pub location: String,
     pub name: String,

@@ -37,7 +37,7 @@ pub fn interval_line(s: &Snapshot, top: usize) -> String {
         if busiest.is_empty() { "" } else { ": " },
         busiest.join(", ")
     );
-    let lost = losses_summary(s);
+    let lost = losses_summary(&s.losses);
     if !lost.is_empty() {
         line.push_str(&format!(" [LOSSES since start: {lost}]"));
     }
@@ -45,11 +45,11 @@ pub fn interval_line(s: &Snapshot, top: usize) -> String {
 }
 
 /// The non-zero loss counters, e.g. `cpu_map_full 3 (0.120 s of CPU time not attributed)`.
-pub fn losses_summary(s: &Snapshot) -> String {
+pub fn losses_summary(losses: &crate::api::Losses) -> String {
     let mut parts = Vec::new();
-    for (k, v) in s.losses.iter().filter(|(k, v)| **v > 0 && !NOT_LOSSES.contains(&k.as_str())) {
+    for (k, v) in losses.iter().filter(|(k, v)| **v > 0 && !NOT_LOSSES.contains(&k.as_str())) {
         if k == "cpu_map_full" {
-            let lost_s = s.losses.get("lost_cpu_ns").copied().unwrap_or(0) as f64 / 1e9;
+            let lost_s = losses.get("lost_cpu_ns").copied().unwrap_or(0) as f64 / 1e9;
             parts.push(format!("{k} {v} ({lost_s:.3} s of CPU time not attributed)"));
         } else {
             parts.push(format!("{k} {v}"));

@@ -6,6 +6,8 @@
 //! has `Serialize` and `Deserialize`, and the documents carry a `schema_version`; changing the
 //! meaning or the name of a field means a new [`SCHEMA_VERSION`].
 
+pub mod run;
+
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
