@@ -94,7 +94,6 @@ impl AgentArgs {
 }
 
 #[derive(Debug, Subcommand)]
-#[expect(clippy::large_enum_variant, reason = "parsed once at start-up")]
 pub enum Command {
     /// Run a command, follow its whole process tree, and summarize what it cost.
     ///

@@ -7,6 +7,7 @@
 
 pub mod accountant;
 pub mod alternatives;
+pub mod background;
 pub mod codecarbon_csv;
 pub mod embodied;
 pub mod intensity;
@@ -216,7 +217,15 @@ impl CarbonOptions {
                     if let Some(t) = self.provider.cache_s {
                         s.cache_ttl = std::time::Duration::from_secs_f64(t);
                     }
-                    Some((Box::new(ElectricityMaps::new(s)), zone))
+                    // Asked on a thread of its own: the interval never waits for the network.
+                    let first_wait = s.timeout + std::time::Duration::from_millis(500);
+                    let live = background::BackgroundIntensity::spawn(
+                        Box::new(ElectricityMaps::new(s)),
+                        zone.clone(),
+                        background::REFRESH,
+                        first_wait,
+                    );
+                    Some((Box::new(live), zone))
                 }
                 _ => None,
             };
