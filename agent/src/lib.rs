@@ -1,9 +1,20 @@
 //! carbon-agent: energy and carbon per process tree, and wasted I/O, from in-kernel accounting.
 //!
 //! The pipeline, in the order data flows (see `docs/architecture.md`):
-//! [`probes`] (eBPF programs and their maps) → [`session`] (one pass per interval) →
-//! [`usage`] (CPU time per process per interval) with [`process`] (the process table and its
-//! trees) → [`output`] (live view, JSON Lines, `run` summary).
+//! 1. [`probes`]: the eBPF programs and their maps (CPU time per tgid, lifecycle events, I/O).
+//! 2. [`session`]: once per interval, drains the kernel (the only impure step) and runs the
+//!    stages below over what was drained:
+//!    [`usage`] (CPU time per process) with [`process`] (the process table and its trees),
+//!    [`energy`] (meters or the model) and [`attribution`] (joules per process, kernel, idle),
+//!    [`carbon`] (gCO2e, operational and embodied), [`io`] and [`waste`] (wasted-I/O findings).
+//! 3. [`engine`]: owns the session; its pure step builds an immutable [`api::Snapshot`] and
+//!    moves the cumulative per-scope totals on, then publishes the snapshot to subscribers.
+//! 4. Consumers, which only read snapshots: [`output`] (JSON Lines, plain lines, the live
+//!    view), [`run`] (follows one command's tree; its document is [`api::run::RunDocument`],
+//!    read back by [`report`]), [`serve`] (the always-on mode and its Prometheus exporter).
+//!
+//! Around them: [`cli`] (clap, only there), [`config`] and [`settings`] (the TOML file and the
+//! flags merged once), [`doctor`] (what the machine offers), [`host`] and [`procfs`].
 pub mod api;
 pub mod attribution;
 pub mod carbon;
