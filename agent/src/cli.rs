@@ -52,45 +52,32 @@ pub struct WatchArgs {
 /// Options every mode shares.
 #[derive(Debug, Args, Clone)]
 pub struct AgentArgs {
-    /// Length of one accounting interval (e.g. 1s, 500ms).
-    #[arg(long, global = true, default_value = "1s", value_parser = parse_interval)]
-    pub interval: Duration,
+    /// Length of one accounting interval (e.g. 1s, 500ms) [default: 1s; config: agent.interval]
+    #[arg(long, global = true, value_parser = parse_interval)]
+    pub interval: Option<Duration>,
 
-    /// Capacity of the kernel's per-process CPU map (processes alive at once).
-    #[arg(long, global = true, default_value_t = 32768, value_parser = clap::value_parser!(u32).range(1024..=4_194_304))]
-    pub max_processes: u32,
+    /// Capacity of the kernel's per-process CPU map (processes alive at once)
+    /// [default: 32768; config: agent.max_processes]
+    #[arg(long, global = true, value_parser = clap::value_parser!(u32).range(1024..=4_194_304))]
+    pub max_processes: Option<u32>,
 
-    /// Do not attach the I/O programs (no I/O columns, no wasted-I/O findings).
+    /// Do not attach the I/O programs (no I/O columns, no wasted-I/O findings) [config: io.enabled = false]
     #[arg(long, global = true)]
     pub no_io: bool,
 
-    /// Also count page-cache reads (hits included) per file: one more program run per read.
+    /// Also count page-cache reads (hits included) per file: one more program run per read
+    /// [config: io.page_cache_reads]
     #[arg(long, global = true)]
     pub io_page_cache_reads: bool,
 
     /// Share of the time the I/O syscalls are timed (enter→exit), in (0, 1]. The timed calls'
     /// time is scaled to all calls; 1 times every call, at the cost of one more program run
-    /// on every syscall of the machine (about +70 ns each).
-    #[arg(long, global = true, default_value_t = crate::io::DEFAULT_TIME_SAMPLING, value_parser = parse_fraction)]
-    pub io_time_sampling: f64,
+    /// on every syscall of the machine (about +70 ns each) [default: 0.05; config: io.time_sampling]
+    #[arg(long, global = true, value_parser = parse_fraction)]
+    pub io_time_sampling: Option<f64>,
 
     #[command(flatten)]
     pub config: ConfigArgs,
-}
-
-impl AgentArgs {
-    /// What to load into the kernel.
-    pub fn load_options(&self) -> crate::probes::LoadOptions {
-        crate::probes::LoadOptions {
-            max_processes: self.max_processes,
-            io: (!self.no_io).then(|| crate::io::IoConfig {
-                page_cache_reads: self.io_page_cache_reads,
-                time_sampling: self.io_time_sampling,
-                ..Default::default()
-            }),
-            ..Default::default()
-        }
-    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -201,7 +188,7 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
-fn parse_interval(s: &str) -> Result<Duration, String> {
+pub(crate) fn parse_interval(s: &str) -> Result<Duration, String> {
     let d = parse_duration(s)?;
     if d < Duration::from_millis(50) {
         return Err(format!("an interval of {s} is too short: use at least 50ms"));
@@ -269,6 +256,6 @@ mod tests {
             assert!(Cli::try_parse_from(["carbon-agent", "--io-time-sampling", bad]).is_err(), "{bad}");
         }
         let cli = Cli::try_parse_from(["carbon-agent", "--io-time-sampling", "1"]).unwrap();
-        assert_eq!(cli.agent.load_options().io.unwrap().time_sampling, 1.0);
+        assert_eq!(cli.agent.io_time_sampling, Some(1.0));
     }
 }

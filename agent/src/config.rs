@@ -5,6 +5,15 @@
 //! what is expected, and the agent does not start.
 //!
 //! ```toml
+//! [agent]
+//! interval = "1s"
+//! max_processes = 32768
+//!
+//! [io]
+//! enabled = true
+//! page_cache_reads = false
+//! time_sampling = 0.05
+//!
 //! [carbon]
 //! pue = 1.2
 //! country = "FRA"            # or region = "aws:eu-west-3", or intensity = 56
@@ -22,6 +31,9 @@
 //! gpu_kgco2e = 150
 //!
 //! [energy]
+//! meter = "auto"                # or "rapl-perf", "rapl-powercap", "model"
+//! gpu = true
+//! cpu_tdp_watts = 120           # estimation model
 //! sysfs_root = "/sys"
 //! static_share = "proportional"   # or "equal", "none"
 //! cpu_idle_watts = 1.0           # estimation model, per logical CPU
@@ -63,11 +75,36 @@ pub struct ConfigArgs {
 #[serde(deny_unknown_fields)]
 pub struct Config {
     #[serde(default)]
+    pub agent: AgentConfig,
+    #[serde(default)]
+    pub io: IoConfig,
+    #[serde(default)]
     pub carbon: CarbonConfig,
     #[serde(default)]
     pub energy: EnergyConfig,
     #[serde(default)]
     pub serve: ServeConfig,
+}
+
+/// `[agent]`: what every mode shares (as `--interval`, `--max-processes`).
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentConfig {
+    /// Length of one accounting interval, e.g. "1s", "500ms" (at least 50ms).
+    pub interval: Option<String>,
+    /// Capacity of the kernel's per-process CPU map.
+    pub max_processes: Option<u32>,
+}
+
+/// `[io]`: I/O accounting (as `--no-io`, `--io-page-cache-reads`, `--io-time-sampling`).
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IoConfig {
+    /// Attach the I/O programs [default: true].
+    pub enabled: Option<bool>,
+    pub page_cache_reads: Option<bool>,
+    /// Share of time the I/O syscalls are timed, in (0, 1].
+    pub time_sampling: Option<f64>,
 }
 
 /// `[serve]`: the always-on mode (`carbon-agent serve`).
@@ -139,6 +176,12 @@ pub struct IdleWatts {
 #[derive(Clone, Debug, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EnergyConfig {
+    /// `auto`, `rapl-perf`, `rapl-powercap` or `model` (as `--meter`).
+    pub meter: Option<String>,
+    /// Read NVIDIA GPUs through NVML [default: true] (as `--no-gpu`).
+    pub gpu: Option<bool>,
+    /// Estimation model: the CPU's TDP, watts (as `--cpu-tdp-watts`).
+    pub cpu_tdp_watts: Option<f64>,
     pub sysfs_root: Option<PathBuf>,
     pub static_share: Option<StaticSharePolicy>,
     #[serde(default)]
@@ -247,7 +290,27 @@ impl Config {
         {
             return Err(bad("carbon.provider.base_url", format!("{url:?}"), "an http:// or https:// URL"));
         }
+        if let Some(i) = &self.agent.interval {
+            crate::cli::parse_interval(i).map_err(|e| bad("agent.interval", format!("{i:?}"), &e))?;
+        }
+        if let Some(n) = self.agent.max_processes
+            && !(1024..=4_194_304).contains(&n)
+        {
+            return Err(bad("agent.max_processes", n.to_string(), "a number in 1024..=4194304"));
+        }
+        check(
+            "io.time_sampling",
+            self.io.time_sampling,
+            |v| v > 0.0 && v <= 1.0,
+            "a share in (0, 1], e.g. 0.05",
+        )?;
         let en = &self.energy;
+        if let Some(m) = &en.meter {
+            <crate::energy::MeterChoice as clap::ValueEnum>::from_str(m, false).map_err(|_| {
+                bad("energy.meter", format!("{m:?}"), "one of auto, rapl-perf, rapl-powercap, model")
+            })?;
+        }
+        check("energy.cpu_tdp_watts", en.cpu_tdp_watts, |v| v > 0.0, "watts, a number > 0")?;
         let watts = "watts, a number ≥ 0";
         check("energy.idle_watts.cpu", en.idle_watts.cpu, |v| v >= 0.0, watts)?;
         check("energy.idle_watts.dram", en.idle_watts.dram, |v| v >= 0.0, watts)?;
@@ -349,6 +412,21 @@ mod tests {
                 .contains("at most energy.cpu_max_watts")
         );
         assert!(err("[energy.idle_watts]\ngpu = -5\n").contains("energy.idle_watts.gpu = -5"));
+        assert!(err("[agent]\ninterval = \"fast\"\n").starts_with(
+            "config file c.toml: agent.interval = \"fast\": expected \"fast\" is not a duration"
+        ));
+        assert!(err("[agent]\ninterval = \"10ms\"\n").contains("too short"));
+        assert!(
+            err("[agent]\nmax_processes = 10\n")
+                .contains("agent.max_processes = 10: expected a number in 1024..=4194304")
+        );
+        assert!(
+            err("[io]\ntime_sampling = 1.5\n").contains("io.time_sampling = 1.5: expected a share in (0, 1]")
+        );
+        assert!(
+            err("[energy]\nmeter = \"rapl\"\n")
+                .contains("energy.meter = \"rapl\": expected one of auto, rapl-perf")
+        );
         assert!(err("[serve]\ntop_trees = 5000\n").contains("serve.top_trees = 5000: expected at most 1000"));
         let e = err("[serve]\nlisten = \"localhost\"\n");
         assert!(e.contains("listen") && e.contains("line 2"), "{e}");

@@ -53,7 +53,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
                 println!("{joules}");
                 return Ok(0);
             }
-            let settings = Settings::resolve(&cli.agent.config, &args.energy, &Default::default())?;
+            let settings = Settings::resolve(&cli.agent, &args.energy, &Default::default())?;
             let checks = doctor::checks(&settings.energy);
             if args.json {
                 println!("{}", serde_json::json!({ "checks": checks, "plan": doctor::plan(&checks) }));
@@ -75,11 +75,11 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
 }
 
 async fn watch(args: WatchArgs, agent: &AgentArgs) -> anyhow::Result<()> {
-    let settings = Settings::resolve(&agent.config, &args.energy, &args.carbon)?;
+    let settings = Settings::resolve(agent, &args.energy, &args.carbon)?;
     let mut engine = Engine::start(EngineOptions {
         session: SessionOptions {
-            interval: agent.interval,
-            load: agent.load_options(),
+            interval: settings.interval,
+            load: settings.load.clone(),
             prune_exited: true,
             settings,
         },

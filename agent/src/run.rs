@@ -120,13 +120,13 @@ fn sudo_user() -> Option<(u32, u32)> {
 
 /// Runs the command; returns the exit code to exit with.
 pub async fn run(args: RunArgs, agent: &AgentArgs) -> anyhow::Result<i32> {
-    let settings = Settings::resolve(&agent.config, &args.energy, &args.carbon)?;
+    let settings = Settings::resolve(agent, &args.energy, &args.carbon)?;
     let location = LocationColumns::from_entry(settings.carbon.table_entry()?);
     // Other trees are pruned as in the live view; the followed one is pinned.
     let mut engine = Engine::start(EngineOptions {
         session: SessionOptions {
-            interval: agent.interval,
-            load: agent.load_options(),
+            interval: settings.interval,
+            load: settings.load.clone(),
             prune_exited: true,
             settings,
         },

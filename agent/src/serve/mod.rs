@@ -70,7 +70,8 @@ fn prepare_state_dir(dir: &std::path::Path) -> anyhow::Result<()> {
 
 /// Runs until SIGTERM or SIGINT; returns the exit code.
 pub async fn serve(args: ServeArgs, agent: &AgentArgs) -> anyhow::Result<i32> {
-    let settings = Settings::resolve(&agent.config, &args.energy, &args.carbon)?;
+    let settings = Settings::resolve(agent, &args.energy, &args.carbon)?;
+    let interval = settings.interval;
     let mut current = ServeSettings::merge(&args, &settings)?;
     prepare_state_dir(&current.state_dir)?;
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
@@ -79,8 +80,8 @@ pub async fn serve(args: ServeArgs, agent: &AgentArgs) -> anyhow::Result<i32> {
     let mut energy = settings.energy.clone();
     let mut engine = Engine::start(EngineOptions {
         session: SessionOptions {
-            interval: agent.interval,
-            load: agent.load_options(),
+            interval: settings.interval,
+            load: settings.load.clone(),
             prune_exited: true,
             settings,
         },
@@ -97,7 +98,7 @@ pub async fn serve(args: ServeArgs, agent: &AgentArgs) -> anyhow::Result<i32> {
     tracing::info!(
         "ready: probes attached, metrics on http://{}/metrics, interval {:?}, state in {}",
         current.listen,
-        agent.interval,
+        interval,
         current.state_dir.display()
     );
     loop {
@@ -124,7 +125,7 @@ fn reload(
     energy: &mut crate::energy::EnergyConfig,
 ) {
     let attempt = || -> anyhow::Result<(Settings, ServeSettings, crate::carbon::CarbonAccountant)> {
-        let settings = Settings::resolve(&agent.config, &args.energy, &args.carbon)?;
+        let settings = Settings::resolve(agent, &args.energy, &args.carbon)?;
         let serve = ServeSettings::merge(args, &settings)?;
         let carbon = settings
             .carbon
@@ -146,7 +147,11 @@ fn reload(
             }
             *energy = settings.energy;
             current.top_trees = serve.top_trees;
-            tracing::info!("SIGHUP: reloaded {file} (carbon settings, top_trees = {})", serve.top_trees);
+            tracing::info!(
+                "SIGHUP: reloaded {file}: carbon settings and top_trees = {} applied ([agent] and [io] take \
+                 effect at the next start)",
+                serve.top_trees
+            );
         }
     }
 }
