@@ -128,6 +128,7 @@ impl Session {
         if let Some(io) = session.probes.io.as_mut() {
             io.drain();
         }
+        session.energy.start();
         session.last_tick = Instant::now();
         Ok(session)
     }
