@@ -137,14 +137,21 @@ pub fn checks(energy: &crate::energy::EnergyConfig) -> Vec<Check> {
         let detail = if m.selected { format!("{} (selected)", m.detail) } else { m.detail };
         out.push(match m.found {
             true => check(&name, Status::Ok, detail, None),
-            false if m.meter == "nvml" => check(
-                &name,
-                Status::Warn,
-                detail,
-                Some("no NVIDIA GPU energy: install the NVIDIA driver (libnvidia-ml.so.1) on GPU machines"),
-            ),
+            false if m.meter == "nvml" => {
+                let fix = crate::energy::nvml::fix_for(&detail);
+                check(&name, Status::Warn, detail, Some(fix))
+            }
             false => check(&name, Status::Warn, detail, None),
         });
+    }
+    if energy.gpu {
+        // Per GPU: persistence, MIG, per-process utilization, accounting, energy counter.
+        if let Ok(gpus) = crate::energy::nvml::doctor_report() {
+            for g in gpus {
+                let status = if g.ok { Status::Ok } else { Status::Warn };
+                out.push(check(&g.name, status, g.detail, g.fix.as_deref()));
+            }
+        }
     }
     out
 }

@@ -283,6 +283,26 @@ pub fn init_error_reason(e: &NvmlError) -> String {
     }
 }
 
+/// What `doctor` suggests when NVML is not usable, given the reason [`open_nvml`] gave.
+pub fn fix_for(reason: &str) -> &'static str {
+    if reason.contains("version mismatch") {
+        "the driver was upgraded but the old kernel module is still loaded: reload the driver or reboot \
+         (installing it again does not help)"
+    } else if reason.contains("not loaded") {
+        "load the NVIDIA kernel module (modprobe nvidia) or reboot"
+    } else if reason.contains("not found") {
+        "no NVIDIA GPU energy: install the NVIDIA driver (libnvidia-ml.so.1) on GPU machines"
+    } else {
+        "no NVIDIA GPU energy: check nvidia-smi"
+    }
+}
+
+/// `doctor`'s per-GPU checks on this machine; the error is why NVML is not usable.
+pub fn doctor_report() -> Result<Vec<GpuCheck>, String> {
+    let mut opened = open_nvml()?;
+    Ok(doctor_checks(&mut opened.devices, SystemClock::default().wall_us()))
+}
+
 /// The GPUs opened at start-up, and those that could not be opened (with the reason).
 pub struct OpenedGpus {
     /// GPUs to meter.
@@ -1422,6 +1442,10 @@ pub(crate) mod tests {
         assert!(!init_error_reason(&NvmlError::LibRmVersionMismatch).contains("install"));
         assert!(init_error_reason(&NvmlError::LibraryNotFound).contains("no NVIDIA driver installed"));
         assert!(init_error_reason(&NvmlError::DriverNotLoaded).contains("not loaded"));
+        let fix = |e: NvmlError| fix_for(&init_error_reason(&e));
+        assert!(fix(NvmlError::LibRmVersionMismatch).contains("reload the driver or reboot"));
+        assert!(fix(NvmlError::LibraryNotFound).contains("install the NVIDIA driver"));
+        assert!(fix(NvmlError::DriverNotLoaded).contains("modprobe nvidia"));
     }
 
     #[test]
