@@ -143,6 +143,11 @@ impl EnergyAccountant {
         self.meters.start_interval();
     }
 
+    /// Whether GPUs are metered.
+    pub fn has_gpu(&self) -> bool {
+        self.meters.has_gpu()
+    }
+
     /// The GPUs metered (for the `host.gpus` of `run --json`).
     pub fn gpus(&self) -> Vec<GpuInfo> {
         self.meters.gpus()
