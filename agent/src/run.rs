@@ -100,6 +100,9 @@ pub struct RunDocument {
     /// Bytes the agent itself read to compare file contents (duplicate/copy checks).
     pub agent_hash_read_bytes: u64,
     pub losses: KernelLosses,
+    /// GPU figures for checking them: metered energy per GPU, share bases, meter warnings
+    /// (absent without a metered GPU).
+    pub gpu: Option<crate::energy::GpuTally>,
 }
 
 /// Builds the tree summary from the table (pure).
@@ -175,10 +178,14 @@ pub async fn run(args: RunArgs, agent: &AgentArgs) -> anyhow::Result<i32> {
     session.run_root = Some(root);
 
     let mut meter = MeterTally::default();
+    let mut gpu = crate::energy::GpuTally::default();
     let status = loop {
         tokio::select! {
             status = child.wait() => break status.context("waiting for the command")?,
-            report = session.next_interval() => meter.add(&report.energy.meter),
+            report = session.next_interval() => {
+                meter.add(&report.energy.meter);
+                gpu.add(&report.energy);
+            }
             // Ctrl-C reaches the command too (same process group); wait for it to exit.
             _ = tokio::signal::ctrl_c() => {}
         }
@@ -188,6 +195,7 @@ pub async fn run(args: RunArgs, agent: &AgentArgs) -> anyhow::Result<i32> {
     tokio::time::sleep(Duration::from_millis(30)).await;
     let last = session.close_interval();
     meter.add(&last.energy.meter);
+    gpu.add(&last.energy);
     let duration_s = started.elapsed().as_secs_f64();
     let exit_code = status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0));
 
@@ -216,6 +224,7 @@ pub async fn run(args: RunArgs, agent: &AgentArgs) -> anyhow::Result<i32> {
         findings,
         agent_hash_read_bytes: hasher.bytes_read(),
         losses: session.probes().losses(),
+        gpu: session.energy.has_gpu().then_some(gpu),
     };
     eprint!("{}", summary_text(&doc, args.top));
     if let Some(path) = &args.json {
