@@ -131,8 +131,18 @@ mod tests {
     #[test]
     fn tally_counts_energy_bases_and_distinct_warnings_and_round_trips() {
         let mut t = GpuTally::default();
-        t.add(&interval(vec![gpu(0, 10.0, BASIS_NONE, 0, false), gpu(1, 5.0, BASIS_NONE, 0, false)], &[], 0.0, 15.0));
-        t.add(&interval(vec![gpu(0, 100.0, BASIS_SM, 1, false), gpu(1, 5.0, BASIS_NONE, 0, false)], &["a"], 90.0, 15.0));
+        t.add(&interval(
+            vec![gpu(0, 10.0, BASIS_NONE, 0, false), gpu(1, 5.0, BASIS_NONE, 0, false)],
+            &[],
+            0.0,
+            15.0,
+        ));
+        t.add(&interval(
+            vec![gpu(0, 100.0, BASIS_SM, 1, false), gpu(1, 5.0, BASIS_NONE, 0, false)],
+            &["a"],
+            90.0,
+            15.0,
+        ));
         t.add(&interval(vec![gpu(0, 100.0, BASIS_SM, 1, true)], &["a", "GPU 1 lost"], 95.0, 5.0));
         t.add(&interval(vec![gpu(0, 100.0, BASIS_MEMORY, 1, false)], &["a"], 95.0, 5.0));
         assert_eq!(t.intervals, 4);
