@@ -39,8 +39,8 @@ fn open(path: &str, what: &str) -> Result<Library, DriverError> {
     // preconditions for us.
     unsafe { Library::new(path) }.map_err(|e| {
         DriverError::Missing(format!(
-            "{path} cannot be loaded ({e}): the NVIDIA driver's {what} library is missing; this needs a machine \
-             with the NVIDIA driver installed"
+            "{path} cannot be loaded ({e}): {what} is missing; this needs a machine with the NVIDIA driver \
+             installed"
         ))
     })
 }
@@ -117,7 +117,7 @@ pub struct Nvml {
 impl Cuda {
     /// Loads the CUDA driver library and resolves every function; calls `cuInit`.
     pub fn load(path: &str) -> Result<Self, DriverError> {
-        let lib = open(path, "CUDA driver (libcuda)")?;
+        let lib = open(path, "the CUDA driver library")?;
         let cuda = Cuda {
             init: sym!(lib, path, "cuInit", unsafe extern "C" fn(c_uint) -> CuResult),
             device_get_count: sym!(
@@ -378,7 +378,7 @@ impl Drop for Kernel<'_> {
 impl Nvml {
     /// Loads NVML and initializes it.
     pub fn load(path: &str) -> Result<Self, DriverError> {
-        let lib = open(path, "NVML (libnvidia-ml)")?;
+        let lib = open(path, "the NVML library")?;
         let init = sym!(lib, path, "nvmlInit_v2", unsafe extern "C" fn() -> c_int);
         let nvml = Nvml {
             handle_by_pci: sym!(

@@ -1,0 +1,136 @@
+//! scripts/gpu-check.sh on a machine without an NVIDIA driver (this project's): the
+//! preflight stops with exit 2 and a reason, in the evidence folder too; the bundle has the
+//! layout the GPU machine needs.
+
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn script() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/gpu-check.sh")
+}
+
+fn is_root() -> bool {
+    let out = Command::new("id").arg("-u").output().unwrap();
+    String::from_utf8_lossy(&out.stdout).trim() == "0"
+}
+
+/// A folder with the real load and evaluator, and a stand-in agent (the preflight stops
+/// before the agent is used on a machine without the driver).
+fn bin_dir(root: &Path) -> PathBuf {
+    let bin = root.join("from");
+    std::fs::create_dir_all(&bin).unwrap();
+    std::fs::copy(env!("CARGO_BIN_EXE_gpu-load"), bin.join("gpu-load")).unwrap();
+    std::fs::copy(env!("CARGO_BIN_EXE_gpu-check-eval"), bin.join("gpu-check-eval")).unwrap();
+    std::fs::write(
+        bin.join("carbon-agent"),
+        "#!/bin/sh\necho 'stand-in agent: must not be reached' >&2\nexit 1\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(bin.join("carbon-agent"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    bin
+}
+
+fn run(cmd: &mut Command) -> (Option<i32>, String) {
+    let Output { status, stderr, .. } =
+        cmd.env_remove("GPU_LOAD_LIBCUDA").env_remove("GPU_LOAD_LIBNVML").output().unwrap();
+    (status.code(), String::from_utf8_lossy(&stderr).into_owned())
+}
+
+#[test]
+fn preflight_without_the_driver_is_exit_2_with_the_reason_in_the_evidence() {
+    let tmp = tempfile::tempdir().unwrap();
+    let bin = bin_dir(tmp.path());
+    let evidence = tmp.path().join("evidence");
+    let (code, err) =
+        run(Command::new("bash").arg(script()).args(["run", evidence.to_str().unwrap()]).env("BIN", &bin));
+    assert_eq!(code, Some(2), "{err}");
+    if !is_root() {
+        assert!(err.contains("must run as root"), "{err}");
+        return;
+    }
+    assert!(err.contains("cannot check here: driver libraries:"), "{err}");
+    assert!(err.contains("libcuda.so.1 cannot be loaded"), "{err}");
+    assert!(!err.contains("stand-in agent"), "{err}");
+    let pre = std::fs::read_to_string(evidence.join("preflight.txt")).unwrap();
+    assert!(pre.starts_with("root: yes;"), "{pre}");
+    assert!(pre.contains("cannot check here: driver libraries:") && pre.contains("libcuda.so.1"), "{pre}");
+    assert!(evidence.join("single").is_dir() && evidence.join("pair").is_dir());
+}
+
+#[test]
+fn preflight_refuses_a_user_who_is_not_root() {
+    if !is_root() {
+        // Then the test above checks exactly this.
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let bin = bin_dir(tmp.path());
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let (code, err) = run(Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "bash"])
+        .arg(script())
+        .args(["run", "/nonexistent/evidence"])
+        .env("BIN", &bin));
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("cannot check here: must run as root"), "{err}");
+}
+
+#[test]
+fn missing_binaries_are_exit_2_saying_how_to_bundle() {
+    if !is_root() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let evidence = tmp.path().join("e");
+    let (code, err) = run(Command::new("bash")
+        .arg(script())
+        .args(["run", evidence.to_str().unwrap()])
+        .env("BIN", "/nonexistent"));
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("/nonexistent/carbon-agent not found") && err.contains("gpu-check.sh bundle DIR"),
+        "{err}"
+    );
+    assert!(std::fs::read_to_string(evidence.join("preflight.txt")).unwrap().contains("not found"));
+}
+
+#[test]
+fn a_bundle_carries_the_three_binaries_and_runs_its_own_preflight() {
+    let tmp = tempfile::tempdir().unwrap();
+    let from = bin_dir(tmp.path());
+    let bundle = tmp.path().join("bundle");
+    let out = Command::new("bash")
+        .arg(script())
+        .args(["bundle", bundle.to_str().unwrap()])
+        .env("BUNDLE_FROM", &from)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    for b in ["bin/carbon-agent", "bin/gpu-load", "bin/gpu-check-eval", "gpu-check.sh"] {
+        let m = std::fs::metadata(bundle.join(b)).unwrap_or_else(|e| panic!("{b}: {e}"));
+        assert!(m.permissions().mode() & 0o111 != 0, "{b} is not executable");
+    }
+    // Run from the bundle, with no BIN and no evidence folder given: its own bin/ is used
+    // and the evidence goes next to it.
+    let (code, err) = run(Command::new(bundle.join("gpu-check.sh")).arg("run").env_remove("BIN"));
+    assert_eq!(code, Some(2), "{err}");
+    if is_root() {
+        assert!(err.contains("driver libraries"), "{err}");
+        let evidence: Vec<_> = std::fs::read_dir(&bundle)
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().starts_with("evidence-"))
+            .collect();
+        assert_eq!(evidence.len(), 1);
+        let pre = std::fs::read_to_string(evidence[0].path().join("preflight.txt")).unwrap();
+        assert!(pre.contains(&format!("binaries: {}", bundle.join("bin").display())), "{pre}");
+    }
+}
+
+#[test]
+fn without_a_command_it_prints_its_usage_and_exits_2() {
+    let (code, err) = run(Command::new("bash").arg(script()));
+    assert_eq!(code, Some(2));
+    assert!(err.contains("gpu-check.sh bundle DIR") && err.contains("Exit status"), "{err}");
+}
