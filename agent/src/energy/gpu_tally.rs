@@ -163,6 +163,62 @@ mod tests {
     }
 
     #[test]
+    fn tally_through_the_accountant_with_a_fake_gpu() {
+        use std::sync::Arc;
+
+        use crate::energy::meter_set::Backends;
+        use crate::energy::meter_set::tests::{cfg, fake_proc};
+        use crate::energy::nvml::tests::{FakeGpu, opened};
+        use crate::energy::nvml::{GpuProcess, ProcessSample};
+        use crate::energy::perf_power::tests::ScriptedCounters;
+        use crate::energy::{EnergyAccountant, FsReader};
+        use crate::usage::{IntervalUsage, ProcessCpu};
+
+        let tmp = tempfile::tempdir().unwrap();
+        fake_proc(tmp.path());
+        let mut c = cfg(tmp.path());
+        c.gpu = true;
+        let gpu = FakeGpu::counter(0, 7_000_000);
+        gpu.state.lock().unwrap().compute =
+            vec![GpuProcess { pid: 10, used_memory: Some(1 << 30), gpu_instance: None }];
+        let g = gpu.clone();
+        let backends = Backends {
+            reader: Arc::new(FsReader),
+            perf: Box::new(ScriptedCounters::default()),
+            gpus: Box::new(move || Ok(opened(&[g]))),
+        };
+        let mut acc = EnergyAccountant::with_backends(c, backends).unwrap();
+        // Start-up costs 30 J that the run must not count.
+        gpu.state.lock().unwrap().energy_mj = Some(7_030_000);
+        acc.start();
+        let usage = IntervalUsage {
+            interval_s: 1.0,
+            ncpu: 2,
+            processes: BTreeMap::from([(10, ProcessCpu { cpu_ns: 1_000_000, switches: 1 })]),
+            ..Default::default()
+        };
+        let now =
+            || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_micros() as u64;
+        let mut t = GpuTally::default();
+        {
+            let mut s = gpu.state.lock().unwrap();
+            s.energy_mj = Some(7_080_000);
+            s.samples = vec![ProcessSample { pid: 10, timestamp_us: now(), sm_util: 80, mem_util: 0 }];
+        }
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        t.add(&acc.interval(&usage));
+        // No new sample: the previous one is carried.
+        gpu.state.lock().unwrap().energy_mj = Some(7_130_000);
+        t.add(&acc.interval(&usage));
+        let g0 = &t.gpus["gpu0"];
+        assert_eq!(g0.metered_j, 100.0);
+        assert_eq!((g0.intervals_with_processes, g0.basis["sm-utilization"], g0.carried), (2, 2, 1));
+        assert!((t.to_processes_j + t.to_buckets_j - 100.0).abs() < 1e-9, "{t:?}");
+        assert!(t.to_processes_j > 0.0);
+        assert!(t.warnings.is_empty(), "{:?}", t.warnings);
+    }
+
+    #[test]
     fn warnings_beyond_the_cap_are_counted_not_kept() {
         let mut t = GpuTally::default();
         for i in 0..(MAX_WARNINGS + 3) {

@@ -18,7 +18,9 @@
 //!      new sample carries the previous one for processes still on the GPU.
 //!   2. `memory`: used memory per process (the larger of the compute and graphics lists
 //!      for one pid, not their sum), scaled by the device's utilization when NVML gives it.
-//!   3. `none`: no process on the GPU; its energy goes to the idle bucket.
+//!   3. `processes`: processes hold the GPU but report no memory figure: equal parts,
+//!      scaled by the device's utilization when known.
+//!   4. `none`: no process on the GPU; its energy goes to the idle bucket.
 //! * **Faults**: a lost GPU (`GpuLost`) is dropped and said; the others keep working. A GPU
 //!   that cannot be opened at start-up is skipped and said in the first interval.
 //! * **MIG**: energy is only metered per physical GPU; per-process samples are not
@@ -44,6 +46,8 @@ use serde::{Deserialize, Serialize};
 pub const BASIS_SM: &str = "sm-utilization";
 /// Shares by used GPU memory.
 pub const BASIS_MEMORY: &str = "memory";
+/// Processes hold the GPU but report no memory figure: equal parts.
+pub const BASIS_PROCESSES: &str = "processes";
 /// No process on the GPU.
 pub const BASIS_NONE: &str = "none";
 
@@ -390,7 +394,7 @@ pub struct GpuShares {
     /// Fraction of the GPU each tgid kept busy (0..1, summing to at most 1); the rest of
     /// the GPU's dynamic energy is shared like its static energy.
     pub by_pid: BTreeMap<u32, f64>,
-    /// [`BASIS_SM`], [`BASIS_MEMORY`] or [`BASIS_NONE`].
+    /// [`BASIS_SM`], [`BASIS_MEMORY`], [`BASIS_PROCESSES`] or [`BASIS_NONE`].
     pub basis: &'static str,
     /// The SM shares are the previous interval's (no new sample in this one).
     pub carried: bool,
@@ -760,14 +764,14 @@ fn read_device(
 
     // SM samples since the window's start; a start in the future (the wall clock stepped
     // back) is pulled back to now so that it never freezes the window.
-    let now_wall = clock.wall_us();
-    if d.window_us > now_wall {
-        d.window_us = now_wall;
+    let before = clock.wall_us();
+    if d.window_us > before {
+        d.window_us = before;
     }
-    let samples = match d.device.process_samples(d.window_us) {
-        Ok(s) => Ok(clean_samples(s, d.window_us, now_wall, &mut out.dropped)),
-        Err(e) => Err(e),
-    };
+    let samples = d.device.process_samples(d.window_us);
+    // "Now" after the query: a sample the driver took during the call is not in the future.
+    let now_wall = clock.wall_us();
+    let samples = samples.map(|s| clean_samples(s, d.window_us, now_wall, &mut out.dropped));
     let live: BTreeSet<u32> = processes.iter().map(|p| p.pid).collect();
     let sm = match &samples {
         Ok(s) if !s.is_empty() => {
@@ -796,12 +800,13 @@ fn read_device(
         Some((by_pid, carried)) => GpuShares { by_pid, basis: BASIS_SM, carried },
         None => match memory_shares(&processes, utilization) {
             Some(by_pid) => GpuShares { by_pid, basis: BASIS_MEMORY, carried: false },
-            None => {
-                if !processes.is_empty() {
-                    warn(out, "processes hold the GPU but report neither utilization nor memory: GPU energy to idle".into());
-                }
-                GpuShares { by_pid: BTreeMap::new(), basis: BASIS_NONE, carried: false }
+            None if !processes.is_empty() => {
+                // Contexts without a memory figure (NVML_VALUE_NOT_AVAILABLE): equal parts.
+                let busy = utilization.unwrap_or(1.0).clamp(0.0, 1.0) / processes.len() as f64;
+                let by_pid = processes.iter().map(|p| (p.pid, busy)).collect();
+                GpuShares { by_pid, basis: BASIS_PROCESSES, carried: false }
             }
+            None => GpuShares { by_pid: BTreeMap::new(), basis: BASIS_NONE, carried: false },
         },
     };
     Ok(GpuInterval { index: idx, energy_j, shares, utilization, integrated, processes: processes.len() })
@@ -1383,6 +1388,25 @@ pub(crate) mod tests {
         assert_eq!(g.shares.by_pid, BTreeMap::from([(100, 0.75), (200, 0.25)]));
         assert_eq!(g.processes, 3);
         assert!(r.warnings[0].contains("not supported"), "{:?}", r.warnings);
+    }
+
+    #[test]
+    fn contexts_without_a_memory_figure_share_equally() {
+        let clock = FakeClock::at(T0);
+        let gpu = FakeGpu::counter(0, 0);
+        {
+            let mut s = gpu.state.lock().unwrap();
+            s.compute = vec![proc(1, None), proc(2, None)];
+            s.utilization = Some(0.5);
+        }
+        let mut m = meter(std::slice::from_ref(&gpu), &clock);
+        let r = m.read();
+        assert_eq!(r.gpus[0].shares.basis, BASIS_PROCESSES);
+        assert_eq!(r.gpus[0].shares.by_pid, BTreeMap::from([(1, 0.25), (2, 0.25)]));
+        assert!(r.warnings.is_empty(), "{:?}", r.warnings);
+        // Nobody on the GPU: none.
+        gpu.state.lock().unwrap().compute.clear();
+        assert_eq!(m.read().gpus[0].shares.basis, BASIS_NONE);
     }
 
     #[test]
