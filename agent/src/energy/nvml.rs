@@ -5,8 +5,9 @@
 //!   newer) where the GPU has one; otherwise the power reading (`nvmlDeviceGetPowerUsage`,
 //!   mW) integrated with the trapezoid rule, each GPU timed on its own monotonic clock.
 //!   The baseline is taken again by [`NvmlMeter::start`], when the first interval starts.
-//!   A counter lower than the previous raw value (GPU reset, driver reload) becomes the
-//!   new baseline and the interval says so. A failed energy read leaves the baseline
+//!   A counter lower than the previous raw value (GPU reset, driver reload) restarted from 0
+//!   since the previous read: the interval counts the new raw value, which becomes the
+//!   baseline, and says so. A failed energy read leaves the baseline
 //!   where it was: the energy lands in the next successful read.
 //! * **Shares**, in order of preference, falling back with a warning in the interval:
 //!   1. `sm-utilization`: per-process samples (`nvmlDeviceGetProcessUtilization`) since
@@ -692,13 +693,14 @@ fn read_device(
                 warn(
                     out,
                     format!(
-                        "energy counter went back from {} to {mj} mJ (GPU reset or driver reload): counting \
-                         from the new value; energy between the previous read and the reset is lost",
+                        "energy counter went back from {} to {mj} mJ (GPU reset or driver reload): it restarted \
+                         from 0 since the previous read, so this interval counts the {mj} mJ since the restart; \
+                         the energy between the previous read and the restart is lost",
                         *last_mj
                     ),
                 );
                 *last_mj = mj;
-                (0.0, false)
+                (mj as f64 / 1000.0, false)
             }
             Ok(None) => {
                 warn(out, "total-energy counter no longer supported: no GPU energy this interval".into());
@@ -1290,7 +1292,7 @@ pub(crate) mod tests {
         let mut m = meter(std::slice::from_ref(&gpu), &clock);
         gpu.state.lock().unwrap().energy_mj = Some(2_000);
         let r = m.read();
-        assert_eq!(r.gpus[0].energy_j, 0.0);
+        assert_eq!(r.gpus[0].energy_j, 2.0);
         assert!(r.warnings[0].contains("went back from 9000000 to 2000 mJ"), "{:?}", r.warnings);
         gpu.state.lock().unwrap().energy_mj = Some(5_000);
         let r = m.read();
