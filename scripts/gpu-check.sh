@@ -81,6 +81,8 @@ run_check() {
         [[ -x $b ]] || cannot "$b not found: build a bundle with 'scripts/gpu-check.sh bundle DIR' and run DIR/gpu-check.sh"
     done
     say "root: yes; binaries: $bin; GPU index $GPU_INDEX; loads of $LOAD_S s"
+    local ran
+    ran=$("$LOAD" --version 2>&1) || cannot "the bundled binaries do not run on this machine ($ran); they need glibc >= 2.34 (docs/energy.md)"
     local probe
     probe=$("$LOAD" --probe 2>&1) || cannot "driver libraries: $probe"
     say "driver libraries: $probe"

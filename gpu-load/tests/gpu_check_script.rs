@@ -96,6 +96,27 @@ fn missing_binaries_are_exit_2_saying_how_to_bundle() {
 }
 
 #[test]
+fn binaries_that_do_not_run_here_are_exit_2_naming_glibc() {
+    if !is_root() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let bin = bin_dir(tmp.path());
+    // What the loader says when the machine's glibc is older than the bundle's.
+    std::fs::write(
+        bin.join("gpu-load"),
+        "#!/bin/sh\necho \"gpu-load: version 'GLIBC_2.34' not found\" >&2\nexit 1\n",
+    )
+    .unwrap();
+    let evidence = tmp.path().join("e");
+    let (code, err) =
+        run(Command::new("bash").arg(script()).args(["run", evidence.to_str().unwrap()]).env("BIN", &bin));
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("do not run on this machine") && err.contains("GLIBC_2.34' not found"), "{err}");
+    assert!(err.contains("glibc >= 2.34"), "{err}");
+}
+
+#[test]
 fn a_bundle_carries_the_three_binaries_and_runs_its_own_preflight() {
     let tmp = tempfile::tempdir().unwrap();
     let from = bin_dir(tmp.path());
