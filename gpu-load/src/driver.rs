@@ -66,6 +66,21 @@ type CuModule = *mut c_void;
 type CuFunction = *mut c_void;
 type CuDevicePtr = u64;
 
+/// `cuLaunchKernel(f, grid xyz, block xyz, shared bytes, stream, params, extra)`.
+type LaunchKernel = unsafe extern "C" fn(
+    CuFunction,
+    c_uint,
+    c_uint,
+    c_uint,
+    c_uint,
+    c_uint,
+    c_uint,
+    c_uint,
+    *mut c_void,
+    *mut *mut c_void,
+    *mut *mut c_void,
+) -> CuResult;
+
 /// `CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT`.
 const ATTR_SM_COUNT: c_int = 16;
 
@@ -87,20 +102,7 @@ pub struct Cuda {
     module_get_function: unsafe extern "C" fn(*mut CuFunction, CuModule, *const c_char) -> CuResult,
     mem_alloc: unsafe extern "C" fn(*mut CuDevicePtr, usize) -> CuResult,
     mem_free: unsafe extern "C" fn(CuDevicePtr) -> CuResult,
-    #[allow(clippy::type_complexity)]
-    launch_kernel: unsafe extern "C" fn(
-        CuFunction,
-        c_uint,
-        c_uint,
-        c_uint,
-        c_uint,
-        c_uint,
-        c_uint,
-        c_uint,
-        *mut c_void,
-        *mut *mut c_void,
-        *mut *mut c_void,
-    ) -> CuResult,
+    launch_kernel: LaunchKernel,
     get_error_string: unsafe extern "C" fn(CuResult, *mut *const c_char) -> CuResult,
 }
 
@@ -184,24 +186,7 @@ impl Cuda {
                 unsafe extern "C" fn(*mut CuDevicePtr, usize) -> CuResult
             ),
             mem_free: sym!(lib, path, "cuMemFree_v2", unsafe extern "C" fn(CuDevicePtr) -> CuResult),
-            launch_kernel: sym!(
-                lib,
-                path,
-                "cuLaunchKernel",
-                unsafe extern "C" fn(
-                    CuFunction,
-                    c_uint,
-                    c_uint,
-                    c_uint,
-                    c_uint,
-                    c_uint,
-                    c_uint,
-                    c_uint,
-                    *mut c_void,
-                    *mut *mut c_void,
-                    *mut *mut c_void,
-                ) -> CuResult
-            ),
+            launch_kernel: sym!(lib, path, "cuLaunchKernel", LaunchKernel),
             get_error_string: sym!(
                 lib,
                 path,
