@@ -101,7 +101,7 @@ pub struct RunDocument {
     pub agent_hash_read_bytes: u64,
     pub losses: KernelLosses,
     /// GPU figures for checking them: metered energy per GPU, share bases, meter warnings
-    /// (absent without a metered GPU).
+    /// (null without a metered GPU).
     pub gpu: Option<crate::energy::GpuTally>,
 }
 
