@@ -9,7 +9,8 @@
 //!   since the previous read: the interval counts the new raw value, which becomes the
 //!   baseline, and says so. A failed energy read leaves the baseline
 //!   where it was: the energy lands in the next successful read.
-//! * **Shares**, in order of preference, falling back with a warning in the interval:
+//! * **Shares**, in order of preference, falling back with a warning in the interval (a
+//!   permanent failure, `NotSupported` or a missing symbol, is said once per GPU):
 //!   1. `sm-utilization`: per-process samples (`nvmlDeviceGetProcessUtilization`) since
 //!      the newest one seen, cleaned (pid 0, SM above 100 %, timestamps at or before the
 //!      window start or in the future are dropped and counted); a process's share is its
@@ -116,6 +117,13 @@ pub enum GpuError {
     /// Anything else NVML said.
     #[error("{0}")]
     Other(String),
+}
+
+impl GpuError {
+    /// Whether asking again cannot help (a property of the GPU or the driver).
+    pub fn is_permanent(&self) -> bool {
+        matches!(self, GpuError::NotSupported | GpuError::MissingSymbol(_))
+    }
 }
 
 impl From<NvmlError> for GpuError {
@@ -524,6 +532,8 @@ struct DeviceState {
     /// The last SM shares and the timestamp of the newest sample behind them.
     carried: Option<(BTreeMap<u32, f64>, u64)>,
     mps_said: bool,
+    /// Permanent failures already said (`NotSupported`, a missing symbol): said once.
+    said: BTreeSet<String>,
 }
 
 /// One GPU in one interval.
@@ -589,6 +599,7 @@ impl NvmlMeter {
                     window_us: clock.wall_us(),
                     carried: None,
                     mps_said: false,
+                    said: BTreeSet::new(),
                 }),
                 Err(e) => pending_warnings
                     .push(format!("GPU {} ({}) cannot be read ({e}): not metered", info.index, info.name)),
@@ -673,6 +684,16 @@ impl NvmlMeter {
     }
 }
 
+/// Says a failed share query: every time when it may pass next time, once for a permanent
+/// one (the basis each interval used is in its `gpu_share_basis` anyway).
+fn say_failure(said: &mut BTreeSet<String>, out: &mut GpuReading, idx: u32, what: String, e: &GpuError) {
+    if !e.is_permanent() {
+        out.warnings.push(format!("GPU {idx}: {what} ({e}): shares by the next basis"));
+    } else if said.insert(format!("{what}: {e}")) {
+        out.warnings.push(format!("GPU {idx}: {what} ({e}): shares by the next basis (said once)"));
+    }
+}
+
 /// Reads one GPU; `Err` only when the GPU is lost.
 fn read_device(
     d: &mut DeviceState,
@@ -739,7 +760,7 @@ fn read_device(
         match r {
             Ok(l) => lists.push(l),
             Err(GpuError::NotSupported) => {}
-            Err(e) => warn(out, format!("{what} process list failed ({e})")),
+            Err(e) => say_failure(&mut d.said, out, idx, format!("{what} process list failed"), &e),
         }
     }
     let refs: Vec<&[GpuProcess]> = lists.iter().map(Vec::as_slice).collect();
@@ -794,7 +815,7 @@ fn read_device(
         },
         Err(e) => {
             d.carried = None;
-            warn(out, format!("per-process utilization failed ({e}): shares by the next basis"));
+            say_failure(&mut d.said, out, idx, "per-process utilization failed".into(), e);
             None
         }
     };
@@ -1186,7 +1207,11 @@ pub(crate) mod tests {
             assert!(close(g.shares.by_pid[&1], 0.6) && close(g.shares.by_pid[&2], 0.2), "{err:?}");
             assert_eq!(r.warnings.len(), 1, "{:?}", r.warnings);
             assert!(r.warnings[0].contains(says), "{err:?}: {:?}", r.warnings);
-            // The warning is in that interval only: the next one works again.
+            // A permanent failure is said once; a transient one in every interval it happens.
+            let r = m.read();
+            assert_eq!(r.gpus[0].shares.basis, BASIS_MEMORY, "{err:?}");
+            assert_eq!(r.warnings.len(), usize::from(!err.is_permanent()), "{err:?}: {:?}", r.warnings);
+            // The next interval works again.
             gpu.state.lock().unwrap().samples_error = None;
             gpu.state.lock().unwrap().samples.push(sample(1, T0 + 20, 40));
             let r = m.read();
