@@ -801,8 +801,14 @@ fn read_device(
             let newest = s.iter().map(|x| x.timestamp_us).max().unwrap_or(d.window_us);
             d.window_us = d.window_us.max(newest);
             let shares = sm_shares(s);
-            d.carried = Some((shares.clone(), newest));
-            Some((shares, false))
+            if shares.is_empty() {
+                // Samples at 0 % SM (a copy-only process): no SM signal, the next basis decides.
+                d.carried = None;
+                None
+            } else {
+                d.carried = Some((shares.clone(), newest));
+                Some((shares, false))
+            }
         }
         Ok(_) => match &d.carried {
             // No new sample: the driver's period can be longer than the interval.
@@ -1415,6 +1421,22 @@ pub(crate) mod tests {
         assert_eq!(g.shares.by_pid, BTreeMap::from([(100, 0.75), (200, 0.25)]));
         assert_eq!(g.processes, 3);
         assert!(r.warnings[0].contains("not supported"), "{:?}", r.warnings);
+    }
+
+    #[test]
+    fn samples_all_at_zero_sm_leave_the_shares_to_memory() {
+        let clock = FakeClock::at(T0);
+        let gpu = FakeGpu::counter(0, 0);
+        let mut m = meter(std::slice::from_ref(&gpu), &clock);
+        clock.advance(1_000_000);
+        {
+            let mut s = gpu.state.lock().unwrap();
+            s.compute = vec![proc(21, Some(1 << 30))];
+            s.samples = vec![ProcessSample { pid: 21, timestamp_us: T0 + 10, sm_util: 0, mem_util: 40 }];
+        }
+        let r = m.read();
+        assert_eq!(r.gpus[0].shares.basis, BASIS_MEMORY);
+        assert_eq!(r.gpus[0].shares.by_pid, BTreeMap::from([(21, 1.0)]));
     }
 
     #[test]
