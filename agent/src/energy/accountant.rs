@@ -183,7 +183,8 @@ impl EnergyAccountant {
                 self.learner.observe(LearnKey::Platform, platform / dt, util);
             }
             for g in &reading.gpus {
-                let util = g.utilization.unwrap_or(if g.shares.by_pid.is_empty() { 0.0 } else { 1.0 });
+                // NVML's GPU utilization, else how busy the processes kept it (shares sum ≤ 1).
+                let util = g.utilization.unwrap_or_else(|| g.shares.by_pid.values().sum::<f64>().min(1.0));
                 self.learner.observe(LearnKey::Gpu(g.index), g.energy_j / dt, util);
             }
         }
