@@ -134,7 +134,8 @@ under_agent() {
     counter "$dir/counter-before.txt" || { echo "gpu-check: counter read failed: $(cat "$dir/counter-before.txt")" >&2; return 1; }
     local out=$dir/load.out
     [[ $name == pair ]] && out=$dir/agent.out
-    "$AGENT" run --json "$dir/run.json" -- "$@" >"$out" 2>"$dir/agent.err" &
+    # Without SUDO_UID the agent runs the loads as root, who can write the evidence folder.
+    env -u SUDO_UID -u SUDO_GID "$AGENT" run --json "$dir/run.json" -- "$@" >"$out" 2>"$dir/agent.err" &
     local agent=$!
     : >"$dir/compute-apps.txt"
     while kill -0 "$agent" 2>/dev/null; do
