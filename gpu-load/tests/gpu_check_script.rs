@@ -149,6 +149,106 @@ fn a_bundle_carries_the_three_binaries_and_runs_its_own_preflight() {
     }
 }
 
+fn write_exe(path: &Path, body: &str) {
+    std::fs::write(path, body).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+/// The whole run with stand-ins for the driver's tools (nvidia-smi), the agent and the load,
+/// and the real evaluator: the script fills the evidence folder in the documented layout and
+/// the verdict is judged (exit 1 here: the stand-in agent meters nothing), not "cannot check".
+#[test]
+fn the_run_fills_the_evidence_folder_and_the_evaluator_judges_it() {
+    if !is_root() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let bin = bin_dir(tmp.path());
+    write_exe(
+        &bin.join("gpu-load"),
+        "#!/bin/sh\ncase \"$1\" in --probe) echo 'gpu-load: probe cuda_devices=1 libraries=ok'; exit 0;; \
+         --version) echo 'gpu-load 0'; exit 0;; esac\n\
+         echo \"gpu-load: ready pid=$$ cuda_device=0 nvml_index=0 pci=0000:01:00.0 sms=1 name=Stand In\"\n\
+         echo 'gpu-load: energy phase=start energy_mj=1000 unix_ms=1796188889000'\nsleep 0.2\n\
+         echo 'gpu-load: energy phase=end energy_mj=2000 unix_ms=1796188890000 launches=1'\n",
+    );
+    write_exe(
+        &bin.join("carbon-agent"),
+        r#"#!/bin/sh
+case "$1" in
+doctor)
+  case "$2" in
+  --json) echo '{"checks":[{"name":"privileges","status":"ok","detail":""},{"name":"tp_btf/sched_switch","status":"ok","detail":""},{"name":"meter nvml","status":"ok","detail":"NVML: GPU 0 Stand In (energy counter)"}]}' ;;
+  --gpu-energy) n=$(cat "$COUNTER" 2>/dev/null || echo 1000); echo $((n + 100)) >"$COUNTER"; echo "$n" ;;
+  *) echo 'carbon-agent doctor (stand-in)' ;;
+  esac ;;
+run)
+  json=$3; shift 4
+  "$@"; rc=$?
+  echo '{"energy_j":{"meter":{"source":"model"}},"tree":{"energy_j":{"gpu":0},"children":[]}}' >"$json"
+  exit $rc ;;
+esac
+"#,
+    );
+    let path_dir = tmp.path().join("path");
+    std::fs::create_dir_all(&path_dir).unwrap();
+    write_exe(
+        &path_dir.join("nvidia-smi"),
+        "#!/bin/sh\nfor a in \"$@\"; do case \"$a\" in\n\
+         -L) echo 'GPU 0: Stand In (UUID: GPU-0)'; exit 0;;\n-q) echo 'stand-in -q'; exit 0;;\n\
+         --query-gpu=*) while :; do echo \"$(date -u '+%Y/%m/%d %H:%M:%S.000'), 0, 100.00\"; sleep 0.2; done;;\n\
+         --query-compute-apps=*) exit 0;;\nesac; done\n",
+    );
+    let evidence = tmp.path().join("evidence");
+    let path = format!("{}:{}", path_dir.display(), std::env::var("PATH").unwrap());
+    let (code, err) = run(Command::new("bash")
+        .arg(script())
+        .args(["run", evidence.to_str().unwrap()])
+        .env("BIN", &bin)
+        .env("PATH", path)
+        .env("COUNTER", tmp.path().join("counter"))
+        .env("LOAD_S", "1"));
+    assert_eq!(code, Some(1), "judged and failed, not 'cannot check': {err}");
+    for f in [
+        "preflight.txt",
+        "doctor.json",
+        "doctor.txt",
+        "nvidia-smi-q.txt",
+        "power-trace.csv",
+        "verdict.json",
+        "verdict.txt",
+        "single/counter-before.txt",
+        "single/counter-after.txt",
+        "single/run.json",
+        "single/load.out",
+        "single/compute-apps.txt",
+        "single/agent.err",
+        "pair/counter-before.txt",
+        "pair/counter-after.txt",
+        "pair/run.json",
+        "pair/load-a.out",
+        "pair/load-b.out",
+        "pair/compute-apps.txt",
+        "pair/agent.err",
+    ] {
+        assert!(evidence.join(f).is_file(), "{f} missing from the evidence");
+    }
+    let read = |f: &str| std::fs::read_to_string(evidence.join(f)).unwrap();
+    assert!(read("preflight.txt").contains("doctor: eBPF tp_btf/sched_switch loads; NVML: GPU 0 Stand In"));
+    assert!(read("power-trace.csv").lines().count() >= 5, "{}", read("power-trace.csv"));
+    // Counter reads bracket each run, in order.
+    let j = |f: &str| read(f).trim().parse::<u64>().unwrap();
+    assert!(j("single/counter-before.txt") < j("single/counter-after.txt"));
+    assert!(j("single/counter-after.txt") < j("pair/counter-before.txt"));
+    // The two concurrent loads wrote their own lines, with different pids.
+    let pid = |f: &str| gpu_load::output::parse(&read(f)).unwrap().pid;
+    assert_ne!(pid("pair/load-a.out"), pid("pair/load-b.out"));
+    assert!(gpu_load::output::parse(&read("single/load.out")).is_ok());
+    let verdict: serde_json::Value = serde_json::from_str(&read("verdict.json")).unwrap();
+    assert_eq!(verdict["pass"], false);
+    assert!(read("verdict.txt").contains("FAIL single-source"), "{}", read("verdict.txt"));
+}
+
 #[test]
 fn without_a_command_it_prints_its_usage_and_exits_2() {
     let (code, err) = run(Command::new("bash").arg(script()));
