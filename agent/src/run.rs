@@ -415,7 +415,7 @@ pub fn summary_text(doc: &RunDocument, top: usize) -> String {
         for f in &doc.findings {
             s.push_str(&format!(
                 "    {:<18} {:>10} x{:<3} {} [{}] {}: {}  ({}, {})\n",
-                format!("{:?}", f.kind).to_lowercase(),
+                f.kind.to_string(),
                 fmt_bytes(f.bytes),
                 f.count,
                 f.comm,
