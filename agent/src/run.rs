@@ -400,7 +400,8 @@ pub fn summary_text(doc: &RunDocument, top: usize) -> String {
     let io = &doc.io;
     if io.read_bytes + io.write_bytes + io.copied_bytes + io.net_tx_bytes + io.net_rx_bytes > 0 {
         s.push_str(&format!(
-            "  I/O            read {}, written {}, copied in-kernel {}, net tx {} rx {}, from storage {}, time in I/O syscalls {} (estimated from sampled calls)\n",
+            "  I/O ({} tier) read {}, written {}, copied in-kernel {}, net tx {} rx {}, from storage {}, time in I/O syscalls {} (estimated from sampled calls)\n",
+            doc.io_time.map_or("?", |t| t.detail),
             fmt_bytes(io.read_bytes),
             fmt_bytes(io.write_bytes),
             fmt_bytes(io.copied_bytes),
