@@ -380,6 +380,9 @@ pub struct IoInterval {
 /// How the time in I/O syscalls was measured in one interval (see `crate::probes::io::sampler`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
 pub struct IoTiming {
+    /// The I/O tier (`page_cache` or `syscalls`), which says how every I/O figure of the
+    /// interval was observed (`docs/io.md`).
+    pub detail: &'static str,
     /// Successful I/O calls, and those of them that were timed.
     pub calls: u64,
     pub timed_calls: u64,

@@ -273,6 +273,7 @@ impl IoProbes {
         let detail = self.config.detail;
         let mut out = IoInterval { detail, ..IoInterval::default() };
         out.timing.unflushed_cpus = unflushed_cpus;
+        out.timing.detail = detail.name();
         self.drain_paths(&mut out);
         let max = self.config.max_ranges_per_file;
         let mut files: BTreeMap<FileKey, FileActivity> = BTreeMap::new();
