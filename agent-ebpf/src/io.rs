@@ -1280,3 +1280,20 @@ pub fn bench_empty_sys_exit(_ctx: BtfTracePointContext) -> i32 {
 pub fn bench_empty_raw_sys_exit(_ctx: RawTracePointContext) -> i32 {
     0
 }
+
+/// Empty programs on the page-cache tier's hooks, never attached by the agent: `cargo xtask
+/// bench` attaches them alone to measure the floor of any program on those tracepoints.
+#[btf_tracepoint(function = "mm_filemap_get_pages")]
+pub fn bench_empty_get_pages(_ctx: BtfTracePointContext) -> i32 {
+    0
+}
+
+#[btf_tracepoint(function = "mm_filemap_add_to_page_cache")]
+pub fn bench_empty_cache_add(_ctx: BtfTracePointContext) -> i32 {
+    0
+}
+
+#[btf_tracepoint(function = "writeback_dirty_folio")]
+pub fn bench_empty_dirty(_ctx: BtfTracePointContext) -> i32 {
+    0
+}
