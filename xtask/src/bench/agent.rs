@@ -246,7 +246,9 @@ fn start_agent(path: &Path, section: &dyn Section, args: &[&str]) -> Result<Atta
         // wait until it holds a link (or, with BPF stats on, until the programs ran).
         if !ids.is_empty() && (holds_link(child.id())? || program_stats(&ids)?.run_cnt > 0) {
             thread::sleep(SETTLE);
-            return Ok(Attached::Process { child, prog_ids: ids });
+            // Every program it loads by now (it loads and attaches them one after another).
+            let prog_ids = section_programs_of(child.id(), section)?;
+            return Ok(Attached::Process { child, prog_ids });
         }
         if Instant::now() > deadline {
             let _ = child.kill();
