@@ -1189,47 +1189,91 @@ pub fn io_ext4_unlink(ctx: BtfTracePointContext) -> i32 {
     0
 }
 
-#[inline(always)]
-fn sock_len(ctx: &TracePointContext, o: &IoOffsets) -> Option<u64> {
-    let rec = record(ctx)?;
-    let ret: i32 = field(&rec, o.tp_sock_ret);
-    let flags: i32 = field(&rec, o.tp_sock_flags);
-    if ret <= 0 || flags & MSG_PEEK != 0 { None } else { Some(ret as u64) }
+/// Socket bytes not yet added to `TGID_IO`, per CPU: while the events on a CPU come from one
+/// tgid they are added here (an array slot the verifier inlines, no hash lookup); the slot
+/// goes into `TGID_IO` when another tgid's event comes, and when the agent's own thread is
+/// switched in on that CPU before a drain ([`on_switch_to`], called by the scheduler program).
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct SockPending {
+    tgid: u32,
+    uid: u32,
+    tx: u64,
+    rx: u64,
 }
 
-/// `sock:sock_send_length`: bytes sent by `sock_sendmsg` (any socket family).
-#[tracepoint(category = "sock", name = "sock_send_length")]
-pub fn io_sock_send(ctx: TracePointContext) -> i32 {
-    count_sock(&ctx, true);
+#[map]
+static SOCK_PENDING: PerCpuArray<SockPending> = PerCpuArray::with_max_entries(1, 0);
+
+/// `sock_send_length(struct sock *sk, int ret, int flags)`: bytes sent by `sock_sendmsg` (any
+/// socket family).
+#[btf_tracepoint(function = "sock_send_length")]
+pub fn io_sock_send(ctx: BtfTracePointContext) -> i32 {
+    count_sock(ctx.arg(1), ctx.arg(2), true);
     0
 }
 
-/// `sock:sock_recv_length`: bytes received by `sock_recvmsg` (MSG_PEEK not counted).
-#[tracepoint(category = "sock", name = "sock_recv_length")]
-pub fn io_sock_recv(ctx: TracePointContext) -> i32 {
-    count_sock(&ctx, false);
+/// `sock_recv_length(struct sock *sk, int ret, int flags)`: bytes received by `sock_recvmsg`
+/// (MSG_PEEK not counted).
+#[btf_tracepoint(function = "sock_recv_length")]
+pub fn io_sock_recv(ctx: BtfTracePointContext) -> i32 {
+    count_sock(ctx.arg(1), ctx.arg(2), false);
     0
 }
 
-/// Adds a socket event's bytes to the current tgid's sent (`tx`) or received bytes.
+/// Adds a socket event's bytes to the current tgid's sent (`tx`) or received bytes, through
+/// this CPU's [`SockPending`] slot.
 #[inline(always)]
-fn count_sock(ctx: &TracePointContext, tx: bool) {
-    let o = offs();
-    if o.ready == 0 {
+fn count_sock(ret: i32, flags: i32, tx: bool) {
+    if ret <= 0 || flags & MSG_PEEK != 0 || off!(ready) == 0 {
         return;
     }
-    if let Some(n) = sock_len(ctx, &o) {
-        let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-        if let Some(t) = tgid_entry(tgid, None) {
-            // SAFETY: this CPU's value of a per-CPU hash entry.
-            unsafe {
-                if tx {
-                    (*t).net_tx_bytes += n;
-                } else {
-                    (*t).net_rx_bytes += n;
-                }
-            }
+    let Some(slot) = SOCK_PENDING.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: this CPU's slot; tracepoint programs run with preemption off.
+    let slot = unsafe { &mut *slot };
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    if slot.tgid != tgid || (slot.tx | slot.rx) == 0 {
+        flush_sock(slot);
+        slot.tgid = tgid;
+        slot.uid = bpf_get_current_uid_gid() as u32;
+    }
+    if tx {
+        slot.tx += ret as u64;
+    } else {
+        slot.rx += ret as u64;
+    }
+}
+
+/// Moves a [`SockPending`] slot into `TGID_IO` and empties it.
+#[inline(never)]
+fn flush_sock(slot: &mut SockPending) {
+    if (slot.tx | slot.rx) == 0 {
+        return;
+    }
+    if let Some(t) = tgid_entry(slot.tgid, Some(slot.uid)) {
+        // SAFETY: this CPU's value of a per-CPU hash entry.
+        unsafe {
+            (*t).net_tx_bytes += slot.tx;
+            (*t).net_rx_bytes += slot.rx;
         }
+    }
+    slot.tx = 0;
+    slot.rx = 0;
+}
+
+/// Called by the scheduler program at every context switch with the tgid of the task switched
+/// in: when it is the agent's (its thread visiting each CPU before a drain), this CPU's pending
+/// socket bytes go into the maps.
+#[inline(always)]
+pub fn on_switch_to(next_tgid: u32) {
+    if next_tgid != off!(flush_tgid) || off!(ready) == 0 {
+        return;
+    }
+    if let Some(slot) = SOCK_PENDING.get_ptr_mut(0) {
+        // SAFETY: this CPU's slot; the scheduler runs with preemption off.
+        flush_sock(unsafe { &mut *slot });
     }
 }
 

@@ -223,6 +223,7 @@ pub fn sched_switch_btf(ctx: BtfTracePointContext) -> i32 {
     }
     idle.last_in = next as u64;
     idle.last_in_runtime = field(next, &TASK_SUM_EXEC_RUNTIME_OFF);
+    crate::io::on_switch_to(field(next, &SCHED_TASK_TGID_OFF));
     0
 }
 

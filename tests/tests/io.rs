@@ -332,6 +332,28 @@ fn multi_threaded_reader_matches_proc_io() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// Socket bytes from the `sock` tracepoints, in both tiers: a process sends 3 MiB through a
+/// TCP connection on loopback to itself and receives them; and with `MSG_PEEK` first, which is
+/// not counted.
+#[test]
+fn socket_bytes_are_exact() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let script = "import socket\nl = socket.socket()\nl.bind(('127.0.0.1', 0))\nl.listen(1)\n\
+                  c = socket.create_connection(l.getsockname())\ns, _ = l.accept()\nblob = b'x' * (1 << 20)\n\
+                  n = 0\nfor _ in range(3):\n    c.sendall(blob)\n    s.recv(4096, socket.MSG_PEEK)\n    got = 0\n\
+                  \x20   while got < len(blob):\n        got += len(s.recv(1 << 20))\n";
+    for detail in [IoDetail::PageCache, IoDetail::Syscalls] {
+        let mut p = attach(detail);
+        let (root, ivs) = run_tree(&mut p, &[&python(), "-c", script], None);
+        let row =
+            ivs.iter().filter_map(|iv| iv.processes.get(&root)).fold(ProcessIo::default(), |mut a, r| {
+                a.add(r);
+                a
+            });
+        assert_eq!((row.net_tx_bytes, row.net_rx_bytes), (3 << 20, 3 << 20), "{detail:?}: {row:?}");
+    }
+}
+
 /// Syscall tier: every call's bytes (`rchar`/`wchar` for these syscalls), every call timed.
 #[test]
 fn syscall_tier_byte_counts_match_proc_io() {

@@ -77,11 +77,10 @@ const PAGE_CACHE_TIER: &[(&str, &str)] = &[
 ];
 const SYSCALL_TIER: &[(&str, &str)] =
     &[("io_cache_add", "mm_filemap_add_to_page_cache"), ("io_dirty", "writeback_dirty_folio")];
-const CLASSIC: &[(&str, &str, &str)] = &[
-    ("io_sock_send", "sock", "sock_send_length"),
-    ("io_sock_recv", "sock", "sock_recv_length"),
-    ("io_block_done", "block", "block_rq_complete"),
-];
+/// Both tiers: socket bytes.
+const SOCKETS: &[(&str, &str)] =
+    &[("io_sock_send", "sock_send_length"), ("io_sock_recv", "sock_recv_length")];
+const CLASSIC: &[(&str, &str, &str)] = &[("io_block_done", "block", "block_rq_complete")];
 
 /// The attached I/O programs and their maps.
 pub struct IoProbes {
@@ -178,7 +177,7 @@ pub fn attach_with(ebpf: &mut Ebpf, config: IoConfig, kernel_btf: &Btf) -> Resul
         }
     };
     let tier = if config.detail == IoDetail::PageCache { PAGE_CACHE_TIER } else { SYSCALL_TIER };
-    for &(name, tp) in tier {
+    for &(name, tp) in tier.iter().chain(SOCKETS) {
         let p: &mut BtfTracePoint =
             ebpf.program_mut(name).with_context(|| format!("no program {name}"))?.try_into()?;
         p.load(tp, kernel_btf).with_context(|| format!("loading {name} for tp_btf/{tp}"))?;
@@ -381,6 +380,10 @@ impl IoProbes {
     /// run on (their pending calls stay until that CPU's next I/O call that does not continue
     /// them, or 64 calls).
     fn flush_pending(&self) -> u64 {
+        if self.config.detail == IoDetail::PageCache {
+            // Socket bytes wait per CPU too, flushed when the agent's thread is switched in.
+            return crate::probes::kick::kick_cpus(&crate::procfs::online_cpu_ids());
+        }
         let mut cpus: Vec<usize> = Vec::new();
         for i in 0..PENDING_SLOTS {
             if let Ok(values) = self.pending.get(&i, 0) {
