@@ -1189,10 +1189,12 @@ pub fn io_ext4_unlink(ctx: BtfTracePointContext) -> i32 {
     0
 }
 
-/// Socket bytes not yet added to `TGID_IO`, per CPU: while the events on a CPU come from one
-/// tgid they are added here (an array slot the verifier inlines, no hash lookup); the slot
-/// goes into `TGID_IO` when another tgid's event comes, and when the agent's own thread is
-/// switched in on that CPU before a drain ([`on_switch_to`], called by the scheduler program).
+/// Socket bytes not yet added to `TGID_IO`, per CPU, in [`SOCK_SLOTS`] slots picked by tgid
+/// (a server and its client on one CPU keep a slot each): while a slot's events come from one
+/// tgid they are added there (an array slot the verifier inlines, no hash lookup); the slot
+/// goes into `TGID_IO` when another tgid's event comes to it, and when the agent's own thread
+/// is switched in on that CPU before a drain ([`on_switch_to`], called by the scheduler
+/// program).
 #[repr(C)]
 #[derive(Clone, Copy)]
 struct SockPending {
@@ -1202,8 +1204,11 @@ struct SockPending {
     rx: u64,
 }
 
+/// Slots of [`SOCK_PENDING`] per CPU (a power of two).
+const SOCK_SLOTS: u32 = 4;
+
 #[map]
-static SOCK_PENDING: PerCpuArray<SockPending> = PerCpuArray::with_max_entries(1, 0);
+static SOCK_PENDING: PerCpuArray<SockPending> = PerCpuArray::with_max_entries(SOCK_SLOTS, 0);
 
 /// `sock_send_length(struct sock *sk, int ret, int flags)`: bytes sent by `sock_sendmsg` (any
 /// socket family).
@@ -1228,12 +1233,12 @@ fn count_sock(ret: i32, flags: i32, tx: bool) {
     if ret <= 0 || flags & MSG_PEEK != 0 || off!(ready) == 0 {
         return;
     }
-    let Some(slot) = SOCK_PENDING.get_ptr_mut(0) else {
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    let Some(slot) = SOCK_PENDING.get_ptr_mut(tgid & (SOCK_SLOTS - 1)) else {
         return;
     };
     // SAFETY: this CPU's slot; tracepoint programs run with preemption off.
     let slot = unsafe { &mut *slot };
-    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
     if slot.tgid != tgid || (slot.tx | slot.rx) == 0 {
         flush_sock(slot);
         slot.tgid = tgid;
@@ -1271,9 +1276,11 @@ pub fn on_switch_to(next_tgid: u32) {
     if next_tgid != off!(flush_tgid) || off!(ready) == 0 {
         return;
     }
-    if let Some(slot) = SOCK_PENDING.get_ptr_mut(0) {
-        // SAFETY: this CPU's slot; the scheduler runs with preemption off.
-        flush_sock(unsafe { &mut *slot });
+    for i in 0..SOCK_SLOTS {
+        if let Some(slot) = SOCK_PENDING.get_ptr_mut(i) {
+            // SAFETY: this CPU's slot; the scheduler runs with preemption off.
+            flush_sock(unsafe { &mut *slot });
+        }
     }
 }
 
