@@ -45,6 +45,21 @@ fn source(name: &str, bytes: u64) -> Result<PathBuf> {
     Ok(path)
 }
 
+/// How many times each file load repeats its work per run (single copies take 0.05–0.15 s of
+/// CPU here, too short against this VM's noise).
+const REPEATS: u32 = 6;
+
+/// `run` [`REPEATS`] times, times added up.
+fn repeated(mut run: impl FnMut() -> Result<LoadTimes>) -> Result<LoadTimes> {
+    let mut total = LoadTimes { wall: Duration::ZERO, cpu: Duration::ZERO };
+    for _ in 0..REPEATS {
+        let t = run()?;
+        total.wall += t.wall;
+        total.cpu += t.cpu;
+    }
+    Ok(total)
+}
+
 /// Runs `cmd` and returns its wall time and its CPU time (user + system, from `wait4`).
 fn child_times(cmd: &mut Command) -> Result<LoadTimes> {
     let start = Instant::now();
@@ -83,25 +98,32 @@ impl Section for Copy4k {
         Targets { max_ns_per_event: None, max_slowdown: 0.05, floor_rule: Some((0.03, 0.02)) }
     }
     fn describe_load(&self, _rounds: u64) -> String {
-        "a 64 MiB file (page cache) copied in 4 KiB read/write calls, the copying thread's CPU time".into()
+        format!(
+            "a 64 MiB file (page cache) copied in 4 KiB read/write calls, {REPEATS} times per run, the copying thread's CPU time"
+        )
     }
     fn run_load(&self, _rounds: u64) -> Result<LoadTimes> {
         let src = source("64m", 64 << 20)?;
-        let dst = src.with_extension("dst");
-        let mut i = std::fs::File::open(&src)?;
-        let mut o = std::fs::OpenOptions::new().write(true).create(true).truncate(false).open(&dst)?;
-        let mut buf = vec![0u8; 4096];
-        let start = Instant::now();
-        let cpu = thread_cpu_time();
-        loop {
-            let n = i.read(&mut buf)?;
-            if n == 0 {
-                break;
-            }
-            o.write_all(&buf[..n])?;
-        }
-        Ok(LoadTimes { wall: start.elapsed(), cpu: thread_cpu_time() - cpu })
+        repeated(|| copy_4k(&src))
     }
+}
+
+/// One 4 KiB-chunk copy of `src`; the thread's CPU time.
+fn copy_4k(src: &Path) -> Result<LoadTimes> {
+    let dst = src.with_extension("dst");
+    let mut i = std::fs::File::open(src)?;
+    let mut o = std::fs::OpenOptions::new().write(true).create(true).truncate(false).open(&dst)?;
+    let mut buf = vec![0u8; 4096];
+    let start = Instant::now();
+    let cpu = thread_cpu_time();
+    loop {
+        let n = i.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        o.write_all(&buf[..n])?;
+    }
+    Ok(LoadTimes { wall: start.elapsed(), cpu: thread_cpu_time() - cpu })
 }
 
 /// `cp` of a 256 MiB file to a new file.
@@ -121,15 +143,17 @@ impl Section for Cp {
         Targets { max_ns_per_event: None, max_slowdown: 0.02, floor_rule: None }
     }
     fn describe_load(&self, _rounds: u64) -> String {
-        "cp of a 256 MiB file (page cache) to a new file, cp's CPU time".into()
+        format!("cp of a 256 MiB file (page cache) to a new file, {REPEATS} times per run, cp's CPU time")
     }
     fn run_load(&self, _rounds: u64) -> Result<LoadTimes> {
         let src = source("256m", 256 << 20)?;
         let dst = src.with_extension("dst");
-        let _ = std::fs::remove_file(&dst);
-        let times = child_times(Command::new("cp").arg(&src).arg(&dst))?;
-        std::fs::remove_file(&dst)?;
-        Ok(times)
+        repeated(|| {
+            let _ = std::fs::remove_file(&dst);
+            let times = child_times(Command::new("cp").arg(&src).arg(&dst))?;
+            std::fs::remove_file(&dst)?;
+            Ok(times)
+        })
     }
 }
 
@@ -150,11 +174,13 @@ impl Section for PythonReader {
         Targets { max_ns_per_event: None, max_slowdown: 0.02, floor_rule: None }
     }
     fn describe_load(&self, _rounds: u64) -> String {
-        "python3 reading a 256 MiB file (page cache) in 64 KiB chunks, its CPU time".into()
+        format!(
+            "python3 reading a 256 MiB file (page cache) in 64 KiB chunks, {REPEATS} times per run, its CPU time"
+        )
     }
     fn run_load(&self, _rounds: u64) -> Result<LoadTimes> {
         let src = source("256m", 256 << 20)?;
         let script = format!("with open('{}', 'rb') as h:\n    while h.read(1 << 16): pass\n", src.display());
-        child_times(Command::new("python3").args(["-c", &script]))
+        repeated(|| child_times(Command::new("python3").args(["-c", &script])))
     }
 }

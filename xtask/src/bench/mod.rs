@@ -49,6 +49,8 @@ impl Variant {
 
 /// The whole agent as installed: the default tier.
 pub const DEFAULT_AGENT: Variant = Variant::Agent { label: "whole default agent", args: &[] };
+/// The whole agent without its I/O programs (CPU accounting only: the floor under the I/O tier).
+pub const NO_IO: Variant = Variant::Agent { label: "whole agent, --no-io", args: &["--no-io"] };
 /// The whole agent with every I/O syscall traced.
 pub const SYSCALL_TIER: Variant =
     Variant::Agent { label: "whole agent, --io-detail syscalls", args: &["--io-detail", "syscalls"] };

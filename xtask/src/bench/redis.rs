@@ -13,7 +13,7 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 
-use super::{Section, Targets, load::LoadTimes};
+use super::{DEFAULT_AGENT, NO_IO, SYSCALL_TIER, Section, Targets, Variant, load::LoadTimes};
 
 /// The section; the server is started on the first run.
 #[derive(Default)]
@@ -103,6 +103,11 @@ impl Section for RedisGet {
 
     fn targets(&self) -> Targets {
         Targets { max_ns_per_event: None, max_slowdown: 0.02, floor_rule: None }
+    }
+
+    /// The default agent; without I/O (the floor: CPU accounting alone); the syscall tier.
+    fn variants(&self) -> Vec<Variant> {
+        vec![DEFAULT_AGENT, NO_IO, SYSCALL_TIER]
     }
 
     fn describe_load(&self, rounds: u64) -> String {

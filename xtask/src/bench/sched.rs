@@ -5,7 +5,7 @@ use aya::{Btf, Ebpf, programs::BtfTracePoint};
 use carbon_agent_common::globals;
 
 use super::{
-    DEFAULT_AGENT, SYSCALL_TIER, Section, Targets, Variant,
+    DEFAULT_AGENT, NO_IO, SYSCALL_TIER, Section, Targets, Variant,
     load::{self, LoadTimes},
 };
 
@@ -26,9 +26,9 @@ impl Section for SchedSwitch {
     }
 
     /// The whole default agent, I/O included (no program on the pipe syscalls' path outside
-    /// the timing windows), then the syscall tier for its cost.
+    /// the timing windows); without I/O (the floor: CPU accounting alone); the syscall tier.
     fn variants(&self) -> Vec<Variant> {
-        vec![DEFAULT_AGENT, SYSCALL_TIER]
+        vec![DEFAULT_AGENT, NO_IO, SYSCALL_TIER]
     }
 
     fn targets(&self) -> Targets {
