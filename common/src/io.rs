@@ -339,19 +339,8 @@ pub struct IoOffsets {
     pub dentry_parent: u32,
     pub dentry_name: u32,
     pub dentry_sb: u32,
-    /// Classic tracepoint records (`trace_event_raw_*`):
-    /// `mm_filemap_op_page_cache`: `i_ino`, `index`, `s_dev`, `order`.
-    pub tp_fm_add_ino: u32,
-    pub tp_fm_add_index: u32,
-    pub tp_fm_add_dev: u32,
-    pub tp_fm_add_order: u32,
-    /// `mm_filemap_op_page_cache_range`: `index`, `last_index`.
-    pub tp_fm_get_index: u32,
-    pub tp_fm_get_last_index: u32,
-    /// `sock_msg_length`: `ret`, `flags`.
-    pub tp_sock_ret: u32,
-    pub tp_sock_flags: u32,
-    /// `block_rq_completion`: `dev`, `nr_sector`, `rwbs`.
+    /// The classic tracepoint record `block_rq_completion` (`trace_event_raw_*`): `dev`,
+    /// `nr_sector`, `rwbs`.
     pub tp_blk_dev: u32,
     pub tp_blk_nr_sector: u32,
     pub tp_blk_rwbs: u32,
