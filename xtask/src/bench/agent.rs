@@ -146,15 +146,39 @@ impl Attached {
             let deadline = Instant::now() + Duration::from_secs(10);
             while child.try_wait()?.is_none() {
                 if Instant::now() > deadline {
+                    // Where each of its threads is, for the report; then it is killed and the
+                    // run's figures stand (the load had finished).
+                    let stacks = thread_stacks(child.id());
                     child.kill()?;
                     child.wait()?;
-                    bail!("carbon-agent did not stop within 10 s of SIGINT");
+                    eprintln!(
+                        "WARNING: carbon-agent did not stop within 10 s of SIGINT (killed); its threads:\n{stacks}"
+                    );
+                    return Ok(());
                 }
                 thread::sleep(Duration::from_millis(20));
             }
         }
         Ok(())
     }
+}
+
+/// Each thread's name, state and kernel stack (`/proc/<pid>/task/*/{comm,stat,stack}`).
+fn thread_stacks(pid: u32) -> String {
+    let mut out = String::new();
+    for entry in fs::read_dir(format!("/proc/{pid}/task")).into_iter().flatten().flatten() {
+        let dir = entry.path();
+        let read = |f: &str| fs::read_to_string(dir.join(f)).unwrap_or_default();
+        let state = read("stat").rsplit_once(") ").map(|(_, r)| r.chars().take(1).collect::<String>());
+        out.push_str(&format!(
+            "  {} {} {}\n{}",
+            entry.file_name().to_string_lossy(),
+            read("comm").trim(),
+            state.unwrap_or_default(),
+            read("stack")
+        ));
+    }
+    out
 }
 
 /// Sums the kernel's run-time statistics of the programs `ids`.
