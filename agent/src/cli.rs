@@ -63,15 +63,20 @@ pub struct AgentArgs {
     #[arg(long, global = true)]
     pub no_io: bool,
 
-    /// Also count page-cache reads (hits included) per file: one more program run per read.
-    #[arg(long, global = true)]
-    pub io_page_cache_reads: bool,
+    /// How I/O is observed. `page-cache` (default, cheap enough to leave on): exact bytes per
+    /// process from the kernel's own accounting, per-file activity from the page cache (4 KiB
+    /// page granularity), no program on the syscall path except in short timing windows.
+    /// `syscalls`: every read/write syscall traced (exact bytes and offsets per call), at a
+    /// cost on every syscall of the machine.
+    #[arg(long, global = true, value_enum, default_value_t = crate::io::IoDetail::PageCache)]
+    pub io_detail: crate::io::IoDetail,
 
-    /// Share of the time the I/O syscalls are timed (enter→exit), in (0, 1]. The timed calls'
-    /// time is scaled to all calls; 1 times every call, at the cost of one more program run
-    /// on every syscall of the machine (about +70 ns each).
-    #[arg(long, global = true, default_value_t = crate::io::DEFAULT_TIME_SAMPLING, value_parser = parse_fraction)]
-    pub io_time_sampling: f64,
+    /// Share of the time the I/O syscalls are timed (enter→exit), in (0, 1]; default 0.01 with
+    /// `--io-detail page-cache`, 0.05 with `syscalls`. The timed calls' time is scaled to all
+    /// calls; 1 times every call, at the cost of one or two more program runs on every syscall
+    /// of the machine (about +70 ns each).
+    #[arg(long, global = true, value_parser = parse_fraction)]
+    pub io_time_sampling: Option<f64>,
 
     #[command(flatten)]
     pub config: ConfigArgs,
@@ -83,9 +88,8 @@ impl AgentArgs {
         crate::probes::LoadOptions {
             max_processes: self.max_processes,
             io: (!self.no_io).then(|| crate::io::IoConfig {
-                page_cache_reads: self.io_page_cache_reads,
-                time_sampling: self.io_time_sampling,
-                ..Default::default()
+                time_sampling: self.io_time_sampling.unwrap_or(self.io_detail.default_time_sampling()),
+                ..crate::io::IoConfig::of(self.io_detail)
             }),
             ..Default::default()
         }
@@ -229,5 +233,11 @@ mod tests {
         }
         let cli = Cli::try_parse_from(["carbon-agent", "--io-time-sampling", "1"]).unwrap();
         assert_eq!(cli.agent.load_options().io.unwrap().time_sampling, 1.0);
+        let io = Cli::try_parse_from(["carbon-agent"]).unwrap().agent.load_options().io.unwrap();
+        assert_eq!((io.detail, io.time_sampling), (crate::io::IoDetail::PageCache, 0.01));
+        let cli = Cli::try_parse_from(["carbon-agent", "--io-detail", "syscalls"]).unwrap();
+        let io = cli.agent.load_options().io.unwrap();
+        assert_eq!((io.detail, io.time_sampling), (crate::io::IoDetail::Syscalls, 0.05));
+        assert!(Cli::try_parse_from(["carbon-agent", "--io-detail", "everything"]).is_err());
     }
 }

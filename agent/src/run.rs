@@ -409,7 +409,8 @@ pub fn summary_text(doc: &RunDocument, top: usize) -> String {
     let io = &doc.io;
     if io.read_bytes + io.write_bytes + io.copied_bytes + io.net_tx_bytes + io.net_rx_bytes > 0 {
         s.push_str(&format!(
-            "  I/O            read {}, written {}, copied in-kernel {}, net tx {} rx {}, from storage {}, time in I/O syscalls {} (estimated from sampled calls)\n",
+            "  I/O ({} tier) read {}, written {}, copied in-kernel {}, net tx {} rx {}, from storage {}, time in I/O syscalls {} (estimated from sampled calls)\n",
+            doc.io_time.map_or("?", |t| t.detail),
             fmt_bytes(io.read_bytes),
             fmt_bytes(io.write_bytes),
             fmt_bytes(io.copied_bytes),
@@ -424,7 +425,7 @@ pub fn summary_text(doc: &RunDocument, top: usize) -> String {
         for f in &doc.findings {
             s.push_str(&format!(
                 "    {:<18} {:>10} x{:<3} {} [{}] {}: {}  ({}, {})\n",
-                format!("{:?}", f.kind).to_lowercase(),
+                f.kind.to_string(),
                 fmt_bytes(f.bytes),
                 f.count,
                 f.comm,
