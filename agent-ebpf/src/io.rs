@@ -31,9 +31,9 @@ use aya_ebpf::{
 };
 use carbon_agent_common::{
     io::{
-        BlockIo, BlockKey, CopyIo, CopyKey, Extent, FileIo, FileKey, IoOffsets, NAME_LEN, PATH_DEPTH,
-        PENDING_FLUSH_CALLS, PENDING_SLOTS, PathEvent, PendingIo, Run, TgidIo, extent_kind, file_kind,
-        path_flag, path_kind, pending_slot,
+        BlockIo, BlockKey, CopyIo, CopyKey, Extent, FileIo, FileKey, IoOffsets, NAME_LEN, PAGE_SIZE,
+        PATH_DEPTH, PENDING_FLUSH_CALLS, PENDING_SLOTS, PathEvent, PendingIo, Run, TgidIo, extent_kind,
+        file_kind, path_flag, path_kind, pending_slot,
     },
     stat,
 };
@@ -66,17 +66,22 @@ static IO_OFFSETS: Global<IoOffsets> = Global::new(IoOffsets {
     dentry_parent: 0,
     dentry_name: 0,
     dentry_sb: 0,
-    tp_fm_add_ino: 0,
-    tp_fm_add_index: 0,
-    tp_fm_add_dev: 0,
-    tp_fm_add_order: 0,
-    tp_fm_get_index: 0,
-    tp_fm_get_last_index: 0,
-    tp_sock_ret: 0,
-    tp_sock_flags: 0,
     tp_blk_dev: 0,
     tp_blk_nr_sector: 0,
     tp_blk_rwbs: 0,
+    inode_generation: 0,
+    inode_size: 0,
+    inode_dentry: 0,
+    dentry_alias: 0,
+    dentry_inode: 0,
+    mapping_host: 0,
+    folio_flags: 0,
+    folio_flags_1: 0,
+    folio_mapping: 0,
+    folio_index: 0,
+    pg_head: 0,
+    page_cache_files: 0,
+    exit_times_only: 0,
     btf_file: 0,
     btf_callback_head: 0,
     flush_tgid: 0,
@@ -154,6 +159,13 @@ const THREADS: u32 = 32768;
 #[map]
 static IO_THREADS: Array<Thread> = Array::with_max_entries(THREADS, 0);
 
+/// CLOCK_MONOTONIC ns when the current timing window opened (written by userspace before it
+/// attaches the programs for a window). In the page-cache tier, where `io_sys_exit` is
+/// attached only in the windows too, an enter time older than this is from an earlier window
+/// whose exit was not seen: not used.
+#[map]
+static IO_WINDOW: Array<u64> = Array::with_max_entries(1, 0);
+
 #[repr(C)]
 #[derive(Clone, Copy)]
 struct Thread {
@@ -172,6 +184,8 @@ struct Fd {
     dev: u32,
     kind: u32,
     ino: u64,
+    /// `i_generation` (regular files only; else 0).
+    generation: u32,
     /// `f_pos` after the call (regular files only; else 0).
     pos: i64,
 }
@@ -290,6 +304,12 @@ pub fn io_sys_exit(ctx: BtfTracePointContext) -> i32 {
     let regs: *const u8 = ctx.arg(0);
     let nr: u64 = load(regs, off!(regs_orig_ax));
     let ret: i64 = ctx.arg(1);
+    if off!(exit_times_only) != 0 {
+        if is_io(nr) {
+            time_only(nr, ret);
+        }
+        return 0;
+    }
     if is_io(nr) {
         on_io_exit(regs, nr, ret);
     } else if (nr == NR_OPENAT || nr == NR_OPEN || nr == NR_OPENAT2 || nr == NR_CREAT) && ret >= 0 {
@@ -352,16 +372,22 @@ fn on_io_exit(regs: *const u8, nr: u64, ret: i64) {
     }
     let bytes = ret as u64;
     let f = resolve(task, fd, Some((slot, tgid)));
-    let (kind, dev, ino) = match &f {
-        Some(f) => (f.kind, f.dev, f.ino),
+    let (kind, dev, ino, generation) = match &f {
+        Some(f) => (f.kind, f.dev, f.ino, f.generation),
         None => {
             stats::add(stat::IO_FD_UNRESOLVED, 1);
-            (file_kind::OTHER, 0, 0)
+            (file_kind::OTHER, 0, 0, 0)
         }
     };
-    if slot.kind != kind || slot.tgid != tgid || slot.ino != ino || slot.dev != dev {
+    if slot.kind != kind
+        || slot.tgid != tgid
+        || slot.ino != ino
+        || slot.dev != dev
+        || slot.generation != generation
+    {
         flush(slot, is_read);
         start(slot, tgid, kind, dev, ino);
+        slot.generation = generation;
     }
     if let Some(f) = &f {
         slot.fd = fd as u32;
@@ -387,12 +413,40 @@ fn on_io_exit(regs: *const u8, nr: u64, ret: i64) {
                 start_off = p as u64;
             }
         }
-        let key = FileKey { tgid, dev, ino };
+        let key = FileKey { tgid, dev, ino, generation, _pad: 0 };
         let kind = if is_read { extent_kind::READ } else { extent_kind::WRITE };
         extend_run(&key, kind, &mut slot.run, start_off, start_off + bytes);
     }
     if slot.calls >= PENDING_FLUSH_CALLS {
         flush(slot, is_read);
+    }
+}
+
+/// Page-cache tier: the exit of an I/O syscall in a timing window; its enter→exit time, when
+/// its enter was seen in this window, goes to the tgid's totals (bytes come from the kernel's
+/// own accounting, not from here).
+#[inline(always)]
+fn time_only(nr: u64, ret: i64) {
+    let task = current_task_btf();
+    let (tid, tgid): (u32, u32) = (load(task, off!(task_pid)), load(task, off!(task_tgid)));
+    let thread = thread_slot(tid);
+    if thread.is_null() {
+        return;
+    }
+    let window = IO_WINDOW.get(0).copied().unwrap_or(0);
+    // SAFETY: this thread's slot.
+    let (ts, entered) = unsafe { (core::mem::replace(&mut (*thread).ts, 0), (*thread).nr as u64) };
+    if ts == 0 || ts < window || entered != nr || ret < 0 {
+        return;
+    }
+    // SAFETY: bpf helper without preconditions.
+    let ns = unsafe { bpf_ktime_get_ns() }.saturating_sub(ts);
+    if let Some(t) = tgid_entry(tgid, None) {
+        // SAFETY: this CPU's value of a per-CPU hash entry.
+        unsafe {
+            (*t).io_ns += ns;
+            (*t).timed_calls += 1;
+        }
     }
 }
 
@@ -445,6 +499,8 @@ fn on_copy_exit(
         src_kind: s.kind as u16,
         dst_kind: d.kind as u16,
         dst_ino: d.ino,
+        src_generation: s.generation,
+        dst_generation: d.generation,
     };
     if let Some(c) = COPY_IO.get_ptr_mut(key) {
         // SAFETY: map value pointer, see [`add`].
@@ -487,7 +543,8 @@ fn flush(slot: &mut PendingIo, is_read: bool) {
     }
     let mut in_file = false;
     if slot.kind == file_kind::REG && slot.calls > 0 {
-        let key = FileKey { tgid: slot.tgid, dev: slot.dev, ino: slot.ino };
+        let key =
+            FileKey { tgid: slot.tgid, dev: slot.dev, ino: slot.ino, generation: slot.generation, _pad: 0 };
         if let Some(e) = file_entry(&key, Some(slot.uid)) {
             // SAFETY: map value pointer; see [`add`].
             unsafe {
@@ -685,8 +742,12 @@ fn resolve(task: *const u8, fd: i64, cache: Option<(&PendingIo, u32)>) -> Option
             (load(sb, off!(sb_dev)), kind_of(load::<u16>(inode, off!(inode_mode)) as u32))
         }
     };
-    let pos: i64 = if kind == file_kind::REG { load(file, off!(file_pos)) } else { 0 };
-    Some(Fd { file, inode, dev, kind, ino, pos })
+    let (pos, generation): (i64, u32) = if kind == file_kind::REG {
+        (load(file, off!(file_pos)), load(inode, off!(inode_generation)))
+    } else {
+        (0, 0)
+    };
+    Some(Fd { file, inode, dev, kind, ino, generation, pos })
 }
 
 #[inline(always)]
@@ -743,6 +804,8 @@ fn new_path_event(kind: u32) -> Option<aya_ebpf::maps::ring_buf::RingBufEntry<Pa
     ev.dev = 0;
     ev.depth = 0;
     ev.ino = 0;
+    ev.generation = 0;
+    ev._pad = 0;
     // SAFETY: bpf helper without preconditions.
     ev.ts_ns = unsafe { bpf_ktime_get_ns() };
     // The components must be zeroed: the reserved memory holds old events.
@@ -770,6 +833,7 @@ fn on_open_exit(o: &IoOffsets, fd: i64) {
     let ev = unsafe { &mut *slot.as_mut_ptr() };
     ev.dev = f.dev;
     ev.ino = f.ino;
+    ev.generation = f.generation;
     walk_dentry(o, dentry, ev);
     slot.submit(0);
 }
@@ -840,43 +904,130 @@ fn field<T: Copy>(rec: &[u8; RECORD], off: u32) -> T {
     unsafe { core::ptr::read_unaligned(rec.as_ptr().add(off) as *const T) }
 }
 
-/// `filemap:mm_filemap_add_to_page_cache`: a folio inserted in the page cache (a miss), in
-/// the context of the task that caused it. One per-file update (which also carries the tgid
-/// total); the per-tgid map only when the per-file one is full. Folios inserted while the task
-/// is inside a write-family syscall hold new data, not data fetched from storage: they are not
-/// counted ([`in_write_syscall`]).
-#[tracepoint(category = "filemap", name = "mm_filemap_add_to_page_cache")]
-pub fn io_cache_add(ctx: TracePointContext) -> i32 {
-    let o = offs();
-    if o.ready == 0 || in_write_syscall() {
+/// `mm_filemap_add_to_page_cache(struct folio *folio)`: a folio inserted in the page cache (a
+/// miss), in the context of the task that caused it. One per-file update (which also carries
+/// the tgid total); the per-tgid map only when the per-file one is full. Folios inserted while
+/// the task is inside a write-family syscall hold new data, not data fetched from storage:
+/// they are not counted ([`in_write_syscall`]).
+#[btf_tracepoint(function = "mm_filemap_add_to_page_cache")]
+pub fn io_cache_add(ctx: BtfTracePointContext) -> i32 {
+    if off!(ready) == 0 || in_write_syscall() {
         return 0;
     }
-    let Some(rec) = record(&ctx) else {
+    let folio: *const u8 = ctx.arg(0);
+    let mapping: *const u8 = load(folio, off!(folio_mapping));
+    let Some(f) = regular_file(mapping) else {
         return 0;
     };
-    let ino: u64 = field(&rec, o.tp_fm_add_ino);
-    let index: u64 = field(&rec, o.tp_fm_add_index);
-    let dev: u32 = field(&rec, o.tp_fm_add_dev);
-    let order: u8 = field(&rec, o.tp_fm_add_order);
-    let pages = 1u64 << (order & 31);
+    let index: u64 = load(folio, off!(folio_index));
+    let pages = folio_pages(folio);
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    let key = FileKey { tgid, dev, ino };
-    if let Some(e) = file_entry(&key, None) {
+    let key = FileKey { tgid, dev: f.dev, ino: f.ino, generation: f.generation, _pad: 0 };
+    if let Some(e) = seen_file_entry(&key, f.inode) {
         unsafe {
             add(&raw mut (*e).cache_miss_pages, pages);
-            let start = index * carbon_agent_common::io::PAGE_SIZE;
-            extend_run(
-                &key,
-                extent_kind::CACHE_ADD,
-                &mut (*e).cache_run,
-                start,
-                start + pages * carbon_agent_common::io::PAGE_SIZE,
-            );
+            let start = index * PAGE_SIZE;
+            extend_run(&key, extent_kind::CACHE_ADD, &mut (*e).cache_run, start, start + pages * PAGE_SIZE);
         }
     } else if let Some(t) = tgid_entry(tgid, None) {
         unsafe { (*t).cache_miss_pages += pages };
     }
     0
+}
+
+/// A regular file's identity from BTF-typed pointers.
+#[derive(Clone, Copy)]
+struct Inode {
+    inode: *const u8,
+    dev: u32,
+    ino: u64,
+    generation: u32,
+    size: i64,
+}
+
+/// `mapping->host` when it is a regular file, with its identity and size.
+#[inline(always)]
+fn regular_file(mapping: *const u8) -> Option<Inode> {
+    if mapping.is_null() {
+        return None;
+    }
+    let inode: *const u8 = load(mapping, off!(mapping_host));
+    if inode.is_null() || kind_of(load::<u16>(inode, off!(inode_mode)) as u32) != file_kind::REG {
+        return None;
+    }
+    let sb: *const u8 = load(inode, off!(inode_sb));
+    Some(Inode {
+        inode,
+        dev: load(sb, off!(sb_dev)),
+        ino: load(inode, off!(inode_ino)),
+        generation: load(inode, off!(inode_generation)),
+        size: load(inode, off!(inode_size)),
+    })
+}
+
+/// Pages in a folio: 1, or `1 << order` for a large folio (`PG_head` set; the order is the low
+/// byte of `_flags_1`, as the kernel's `folio_order`).
+#[inline(always)]
+fn folio_pages(folio: *const u8) -> u64 {
+    let flags: u64 = load(folio, off!(folio_flags));
+    if flags & (1u64 << (off!(pg_head) & 63)) == 0 {
+        return 1;
+    }
+    1u64 << (load::<u64>(folio, off!(folio_flags_1)) & 0x1f)
+}
+
+/// The (tgid, file) entry, created when missing; a new entry also sends the file's path (its
+/// first dentry alias), so that paths need no hook on `open`: once per file and tgid per
+/// interval, since userspace takes the entries every interval.
+#[inline(always)]
+fn seen_file_entry(key: &FileKey, inode: *const u8) -> Option<*mut FileIo> {
+    if let Some(e) = FILE_IO.get_ptr_mut(key) {
+        return Some(e);
+    }
+    let init = FileIo { uid: bpf_get_current_uid_gid() as u32, ..FileIo::default() };
+    // BPF_NOEXIST: another CPU may have created it meanwhile; then use that one.
+    if FILE_IO.insert(key, init, 1).is_ok() {
+        send_inode_path(path_kind::SEEN, inode, key.dev, key.ino, key.generation, None);
+    }
+    let e = FILE_IO.get_ptr_mut(key);
+    if e.is_none() {
+        stats::add(stat::IO_FILE_MAP_FULL, 1);
+    }
+    e
+}
+
+/// Sends a path event of `kind` for a regular file: components from `dentry`, or from the
+/// inode's first dentry alias when `None` (a file with no dentry left is sent without).
+#[inline(always)]
+fn send_inode_path(
+    kind: u32,
+    inode: *const u8,
+    dev: u32,
+    ino: u64,
+    generation: u32,
+    dentry: Option<*const u8>,
+) {
+    let o = offs();
+    let dentry = match dentry {
+        Some(d) => d,
+        None => match unsafe { rd::<u64>(inode, o.inode_dentry) } {
+            Some(first) if first != 0 => (first - o.dentry_alias as u64) as *const u8,
+            _ => core::ptr::null(),
+        },
+    };
+    let Some(mut slot) = new_path_event(kind) else {
+        return;
+    };
+    let ev = unsafe { &mut *slot.as_mut_ptr() };
+    ev.dev = dev;
+    ev.ino = ino;
+    ev.generation = generation;
+    if dentry.is_null() {
+        ev.flags |= path_flag::NO_BASE;
+    } else {
+        walk_dentry(&o, dentry, ev);
+    }
+    slot.submit(0);
 }
 
 /// Whether the current task is inside write, pwrite64, writev, pwritev or pwritev2: its
@@ -895,79 +1046,232 @@ fn in_write_syscall() -> bool {
     ax == -ENOSYS && matches!(nr, NR_WRITE | NR_PWRITE64 | NR_WRITEV | NR_PWRITEV | NR_PWRITEV2)
 }
 
-/// `filemap:mm_filemap_get_pages`: pages a buffered read asked the page cache for (hits
-/// included). Optional (off by default): the syscall exit already gives exact bytes.
-#[tracepoint(category = "filemap", name = "mm_filemap_get_pages")]
-pub fn io_cache_get(ctx: TracePointContext) -> i32 {
-    let o = offs();
-    if o.ready == 0 {
+/// Per thread (slot `tid % THREADS`, tagged with the tid): the last page-cache read it asked
+/// for, to tell a read's later folio batches (the kernel fires `mm_filemap_get_pages` once per
+/// batch, each with the rest of the same request) and a sequential read that starts in the
+/// page where the previous one ended from new reads.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct LastRead {
+    tid: u32,
+    dev: u32,
+    ino: u64,
+    generation: u32,
+    _pad: u32,
+    index: u64,
+    last: u64,
+}
+
+#[map]
+static READ_THREADS: Array<LastRead> = Array::with_max_entries(THREADS, 0);
+
+/// `mm_filemap_get_pages(struct address_space *mapping, pgoff_t index, pgoff_t last_index)`:
+/// pages `index..=last_index` a buffered read asks the page cache for (hits included), in the
+/// reader's context. Page-cache tier: per-file bytes read (whole pages, the last one clamped
+/// to the file size) and their ranges. A later batch of the same read is not counted again,
+/// nor the part of a read in the page where this thread's previous read of the file ended.
+#[btf_tracepoint(function = "mm_filemap_get_pages")]
+pub fn io_cache_get(ctx: BtfTracePointContext) -> i32 {
+    if off!(ready) == 0 {
         return 0;
     }
-    let Some(rec) = record(&ctx) else {
+    let index: u64 = ctx.arg(1);
+    let last: u64 = ctx.arg(2);
+    let Some(f) = regular_file(ctx.arg(0)) else {
         return 0;
     };
-    let index: u64 = field(&rec, o.tp_fm_get_index);
-    let last: u64 = field(&rec, o.tp_fm_get_last_index);
+    if f.size <= 0 {
+        return 0;
+    }
+    let last = last.min((f.size as u64 - 1) / PAGE_SIZE);
     if last < index {
         return 0;
     }
-    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    if let Some(t) = tgid_entry(tgid, None) {
-        unsafe { (*t).cache_read_pages += last - index + 1 };
+    let task = current_task_btf();
+    let (tid, tgid): (u32, u32) = (load(task, off!(task_pid)), load(task, off!(task_tgid)));
+    let Some(t) = READ_THREADS.get_ptr_mut(tid & (THREADS - 1)) else {
+        return 0;
+    };
+    // SAFETY: the slot of this thread (tagged); only it writes it while it runs.
+    let t = unsafe { &mut *t };
+    let same = t.tid == tid && t.ino == f.ino && t.dev == f.dev && t.generation == f.generation;
+    let first = if same && index > t.index && last == t.last {
+        // A later batch of the read already counted.
+        t.index = index;
+        return 0;
+    } else if same && index == t.last {
+        // Starts in the page where the previous read ended: only the pages after it are new.
+        if last == t.last {
+            return 0;
+        }
+        t.last + 1
+    } else {
+        index
+    };
+    *t = LastRead { tid, dev: f.dev, ino: f.ino, generation: f.generation, _pad: 0, index, last };
+    let start = first * PAGE_SIZE;
+    let end = ((last + 1) * PAGE_SIZE).min(f.size as u64);
+    if end <= start {
+        return 0;
+    }
+    let key = FileKey { tgid, dev: f.dev, ino: f.ino, generation: f.generation, _pad: 0 };
+    if let Some(e) = seen_file_entry(&key, f.inode) {
+        // SAFETY: map value pointer; see [`add`].
+        unsafe {
+            add(&raw mut (*e).read_bytes, end - start);
+            add(&raw mut (*e).read_calls, 1);
+            extend_run(&key, extent_kind::READ, &mut (*e).read_run, start, end);
+        }
     }
     0
 }
 
-/// `writeback:writeback_dirty_folio`: a folio dirtied, in the writer's context.
-#[tracepoint(category = "writeback", name = "writeback_dirty_folio")]
-pub fn io_dirty(_ctx: TracePointContext) -> i32 {
+/// `writeback_dirty_folio(struct folio *folio, struct address_space *mapping)`: a folio
+/// dirtied, in the writer's context. Page-cache tier: per-file pages written and their range;
+/// syscall tier: counted per tgid only (the syscalls give the bytes).
+#[btf_tracepoint(function = "writeback_dirty_folio")]
+pub fn io_dirty(ctx: BtfTracePointContext) -> i32 {
+    if off!(ready) == 0 {
+        return 0;
+    }
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    if let Some(t) = tgid_entry(tgid, None) {
-        unsafe { (*t).dirtied_folios += 1 };
+    if off!(page_cache_files) == 0 {
+        if let Some(t) = tgid_entry(tgid, None) {
+            unsafe { (*t).dirtied_folios += 1 };
+        }
+        return 0;
+    }
+    let folio: *const u8 = ctx.arg(0);
+    let Some(f) = regular_file(ctx.arg(1)) else {
+        return 0;
+    };
+    let index: u64 = load(folio, off!(folio_index));
+    let pages = folio_pages(folio);
+    let key = FileKey { tgid, dev: f.dev, ino: f.ino, generation: f.generation, _pad: 0 };
+    if let Some(e) = seen_file_entry(&key, f.inode) {
+        // SAFETY: map value pointer; see [`add`].
+        unsafe {
+            add(&raw mut (*e).write_bytes, pages * PAGE_SIZE);
+            add(&raw mut (*e).write_calls, 1);
+            let start = index * PAGE_SIZE;
+            extend_run(&key, extent_kind::WRITE, &mut (*e).write_run, start, start + pages * PAGE_SIZE);
+        }
     }
     0
 }
 
-#[inline(always)]
-fn sock_len(ctx: &TracePointContext, o: &IoOffsets) -> Option<u64> {
-    let rec = record(ctx)?;
-    let ret: i32 = field(&rec, o.tp_sock_ret);
-    let flags: i32 = field(&rec, o.tp_sock_flags);
-    if ret <= 0 || flags & MSG_PEEK != 0 { None } else { Some(ret as u64) }
-}
-
-/// `sock:sock_send_length`: bytes sent by `sock_sendmsg` (any socket family).
-#[tracepoint(category = "sock", name = "sock_send_length")]
-pub fn io_sock_send(ctx: TracePointContext) -> i32 {
-    count_sock(&ctx, true);
+/// `ext4_unlink_enter(struct inode *parent, struct dentry *dentry)`: a file unlinked on ext4
+/// (page-cache tier; the syscall tier sees `unlink`/`unlinkat`). Sends the file's identity
+/// and path. Other file systems have no such tracepoint with the inode: their unlinks are not
+/// seen in this tier (`docs/io.md`).
+#[btf_tracepoint(function = "ext4_unlink_enter")]
+pub fn io_ext4_unlink(ctx: BtfTracePointContext) -> i32 {
+    if off!(ready) == 0 {
+        return 0;
+    }
+    let dentry: *const u8 = ctx.arg(1);
+    let inode: *const u8 = load(dentry, off!(dentry_inode));
+    if inode.is_null() || kind_of(load::<u16>(inode, off!(inode_mode)) as u32) != file_kind::REG {
+        return 0;
+    }
+    let sb: *const u8 = load(inode, off!(inode_sb));
+    let (dev, ino, generation) =
+        (load(sb, off!(sb_dev)), load(inode, off!(inode_ino)), load(inode, off!(inode_generation)));
+    send_inode_path(path_kind::UNLINKED_INODE, inode, dev, ino, generation, Some(dentry));
     0
 }
 
-/// `sock:sock_recv_length`: bytes received by `sock_recvmsg` (MSG_PEEK not counted).
-#[tracepoint(category = "sock", name = "sock_recv_length")]
-pub fn io_sock_recv(ctx: TracePointContext) -> i32 {
-    count_sock(&ctx, false);
+/// Socket bytes not yet added to `TGID_IO`, per CPU, in [`SOCK_SLOTS`] slots picked by tgid
+/// (a server and its client on one CPU keep a slot each): while a slot's events come from one
+/// tgid they are added there (an array slot the verifier inlines, no hash lookup); the slot
+/// goes into `TGID_IO` when another tgid's event comes to it, and when the agent's own thread
+/// is switched in on that CPU before a drain ([`on_switch_to`], called by the scheduler
+/// program).
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct SockPending {
+    tgid: u32,
+    uid: u32,
+    tx: u64,
+    rx: u64,
+}
+
+/// Slots of [`SOCK_PENDING`] per CPU (a power of two).
+const SOCK_SLOTS: u32 = 4;
+
+#[map]
+static SOCK_PENDING: PerCpuArray<SockPending> = PerCpuArray::with_max_entries(SOCK_SLOTS, 0);
+
+/// `sock_send_length(struct sock *sk, int ret, int flags)`: bytes sent by `sock_sendmsg` (any
+/// socket family).
+#[btf_tracepoint(function = "sock_send_length")]
+pub fn io_sock_send(ctx: BtfTracePointContext) -> i32 {
+    count_sock(ctx.arg(1), ctx.arg(2), true);
     0
 }
 
-/// Adds a socket event's bytes to the current tgid's sent (`tx`) or received bytes.
+/// `sock_recv_length(struct sock *sk, int ret, int flags)`: bytes received by `sock_recvmsg`
+/// (MSG_PEEK not counted).
+#[btf_tracepoint(function = "sock_recv_length")]
+pub fn io_sock_recv(ctx: BtfTracePointContext) -> i32 {
+    count_sock(ctx.arg(1), ctx.arg(2), false);
+    0
+}
+
+/// Adds a socket event's bytes to the current tgid's sent (`tx`) or received bytes, through
+/// this CPU's [`SockPending`] slot.
 #[inline(always)]
-fn count_sock(ctx: &TracePointContext, tx: bool) {
-    let o = offs();
-    if o.ready == 0 {
+fn count_sock(ret: i32, flags: i32, tx: bool) {
+    if ret <= 0 || flags & MSG_PEEK != 0 || off!(ready) == 0 {
         return;
     }
-    if let Some(n) = sock_len(ctx, &o) {
-        let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-        if let Some(t) = tgid_entry(tgid, None) {
-            // SAFETY: this CPU's value of a per-CPU hash entry.
-            unsafe {
-                if tx {
-                    (*t).net_tx_bytes += n;
-                } else {
-                    (*t).net_rx_bytes += n;
-                }
-            }
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    let Some(slot) = SOCK_PENDING.get_ptr_mut(tgid & (SOCK_SLOTS - 1)) else {
+        return;
+    };
+    // SAFETY: this CPU's slot; tracepoint programs run with preemption off.
+    let slot = unsafe { &mut *slot };
+    if slot.tgid != tgid || (slot.tx | slot.rx) == 0 {
+        flush_sock(slot);
+        slot.tgid = tgid;
+        slot.uid = bpf_get_current_uid_gid() as u32;
+    }
+    if tx {
+        slot.tx += ret as u64;
+    } else {
+        slot.rx += ret as u64;
+    }
+}
+
+/// Moves a [`SockPending`] slot into `TGID_IO` and empties it.
+#[inline(never)]
+fn flush_sock(slot: &mut SockPending) {
+    if (slot.tx | slot.rx) == 0 {
+        return;
+    }
+    if let Some(t) = tgid_entry(slot.tgid, Some(slot.uid)) {
+        // SAFETY: this CPU's value of a per-CPU hash entry.
+        unsafe {
+            (*t).net_tx_bytes += slot.tx;
+            (*t).net_rx_bytes += slot.rx;
+        }
+    }
+    slot.tx = 0;
+    slot.rx = 0;
+}
+
+/// Called by the scheduler program at every context switch with the tgid of the task switched
+/// in: when it is the agent's (its thread visiting each CPU before a drain), this CPU's pending
+/// socket bytes go into the maps.
+#[inline(always)]
+pub fn on_switch_to(next_tgid: u32) {
+    if next_tgid != off!(flush_tgid) || off!(ready) == 0 {
+        return;
+    }
+    for i in 0..SOCK_SLOTS {
+        if let Some(slot) = SOCK_PENDING.get_ptr_mut(i) {
+            // SAFETY: this CPU's slot; the scheduler runs with preemption off.
+            flush_sock(unsafe { &mut *slot });
         }
     }
 }
@@ -1017,5 +1321,22 @@ pub fn bench_empty_sys_exit(_ctx: BtfTracePointContext) -> i32 {
 /// The same as a raw tracepoint program (`shared/notes/kernel.md` measured this kind: 46 ns).
 #[raw_tracepoint(tracepoint = "sys_exit")]
 pub fn bench_empty_raw_sys_exit(_ctx: RawTracePointContext) -> i32 {
+    0
+}
+
+/// Empty programs on the page-cache tier's hooks, never attached by the agent: `cargo xtask
+/// bench` attaches them alone to measure the floor of any program on those tracepoints.
+#[btf_tracepoint(function = "mm_filemap_get_pages")]
+pub fn bench_empty_get_pages(_ctx: BtfTracePointContext) -> i32 {
+    0
+}
+
+#[btf_tracepoint(function = "mm_filemap_add_to_page_cache")]
+pub fn bench_empty_cache_add(_ctx: BtfTracePointContext) -> i32 {
+    0
+}
+
+#[btf_tracepoint(function = "writeback_dirty_folio")]
+pub fn bench_empty_dirty(_ctx: BtfTracePointContext) -> i32 {
     0
 }

@@ -100,9 +100,11 @@ pub fn sched_process_exec(ctx: BtfTracePointContext) -> i32 {
 }
 
 /// `sched_process_exit(struct task_struct *p, ...)`, in the exiting task's context. Only the
-/// thread-group leader's exit is reported.
+/// thread-group leader's exit is reported; every thread's pending runtime and I/O is flushed.
 #[btf_tracepoint(function = "sched_process_exit")]
 pub fn sched_process_exit(ctx: BtfTracePointContext) -> i32 {
+    // Every thread: its runtime and I/O so far, before the event (userspace drains after it).
+    crate::sched::harvest_exiting(ctx.arg(0));
     let pid_tgid = bpf_get_current_pid_tgid();
     let (pid, tgid) = (pid_tgid as u32, (pid_tgid >> 32) as u32);
     if pid != tgid {

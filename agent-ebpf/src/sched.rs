@@ -25,6 +25,16 @@
 //! [`FLUSH_NS`] of its runtime (per CPU for idle) is not yet in the hash: it shows up at that
 //! thread's next switch-out that crosses the threshold, or at its exit.
 //!
+//! The kernel's own per-task I/O accounting (`task_struct.ioac`: what `/proc/<pid>/io` shows)
+//! is harvested at the same flushes, with no program on any syscall path: the growth of the
+//! thread's counters since its previous flush (the last values are kept in the same task
+//! storage) goes into the same `TGID_CPU` entry. The differences telescope, so a thread group's
+//! total is exactly the sum of its threads' counters, however short-lived the threads, and
+//! across `exec` (the task, its storage and its tgid stay). Threads are also harvested when
+//! they start to exit (`sched_process_exit`, [`harvest_exiting`]), in case their last
+//! switch-out is not delivered. A thread that started before the agent loaded is counted from
+//! the first time the program sees it (its history before is left out).
+//!
 //! Kernel threads are counted under their own tgid; userspace puts them in the kernel bucket.
 
 use aya_ebpf::{
@@ -38,7 +48,7 @@ use aya_ebpf::{
     maps::{PerCpuArray, PerCpuHashMap},
     programs::{BtfTracePointContext, TracePointContext},
 };
-use carbon_agent_common::{IDLE_TGID, TgidCpu, stat};
+use carbon_agent_common::{IDLE_TGID, TaskIo, TgidCpu, stat};
 
 use crate::stats;
 
@@ -69,6 +79,29 @@ static SCHED_TASK_TGID_OFF: Global<u32> = Global::new(0);
 /// `offsetof(struct task_struct, flags)`.
 #[unsafe(no_mangle)]
 static SCHED_TASK_FLAGS_OFF: Global<u32> = Global::new(0);
+
+/// `offsetof(struct task_struct, ioac) + offsetof(struct task_io_accounting, <field>)`; all 0
+/// (harvest off) where the kernel's BTF lacks them.
+#[unsafe(no_mangle)]
+static TASK_IOAC_RCHAR_OFF: Global<u32> = Global::new(0);
+#[unsafe(no_mangle)]
+static TASK_IOAC_WCHAR_OFF: Global<u32> = Global::new(0);
+#[unsafe(no_mangle)]
+static TASK_IOAC_SYSCR_OFF: Global<u32> = Global::new(0);
+#[unsafe(no_mangle)]
+static TASK_IOAC_SYSCW_OFF: Global<u32> = Global::new(0);
+#[unsafe(no_mangle)]
+static TASK_IOAC_READ_BYTES_OFF: Global<u32> = Global::new(0);
+#[unsafe(no_mangle)]
+static TASK_IOAC_WRITE_BYTES_OFF: Global<u32> = Global::new(0);
+#[unsafe(no_mangle)]
+static TASK_IOAC_CANCELLED_OFF: Global<u32> = Global::new(0);
+/// `offsetof(struct task_struct, start_time)`.
+#[unsafe(no_mangle)]
+static TASK_START_TIME_OFF: Global<u32> = Global::new(0);
+/// CLOCK_MONOTONIC ns when userspace loaded the programs (`globals::IOAC_SINCE_NS`).
+#[unsafe(no_mangle)]
+static IOAC_SINCE_NS: Global<u64> = Global::new(0);
 
 /// A CPU's idle task, for the BTF program.
 #[repr(C)]
@@ -151,6 +184,10 @@ struct ThreadCpu {
     pending_ns: u64,
     /// Switch-outs not yet added to `TGID_CPU`.
     pending_switches: u64,
+    /// 1 once `io_last` holds the thread's starting point (see [`io_baseline`]).
+    io_seen: u64,
+    /// Its `ioac` counters when they were last added to `TGID_CPU`.
+    io_last: TaskIo,
 }
 
 /// Per thread: see [`ThreadCpu`].
@@ -186,6 +223,7 @@ pub fn sched_switch_btf(ctx: BtfTracePointContext) -> i32 {
     }
     idle.last_in = next as u64;
     idle.last_in_runtime = field(next, &TASK_SUM_EXEC_RUNTIME_OFF);
+    crate::io::on_switch_to(field(next, &SCHED_TASK_TGID_OFF));
     0
 }
 
@@ -201,8 +239,9 @@ fn thread_switched_out(prev: *const u8, tgid: u32) -> u64 {
         charge(tgid, stint, 1);
         return stint;
     };
-    // SAFETY: this thread's own storage, written only at its switch-outs.
+    // SAFETY: this thread's own storage, written only at its switch-outs and its exit.
     let thread = unsafe { &mut *thread };
+    io_baseline(prev, thread);
     let since = match thread.last_runtime {
         // First switch-out seen: this stint, as the scheduler measured it.
         0 => field(prev, &TASK_PREV_SUM_EXEC_RUNTIME_OFF),
@@ -213,11 +252,78 @@ fn thread_switched_out(prev: *const u8, tgid: u32) -> u64 {
     thread.pending_ns += stint;
     thread.pending_switches += 1;
     if thread.pending_ns >= FLUSH_NS || field::<u32>(prev, &SCHED_TASK_FLAGS_OFF) & PF_EXITING != 0 {
-        let ns = core::mem::replace(&mut thread.pending_ns, 0);
-        let switches = core::mem::replace(&mut thread.pending_switches, 0);
-        charge(tgid, ns, switches);
+        flush_thread(prev, tgid, thread);
     }
     stint
+}
+
+/// Adds what `thread` (the storage of `task`) has pending to `TGID_CPU`: its runtime and
+/// switch-outs, and the growth of its `ioac` counters since the previous flush.
+#[inline(always)]
+fn flush_thread(task: *const u8, tgid: u32, thread: &mut ThreadCpu) {
+    let ns = core::mem::replace(&mut thread.pending_ns, 0);
+    let switches = core::mem::replace(&mut thread.pending_switches, 0);
+    let io = match ioac(task) {
+        Some(now) => {
+            let grown = now.since(&thread.io_last);
+            thread.io_last = now;
+            grown
+        }
+        None => TaskIo::default(),
+    };
+    charge_io(tgid, ns, switches, &io);
+}
+
+/// The task's `ioac` counters, `None` where the harvest is off.
+#[inline(always)]
+fn ioac(task: *const u8) -> Option<TaskIo> {
+    if TASK_IOAC_RCHAR_OFF.load() == 0 {
+        return None;
+    }
+    Some(TaskIo {
+        rchar: field(task, &TASK_IOAC_RCHAR_OFF),
+        wchar: field(task, &TASK_IOAC_WCHAR_OFF),
+        syscr: field(task, &TASK_IOAC_SYSCR_OFF),
+        syscw: field(task, &TASK_IOAC_SYSCW_OFF),
+        read_bytes: field(task, &TASK_IOAC_READ_BYTES_OFF),
+        write_bytes: field(task, &TASK_IOAC_WRITE_BYTES_OFF),
+        cancelled_write_bytes: field(task, &TASK_IOAC_CANCELLED_OFF),
+    })
+}
+
+/// The first time a thread is seen: its `ioac` counters count from zero when it started after
+/// the agent loaded (everything it did is new), else from their value now (the history before
+/// the agent is not this run's).
+#[inline(always)]
+fn io_baseline(task: *const u8, thread: &mut ThreadCpu) {
+    if thread.io_seen != 0 {
+        return;
+    }
+    thread.io_seen = 1;
+    if field::<u64>(task, &TASK_START_TIME_OFF) < IOAC_SINCE_NS.load()
+        && let Some(now) = ioac(task)
+    {
+        thread.io_last = now;
+    }
+}
+
+/// `sched_process_exit`, for every exiting thread (`task` is `current`, a trusted BTF pointer):
+/// flushes its pending runtime and `ioac` growth now, so that nothing depends on its last
+/// switch-out being delivered. Later switch-outs (all `PF_EXITING`) flush what grows after.
+#[inline(always)]
+pub fn harvest_exiting(task: *const u8) {
+    let tgid: u32 = field(task, &SCHED_TASK_TGID_OFF);
+    if tgid == IDLE_TGID {
+        return;
+    }
+    let Some(thread) = THREAD_CPU.get_or_create(task) else {
+        stats::add(stat::TASK_STORAGE_FAILED, 1);
+        return;
+    };
+    // SAFETY: this thread's own storage; it is running here, so no switch-out of it runs.
+    let thread = unsafe { &mut *thread };
+    io_baseline(task, thread);
+    flush_thread(task, tgid, thread);
 }
 
 /// Accounts this CPU's idle task when it is switched out (`out`) and/or in (`into`).
@@ -286,7 +392,13 @@ pub fn sched_switch_tp(_ctx: TracePointContext) -> i32 {
 /// `current` and of that tgid (for the cgroup and uid of a new entry).
 #[inline(always)]
 fn charge(tgid: u32, delta: u64, switches: u64) {
-    if delta == 0 {
+    charge_io(tgid, delta, switches, &TaskIo::default());
+}
+
+/// [`charge`] with `ioac` growth.
+#[inline(always)]
+fn charge_io(tgid: u32, delta: u64, switches: u64, io: &TaskIo) {
+    if delta == 0 && !io.any() {
         return;
     }
     if let Some(entry) = TGID_CPU.get_ptr_mut(tgid) {
@@ -294,6 +406,7 @@ fn charge(tgid: u32, delta: u64, switches: u64) {
         unsafe {
             (*entry).on_cpu_ns += delta;
             (*entry).switches += switches;
+            (*entry).io.add(io);
         }
         return;
     }
@@ -304,6 +417,7 @@ fn charge(tgid: u32, delta: u64, switches: u64) {
         cgroup_id: unsafe { bpf_get_current_cgroup_id() },
         uid: bpf_get_current_uid_gid() as u32,
         _pad: 0,
+        io: *io,
     };
     if TGID_CPU.insert(tgid, entry, 0).is_err() {
         stats::add(stat::TGID_MAP_FULL, 1);

@@ -8,8 +8,10 @@
 //! * Dynamic energy of cpu, dram and platform goes to processes and the kernel bucket in
 //!   proportion to their on-CPU time in the interval (DRAM by CPU time too: no per-process
 //!   memory-traffic signal exists yet). When nothing ran, it goes to the idle bucket.
-//! * Dynamic GPU energy goes to processes in proportion to their NVML shares of that GPU;
-//!   without shares, to the idle bucket.
+//! * GPU shares are the fraction of the GPU each process kept busy (NVML SM utilization,
+//!   summing to at most 1): that fraction of the GPU's dynamic energy goes to processes by
+//!   share; the unutilized rest is shared like the GPU's static energy (below), as idle CPU
+//!   time leaves a CPU's static energy to the policy. Without shares, all of it goes to idle.
 //! * Static energy follows [`StaticShare`]: `proportional` (default) uses the same weights
 //!   as dynamic energy (busy CPU time, GPU shares for a GPU); `equal` divides it equally
 //!   among the processes active in the interval (CPU time > 0; for a GPU, a share > 0);
@@ -121,7 +123,7 @@ pub struct DomainEnergy {
 pub struct GpuEnergy {
     /// Energy and static power.
     pub energy: DomainEnergy,
-    /// Share of the GPU by tgid (normalized here; need not sum to 1).
+    /// Fraction of the GPU each tgid kept busy (0..1; a sum above 1 counts as 1).
     pub shares: BTreeMap<u32, f64>,
 }
 
@@ -253,13 +255,18 @@ pub fn attribute(input: &AttributionInput<'_>) -> Attribution {
             .filter(|(_, w)| w.is_finite() && **w > 0.0)
             .map(|(pid, w)| (Target::Process(*pid), *w))
             .collect();
-        s.split(dynamic, &shares, AttrDomain::Gpu, Kind::Dynamic);
+        // Shares are fractions of the GPU kept busy: their sum (at most 1) of the dynamic
+        // energy goes by share; the unutilized rest is shared like static energy.
+        let busy: f64 = shares.iter().map(|(_, w)| w).sum::<f64>().min(1.0);
+        let to_shares = dynamic * busy;
+        s.split(to_shares, &shares, AttrDomain::Gpu, Kind::Dynamic);
         let users: Vec<(Target, f64)> = shares.iter().map(|(t, _)| (*t, 1.0)).collect();
         let static_weights: &[(Target, f64)] = match input.policy {
             StaticShare::Proportional => &shares,
             StaticShare::Equal => &users,
             StaticShare::None => &[],
         };
+        s.split(dynamic - to_shares, static_weights, AttrDomain::Gpu, Kind::Dynamic);
         s.split(stat, static_weights, AttrDomain::Gpu, Kind::Static);
     }
     s.out
@@ -449,6 +456,33 @@ mod tests {
         assert!(close(a.per_tgid[&9].static_, 15.0));
         // A process that ran but used no GPU still has its (here empty) row.
         assert_eq!(a.per_tgid[&1], EnergyBreakdown::default());
+    }
+
+    #[test]
+    fn unutilized_gpu_dynamic_energy_follows_the_static_policy() {
+        // 100 J, 40 W static over 1 s: 60 J dynamic. Pid 5 kept 2 % of the GPU busy, pid 6 18 %.
+        let u = usage(&[], 0, 0);
+        let gpus = [GpuEnergy { energy: de(100.0, 40.0), shares: BTreeMap::from([(5, 0.02), (6, 0.18)]) }];
+        let mut input = AttributionInput {
+            usage: &u,
+            interval_s: 1.0,
+            cpu: de(0.0, 0.0),
+            dram: de(0.0, 0.0),
+            platform: de(0.0, 0.0),
+            gpus: &gpus,
+            policy: StaticShare::None,
+        };
+        let a = attribute(&input);
+        // Only 20 % of the dynamic energy (12 J) is the processes'; 48 J + 40 J static to idle.
+        assert!(close(a.per_tgid[&5].gpu, 1.2) && close(a.per_tgid[&6].gpu, 10.8));
+        assert!(close(a.idle.gpu, 88.0) && close(a.idle.static_, 40.0) && close(a.idle.dynamic, 48.0));
+        input.policy = StaticShare::Equal;
+        let a = attribute(&input);
+        assert!(close(a.per_tgid[&5].gpu, 1.2 + 44.0) && close(a.per_tgid[&6].gpu, 10.8 + 44.0));
+        assert_eq!(a.idle.total, 0.0);
+        input.policy = StaticShare::Proportional;
+        let a = attribute(&input);
+        assert!(close(a.per_tgid[&5].gpu, 10.0) && close(a.per_tgid[&6].gpu, 90.0));
     }
 
     #[test]

@@ -65,14 +65,18 @@ pub struct AgentArgs {
     #[arg(long, global = true)]
     pub no_io: bool,
 
-    /// Also count page-cache reads (hits included) per file: one more program run per read
-    /// [config: io.page_cache_reads]
-    #[arg(long, global = true)]
-    pub io_page_cache_reads: bool,
+    /// How I/O is observed. `page-cache` (default, cheap enough to leave on): exact bytes per
+    /// process from the kernel's own accounting, per-file activity from the page cache (4 KiB
+    /// page granularity), no program on the syscall path except in short timing windows.
+    /// `syscalls`: every read/write syscall traced (exact bytes and offsets per call), at a
+    /// cost on every syscall of the machine. [default: page-cache; config: io.detail]
+    #[arg(long, global = true, value_enum)]
+    pub io_detail: Option<crate::io::IoDetail>,
 
-    /// Share of the time the I/O syscalls are timed (enter→exit), in (0, 1]. The timed calls'
-    /// time is scaled to all calls; 1 times every call, at the cost of one more program run
-    /// on every syscall of the machine (about +70 ns each) [default: 0.05; config: io.time_sampling]
+    /// Share of the time the I/O syscalls are timed (enter→exit), in (0, 1]; default 0.01 with
+    /// `--io-detail page-cache`, 0.05 with `syscalls`. The timed calls' time is scaled to all
+    /// calls; 1 times every call, at the cost of one or two more program runs on every syscall
+    /// of the machine (about +70 ns each). [config: io.time_sampling]
     #[arg(long, global = true, value_parser = parse_fraction)]
     pub io_time_sampling: Option<f64>,
 
@@ -257,5 +261,8 @@ mod tests {
         }
         let cli = Cli::try_parse_from(["carbon-agent", "--io-time-sampling", "1"]).unwrap();
         assert_eq!(cli.agent.io_time_sampling, Some(1.0));
+        let cli = Cli::try_parse_from(["carbon-agent", "--io-detail", "syscalls"]).unwrap();
+        assert_eq!(cli.agent.io_detail, Some(crate::io::IoDetail::Syscalls));
+        assert!(Cli::try_parse_from(["carbon-agent", "--io-detail", "everything"]).is_err());
     }
 }

@@ -11,8 +11,8 @@
 //!
 //! [io]
 //! enabled = true
-//! page_cache_reads = false
-//! time_sampling = 0.05
+//! detail = "page-cache"     # or "syscalls"
+//! time_sampling = 0.01
 //!
 //! [carbon]
 //! pue = 1.2
@@ -96,15 +96,23 @@ pub struct AgentConfig {
     pub max_processes: Option<u32>,
 }
 
-/// `[io]`: I/O accounting (as `--no-io`, `--io-page-cache-reads`, `--io-time-sampling`).
+/// `[io]`: I/O accounting (as `--no-io`, `--io-detail`, `--io-time-sampling`).
 #[derive(Clone, Debug, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct IoConfig {
     /// Attach the I/O programs [default: true].
     pub enabled: Option<bool>,
-    pub page_cache_reads: Option<bool>,
+    /// The I/O tier: `page-cache` or `syscalls` [default: page-cache].
+    pub detail: Option<String>,
     /// Share of time the I/O syscalls are timed, in (0, 1].
     pub time_sampling: Option<f64>,
+}
+
+impl IoConfig {
+    /// The tier named by `detail` (checked when the file was read).
+    pub fn detail(&self) -> Option<crate::io::IoDetail> {
+        self.detail.as_deref().and_then(|d| <crate::io::IoDetail as clap::ValueEnum>::from_str(d, false).ok())
+    }
 }
 
 /// `[serve]`: the always-on mode (`carbon-agent serve`).
@@ -297,6 +305,11 @@ impl Config {
             && !(1024..=4_194_304).contains(&n)
         {
             return Err(bad("agent.max_processes", n.to_string(), "a number in 1024..=4194304"));
+        }
+        if let Some(d) = &self.io.detail
+            && self.io.detail().is_none()
+        {
+            return Err(bad("io.detail", format!("{d:?}"), "one of page-cache, syscalls"));
         }
         check(
             "io.time_sampling",

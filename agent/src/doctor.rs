@@ -49,7 +49,23 @@ pub fn checks(energy: &crate::energy::EnergyConfig) -> Vec<Check> {
     let kernel_btf = KernelBtf::from_sysfs(Path::new("/sys"));
     match &kernel_btf {
         Ok(btf) => match StructOffsets::read(btf) {
-            Ok(o) => out.push(check("kernel BTF", Status::Ok, format!("/sys/kernel/btf/vmlinux: {}", o.describe()), None)),
+            Ok(o) => {
+                out.push(check("kernel BTF", Status::Ok, format!("/sys/kernel/btf/vmlinux: {}", o.describe()), None));
+                out.push(match &o.ioac_missing {
+                    None => check(
+                        "I/O: per-task accounting",
+                        Status::Ok,
+                        "task_struct.ioac in BTF: exact bytes per process, harvested at context switches",
+                        None,
+                    ),
+                    Some(e) => check(
+                        "I/O: per-task accounting",
+                        Status::Warn,
+                        e.clone(),
+                        Some("per-process bytes need CONFIG_TASK_IO_ACCOUNTING; use --io-detail syscalls"),
+                    ),
+                });
+            }
             Err(e) => out.push(check("kernel BTF", Status::Warn, format!("{e:#}"), Some("lifecycle events need these fields; processes will be discovered from /proc instead"))),
         },
         Err(e) => out.push(check(
@@ -99,7 +115,7 @@ pub fn checks(energy: &crate::energy::EnergyConfig) -> Vec<Check> {
         }
 
         let io_offsets = match &kernel_btf {
-            Ok(btf) => crate::io::offsets_from(btf),
+            Ok(btf) => crate::probes::io::offsets_from(btf, crate::io::IoDetail::PageCache),
             Err(e) => Err(anyhow::anyhow!("I/O probes need the kernel BTF: {e}")),
         };
         out.push(match io_offsets {
@@ -137,14 +153,21 @@ pub fn checks(energy: &crate::energy::EnergyConfig) -> Vec<Check> {
         let detail = if m.selected { format!("{} (selected)", m.detail) } else { m.detail };
         out.push(match m.found {
             true => check(&name, Status::Ok, detail, None),
-            false if m.meter == "nvml" => check(
-                &name,
-                Status::Warn,
-                detail,
-                Some("no NVIDIA GPU energy: install the NVIDIA driver (libnvidia-ml.so.1) on GPU machines"),
-            ),
+            false if m.meter == "nvml" => {
+                let fix = crate::energy::nvml::fix_for(&detail);
+                check(&name, Status::Warn, detail, Some(fix))
+            }
             false => check(&name, Status::Warn, detail, None),
         });
+    }
+    if energy.gpu {
+        // Per GPU: persistence, MIG, per-process utilization, accounting, energy counter.
+        if let Ok(gpus) = crate::energy::nvml::doctor_report() {
+            for g in gpus {
+                let status = if g.ok { Status::Ok } else { Status::Warn };
+                out.push(check(&g.name, status, g.detail, g.fix.as_deref()));
+            }
+        }
     }
     out
 }
@@ -157,9 +180,18 @@ pub fn plan(checks: &[Check]) -> Vec<String> {
         plan.push(format!("energy: {} ({})", &c.name[6..], c.detail.trim_end_matches(" (selected)")));
     }
     if ok("I/O programs: kernel offsets") && ok("I/O programs: kfunc") {
+        if ok("I/O: per-task accounting") {
+            plan.push(
+                "I/O (default tier `page_cache`): bytes per process from task_struct.ioac at context switches and \
+                 exits; per-file activity from tp_btf mm_filemap_get_pages, mm_filemap_add_to_page_cache, \
+                 writeback_dirty_folio (page granularity), ext4_unlink_enter; sock and block tracepoints; \
+                 sys_enter/sys_exit only in 1 % timing windows (no program on the syscall path otherwise)"
+                    .to_string(),
+            );
+        }
         plan.push(
-            "I/O: tp_btf sys_exit (sys_enter in timing windows), tracepoints for page cache, writeback, sock, \
-             block"
+            "I/O with --io-detail syscalls: tp_btf sys_exit on every syscall (sys_enter in timing windows), \
+             exact bytes and offsets per call"
                 .to_string(),
         );
     }

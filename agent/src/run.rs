@@ -149,10 +149,16 @@ pub async fn run(args: RunArgs, agent: &AgentArgs) -> anyhow::Result<i32> {
     engine.follow(root);
 
     let mut meter = MeterTally::default();
+    let mut gpu = crate::energy::GpuTally::default();
     let status = loop {
         tokio::select! {
             status = child.wait() => break status.context("waiting for the command")?,
-            snapshot = engine.step() => meter.add(&snapshot.meter),
+            snapshot = engine.step() => {
+                meter.add(&snapshot.meter);
+                if let Some(report) = engine.last_report() {
+                    gpu.add(&report.energy);
+                }
+            }
             // Ctrl-C reaches the command too (same process group); wait for it to exit.
             _ = tokio::signal::ctrl_c() => {}
         }
@@ -161,6 +167,9 @@ pub async fn run(args: RunArgs, agent: &AgentArgs) -> anyhow::Result<i32> {
     // come just after the parent is woken: give it a moment before the last drain.
     tokio::time::sleep(Duration::from_millis(30)).await;
     meter.add(&engine.close_now().meter);
+    if let Some(report) = engine.last_report() {
+        gpu.add(&report.energy);
+    }
     let session = engine.session();
     let duration_s = started.elapsed().as_secs_f64();
     let exit_code = status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0));
@@ -190,6 +199,7 @@ pub async fn run(args: RunArgs, agent: &AgentArgs) -> anyhow::Result<i32> {
         io_time: session.probes().io.as_ref().map(|io| {
             let t = io.timing_since_start();
             IoTime {
+                detail: t.detail,
                 method: t.method.to_owned(),
                 sampling: t.sampling,
                 measured_sampling: t.measured_sampling,
@@ -201,6 +211,7 @@ pub async fn run(args: RunArgs, agent: &AgentArgs) -> anyhow::Result<i32> {
         findings,
         agent_hash_read_bytes: hasher.bytes_read(),
         losses: losses_of(&session.probes().losses()),
+        gpu: session.energy.has_gpu().then_some(gpu),
     };
     eprint!("{}", summary_text(&doc, args.top));
     if let Some(path) = &args.json {
@@ -385,7 +396,8 @@ pub fn summary_text(doc: &RunDocument, top: usize) -> String {
     let io = &doc.io;
     if io.read_bytes + io.write_bytes + io.copied_bytes + io.net_tx_bytes + io.net_rx_bytes > 0 {
         s.push_str(&format!(
-            "  I/O            read {}, written {}, copied in-kernel {}, net tx {} rx {}, from storage {}, time in I/O syscalls {} (estimated from sampled calls)\n",
+            "  I/O ({} tier) read {}, written {}, copied in-kernel {}, net tx {} rx {}, from storage {}, time in I/O syscalls {} (estimated from sampled calls)\n",
+            doc.io_time.as_ref().map_or("?", |t| t.detail.name()),
             fmt_bytes(io.read_bytes),
             fmt_bytes(io.write_bytes),
             fmt_bytes(io.copied_bytes),

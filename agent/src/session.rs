@@ -129,9 +129,11 @@ impl Session {
         // Start the first interval now: discard CPU time accumulated while loading.
         session.drain_events();
         session.probes.cpu.drain();
+        let task_io = session.probes.cpu.take_io();
         if let Some(io) = session.probes.io.as_mut() {
-            io.drain();
+            io.drain(&task_io);
         }
+        session.energy.start();
         session.last_tick = Instant::now();
         Ok(session)
     }
@@ -208,7 +210,9 @@ impl Session {
         let interval_s = now.duration_since(self.last_tick).as_secs_f64();
         self.last_tick = now;
         let deltas = self.probes.cpu.drain();
-        let io = self.probes.io.as_mut().map(|p| p.drain_flushed(unvisited_cpus)).unwrap_or_default();
+        let task_io = self.probes.cpu.take_io();
+        let io =
+            self.probes.io.as_mut().map(|p| p.drain_flushed(unvisited_cpus, &task_io)).unwrap_or_default();
         let usage = self.table.apply_cpu(&deltas, interval_s, self.ncpu, &self.procfs);
 
         let energy = self.energy.interval(&usage);

@@ -76,13 +76,15 @@ pub fn merge_load(args: &AgentArgs, file: &Config) -> crate::probes::LoadOptions
     let io_on = !args.no_io && file.io.enabled != Some(false);
     crate::probes::LoadOptions {
         max_processes: args.max_processes.or(file.agent.max_processes).unwrap_or(defaults.max_processes),
-        io: io_on.then(|| crate::io::IoConfig {
-            page_cache_reads: args.io_page_cache_reads || file.io.page_cache_reads == Some(true),
-            time_sampling: args
-                .io_time_sampling
-                .or(file.io.time_sampling)
-                .unwrap_or(crate::io::DEFAULT_TIME_SAMPLING),
-            ..Default::default()
+        io: io_on.then(|| {
+            let detail = args.io_detail.or(file.io.detail()).unwrap_or_default();
+            crate::io::IoConfig {
+                time_sampling: args
+                    .io_time_sampling
+                    .or(file.io.time_sampling)
+                    .unwrap_or(detail.default_time_sampling()),
+                ..crate::io::IoConfig::of(detail)
+            }
         }),
         ..defaults
     }
@@ -165,7 +167,7 @@ mod tests {
     #[test]
     fn agent_and_io_keys_fill_what_the_flags_leave_unset() {
         let file = Config::parse(
-            "[agent]\ninterval = \"250ms\"\nmax_processes = 4096\n[io]\npage_cache_reads = true\ntime_sampling = 0.5\n",
+            "[agent]\ninterval = \"250ms\"\nmax_processes = 4096\n[io]\ndetail = \"syscalls\"\ntime_sampling = 0.5\n",
             "t.toml",
         )
         .unwrap();
@@ -174,8 +176,7 @@ mod tests {
         let load = merge_load(&none, &file);
         assert_eq!(load.max_processes, 4096);
         let io = load.io.unwrap();
-        assert!(io.page_cache_reads);
-        assert_eq!(io.time_sampling, 0.5);
+        assert_eq!((io.detail, io.time_sampling), (crate::io::IoDetail::Syscalls, 0.5));
         let flags = Agent::parse_from([
             "x",
             "--interval",
@@ -189,6 +190,13 @@ mod tests {
         assert_eq!(merge_interval(&flags, &file), Duration::from_secs(2));
         let load = merge_load(&flags, &file);
         assert_eq!((load.max_processes, load.io.unwrap().time_sampling), (2048, 1.0));
+        // The flag's tier wins over the file's, and each tier has its own default sampling.
+        let io = merge_load(&Agent::parse_from(["x", "--io-detail", "page-cache"]).agent, &file).io.unwrap();
+        assert_eq!((io.detail, io.time_sampling), (crate::io::IoDetail::PageCache, 0.5));
+        let io = merge_load(&none, &Config::default()).io.unwrap();
+        assert_eq!((io.detail, io.time_sampling), (crate::io::IoDetail::PageCache, 0.01));
+        let e = Config::parse("[io]\ndetail = \"everything\"\n", "t.toml").unwrap_err().to_string();
+        assert!(e.contains("io.detail") && e.contains("page-cache, syscalls"), "{e}");
         let off = Config::parse("[io]\nenabled = false\n", "t.toml").unwrap();
         assert!(merge_load(&none, &off).io.is_none());
         assert!(merge_load(&Agent::parse_from(["x", "--no-io"]).agent, &file).io.is_none());

@@ -27,6 +27,8 @@ pub enum BtfError {
     NoStruct(String),
     #[error("the kernel's BTF has no function {0}")]
     NoFunc(String),
+    #[error("the kernel's BTF has no enumerator {0}")]
+    NoEnumerator(String),
     #[error("struct {strukt} has no field {field} in the kernel's BTF")]
     NoField { strukt: String, field: String },
     #[error("{strukt}.{field} is a bitfield; only byte-aligned fields can be read")]
@@ -58,6 +60,8 @@ struct Type {
     /// For modifiers and typedefs: the referenced type.
     type_ref: u32,
     members: Vec<Member>,
+    /// For enums: (name offset, value) of each enumerator.
+    enumerators: Vec<(u32, i64)>,
 }
 
 /// Parsed kernel BTF: enough to answer "where is field F of struct S".
@@ -103,7 +107,8 @@ impl KernelBtf {
             .ok_or_else(|| BtfError::Malformed("string section out of bounds".into()))?
             .to_vec();
 
-        let mut types = vec![Type { name_off: 0, kind: 0, type_ref: 0, members: Vec::new() }];
+        let mut types =
+            vec![Type { name_off: 0, kind: 0, type_ref: 0, members: Vec::new(), enumerators: Vec::new() }];
         let mut at = 0;
         while at < type_data.len() {
             let name_off = u32_at(type_data, at)?;
@@ -114,6 +119,7 @@ impl KernelBtf {
             let kind = (info >> 24) & 0x1f;
             let kind_flag = info >> 31 == 1;
             let mut members = Vec::new();
+            let mut enumerators = Vec::new();
             let extra = match kind {
                 1 | 14 | 17 => 4, // INT, VAR, DECL_TAG
                 3 => 12,          // ARRAY
@@ -130,13 +136,30 @@ impl KernelBtf {
                     }
                     vlen * 12
                 }
-                6 | 13 => vlen * 8,   // ENUM, FUNC_PROTO
-                15 | 19 => vlen * 12, // DATASEC, ENUM64
+                6 => {
+                    for i in 0..vlen {
+                        let m = at + i * 8;
+                        let val = u32_at(type_data, m + 4)? as i32 as i64;
+                        enumerators.push((u32_at(type_data, m)?, val));
+                    }
+                    vlen * 8
+                }
+                19 => {
+                    for i in 0..vlen {
+                        let m = at + i * 12;
+                        let val = (u64::from(u32_at(type_data, m + 8)?) << 32)
+                            | u64::from(u32_at(type_data, m + 4)?);
+                        enumerators.push((u32_at(type_data, m)?, val as i64));
+                    }
+                    vlen * 12
+                }
+                13 => vlen * 8,  // FUNC_PROTO
+                15 => vlen * 12, // DATASEC
                 2 | 7..=12 | 16 | 18 => 0,
                 other => return Err(BtfError::Malformed(format!("unknown BTF kind {other}"))),
             };
             at += extra;
-            types.push(Type { name_off, kind, type_ref: size_or_type, members });
+            types.push(Type { name_off, kind, type_ref: size_or_type, members, enumerators });
         }
         if at != type_data.len() {
             return Err(BtfError::Malformed("type section ends inside a record".into()));
@@ -208,6 +231,16 @@ impl KernelBtf {
             .position(|t| t.kind == KIND_FUNC && t.name_off != 0 && self.name(t.name_off) == name)
             .map(|id| id as u32)
             .ok_or_else(|| BtfError::NoFunc(name.into()))
+    }
+
+    /// Value of the enumerator `name` (of any enum), e.g. `PG_head` of `enum pageflags`.
+    pub fn enumerator(&self, name: &str) -> Result<i64, BtfError> {
+        self.types
+            .iter()
+            .flat_map(|t| t.enumerators.iter())
+            .find(|(off, _)| self.name(*off) == name)
+            .map(|&(_, v)| v)
+            .ok_or_else(|| BtfError::NoEnumerator(name.into()))
     }
 
     /// Byte offset of `field` in struct (or union) `strukt`; `field` may be a dotted path
@@ -320,5 +353,9 @@ mod tests {
         let tgid = btf.member_offset("task_struct", "tgid").unwrap();
         assert_eq!(tgid, pid + 4, "pid and tgid are adjacent pid_t fields");
         btf.member_offset("linux_binprm", "filename").unwrap();
+        // Bit numbers of page flags are enumerators; PG_locked is bit 0 in every kernel.
+        assert_eq!(btf.enumerator("PG_locked").unwrap(), 0);
+        assert!(btf.enumerator("PG_head").unwrap() > 0);
+        assert!(matches!(btf.enumerator("PG_no_such_flag"), Err(BtfError::NoEnumerator(_))));
     }
 }

@@ -83,6 +83,10 @@ pub struct FileKey {
     /// `super_block.s_dev` (kernel encoding: major << 20 | minor).
     pub dev: u32,
     pub ino: u64,
+    /// `inode.i_generation`: tells apart two files that had the same inode number one after
+    /// the other (a deleted file's inode number is soon reused; 0 on file systems without it).
+    pub generation: u32,
+    pub _pad: u32,
 }
 
 /// A half-open byte range `[start, end)` of a file being extended sequentially.
@@ -94,6 +98,12 @@ pub struct Run {
 }
 
 /// What one tgid did to one regular file.
+///
+/// Syscall tier: bytes and calls of read-family / write-family syscalls. Page-cache tier
+/// (default): `read_bytes` / `read_calls` are what buffered reads asked the page cache for
+/// (`mm_filemap_get_pages`, hits included, whole pages clamped to the file size, one "call"
+/// per read), `write_bytes` / `write_calls` the pages and folios the tgid dirtied
+/// (`writeback_dirty_folio`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FileIo {
@@ -149,6 +159,9 @@ pub struct CopyKey {
     pub src_kind: u16,
     pub dst_kind: u16,
     pub dst_ino: u64,
+    /// `i_generation` of the source and destination.
+    pub src_generation: u32,
+    pub dst_generation: u32,
 }
 
 /// Bytes and calls of one [`CopyKey`].
@@ -210,7 +223,8 @@ pub struct PendingIo {
     pub file: u64,
     pub inode: u64,
     pub fd: u32,
-    pub _pad: u32,
+    /// `i_generation` of the file (regular files).
+    pub generation: u32,
 }
 
 /// Key of the block-layer map: a device and a direction.
@@ -238,6 +252,12 @@ pub mod path_kind {
     /// `unlink`/`unlinkat` was called: `user_path` as given, components are the directory it
     /// is relative to (when it is relative).
     pub const UNLINK: u32 = 2;
+    /// A regular file was unlinked (page-cache tier: `ext4:ext4_unlink_enter`): `dev`, `ino`,
+    /// `generation` identify it, the components are its path.
+    pub const UNLINKED_INODE: u32 = 3;
+    /// A regular file was first seen by the page-cache handlers in this interval: `dev`,
+    /// `ino`, `generation` identify it, the components are its path (its first dentry alias).
+    pub const SEEN: u32 = 4;
 }
 
 /// Flags of [`PathEvent`].
@@ -272,6 +292,9 @@ pub struct PathEvent {
     /// Open: the inode opened.
     pub ino: u64,
     pub ts_ns: u64,
+    /// `i_generation` of `ino`.
+    pub generation: u32,
+    pub _pad: u32,
     pub components: [[u8; NAME_LEN]; PATH_DEPTH],
     /// Unlink: the path argument, NUL-terminated.
     pub user_path: [u8; USER_PATH_LEN],
@@ -316,22 +339,33 @@ pub struct IoOffsets {
     pub dentry_parent: u32,
     pub dentry_name: u32,
     pub dentry_sb: u32,
-    /// Classic tracepoint records (`trace_event_raw_*`):
-    /// `mm_filemap_op_page_cache`: `i_ino`, `index`, `s_dev`, `order`.
-    pub tp_fm_add_ino: u32,
-    pub tp_fm_add_index: u32,
-    pub tp_fm_add_dev: u32,
-    pub tp_fm_add_order: u32,
-    /// `mm_filemap_op_page_cache_range`: `index`, `last_index`.
-    pub tp_fm_get_index: u32,
-    pub tp_fm_get_last_index: u32,
-    /// `sock_msg_length`: `ret`, `flags`.
-    pub tp_sock_ret: u32,
-    pub tp_sock_flags: u32,
-    /// `block_rq_completion`: `dev`, `nr_sector`, `rwbs`.
+    /// The classic tracepoint record `block_rq_completion` (`trace_event_raw_*`): `dev`,
+    /// `nr_sector`, `rwbs`.
     pub tp_blk_dev: u32,
     pub tp_blk_nr_sector: u32,
     pub tp_blk_rwbs: u32,
+    /// `inode.i_generation`, `inode.i_size`, `inode.i_dentry` (first alias, an hlist head).
+    pub inode_generation: u32,
+    pub inode_size: u32,
+    pub inode_dentry: u32,
+    /// `dentry.d_u.d_alias` (the hlist node in `i_dentry`), `dentry.d_inode`.
+    pub dentry_alias: u32,
+    pub dentry_inode: u32,
+    /// `address_space.host`.
+    pub mapping_host: u32,
+    /// `folio.flags`, `folio._flags_1` (order of a large folio in its low byte),
+    /// `folio.mapping`, `folio.index`; the bit number of `PG_head` in `folio.flags`.
+    pub folio_flags: u32,
+    pub folio_flags_1: u32,
+    pub folio_mapping: u32,
+    pub folio_index: u32,
+    pub pg_head: u32,
+    /// 1 in the page-cache tier: per-file reads from `mm_filemap_get_pages` and writes from
+    /// `writeback_dirty_folio` (else dirtied folios are only counted per tgid).
+    pub page_cache_files: u32,
+    /// 1 in the page-cache tier: `io_sys_exit` (attached only in the timing windows) only
+    /// times calls, it counts no bytes.
+    pub exit_times_only: u32,
     /// Kernel BTF type ids of `struct file` and `struct callback_head`, the target types of
     /// the programs' `bpf_rdonly_cast` calls (see `agent/src/probes/kfunc.rs`).
     pub btf_file: u32,
@@ -355,5 +389,6 @@ pub mod maps {
     pub const IO_EXTENTS: &str = "IO_EXTENTS";
     pub const IO_PATHS: &str = "IO_PATHS";
     pub const IO_THREADS: &str = "IO_THREADS";
+    pub const IO_WINDOW: &str = "IO_WINDOW";
     pub const PENDING_IO: &str = "PENDING_IO";
 }

@@ -38,6 +38,65 @@ pub struct TgidCpu {
     /// Real uid of the thread that created the entry.
     pub uid: u32,
     pub _pad: u32,
+    /// Growth of its threads' `task_struct.ioac` (the kernel's own per-task I/O accounting,
+    /// what `/proc/<pid>/io` shows), harvested with the on-CPU time.
+    pub io: TaskIo,
+}
+
+/// Growth of the kernel's `struct task_io_accounting` counters (`/proc/<pid>/io`), summed over
+/// the threads of a thread group. Harvested by the scheduler program when it adds a thread's
+/// runtime to `TGID_CPU`, and at each thread's exit (`agent-ebpf/src/sched.rs`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TaskIo {
+    /// Bytes returned by read-family calls and in-kernel reads (exec, sendfile, splice, ...).
+    pub rchar: u64,
+    /// Bytes passed to write-family calls and in-kernel writes.
+    pub wchar: u64,
+    /// Read-family and write-family calls.
+    pub syscr: u64,
+    pub syscw: u64,
+    /// Bytes this task caused to be read from storage (page-cache misses, direct I/O).
+    pub read_bytes: u64,
+    /// Bytes of page-cache pages this task dirtied (to be written to storage).
+    pub write_bytes: u64,
+    /// Of `write_bytes`: dirty pages truncated before writeback (e.g. a deleted file).
+    pub cancelled_write_bytes: u64,
+}
+
+impl TaskIo {
+    /// `self - before`, field by field (0 where a counter did not grow).
+    #[inline(always)]
+    pub fn since(&self, before: &TaskIo) -> TaskIo {
+        TaskIo {
+            rchar: self.rchar.saturating_sub(before.rchar),
+            wchar: self.wchar.saturating_sub(before.wchar),
+            syscr: self.syscr.saturating_sub(before.syscr),
+            syscw: self.syscw.saturating_sub(before.syscw),
+            read_bytes: self.read_bytes.saturating_sub(before.read_bytes),
+            write_bytes: self.write_bytes.saturating_sub(before.write_bytes),
+            cancelled_write_bytes: self.cancelled_write_bytes.saturating_sub(before.cancelled_write_bytes),
+        }
+    }
+
+    /// Adds `o` field by field.
+    #[inline(always)]
+    pub fn add(&mut self, o: &TaskIo) {
+        self.rchar += o.rchar;
+        self.wchar += o.wchar;
+        self.syscr += o.syscr;
+        self.syscw += o.syscw;
+        self.read_bytes += o.read_bytes;
+        self.write_bytes += o.write_bytes;
+        self.cancelled_write_bytes += o.cancelled_write_bytes;
+    }
+
+    /// Whether any counter is non-zero.
+    #[inline(always)]
+    pub fn any(&self) -> bool {
+        (self.rchar | self.wchar | self.syscr | self.syscw | self.read_bytes | self.write_bytes) != 0
+            || self.cancelled_write_bytes != 0
+    }
 }
 
 /// Indices into the per-CPU `STATS` array: capacity problems the kernel side counts.
@@ -138,6 +197,20 @@ pub mod globals {
     pub const SCHED_TASK_FLAGS_OFF: &str = "SCHED_TASK_FLAGS_OFF";
     /// `offsetof(struct linux_binprm, filename)`.
     pub const BINPRM_FILENAME_OFF: &str = "BINPRM_FILENAME_OFF";
+    /// `offsetof(struct task_struct, ioac) + offsetof(struct task_io_accounting, <field>)`.
+    pub const TASK_IOAC_RCHAR_OFF: &str = "TASK_IOAC_RCHAR_OFF";
+    pub const TASK_IOAC_WCHAR_OFF: &str = "TASK_IOAC_WCHAR_OFF";
+    pub const TASK_IOAC_SYSCR_OFF: &str = "TASK_IOAC_SYSCR_OFF";
+    pub const TASK_IOAC_SYSCW_OFF: &str = "TASK_IOAC_SYSCW_OFF";
+    pub const TASK_IOAC_READ_BYTES_OFF: &str = "TASK_IOAC_READ_BYTES_OFF";
+    pub const TASK_IOAC_WRITE_BYTES_OFF: &str = "TASK_IOAC_WRITE_BYTES_OFF";
+    pub const TASK_IOAC_CANCELLED_OFF: &str = "TASK_IOAC_CANCELLED_OFF";
+    /// `offsetof(struct task_struct, start_time)` (CLOCK_MONOTONIC ns at fork).
+    pub const TASK_START_TIME_OFF: &str = "TASK_START_TIME_OFF";
+    /// Not an offset: CLOCK_MONOTONIC ns when the agent loaded the programs. Threads started
+    /// before it have their `ioac` history left out (only growth after the agent first sees
+    /// them is counted); threads started after it are counted from zero.
+    pub const IOAC_SINCE_NS: &str = "IOAC_SINCE_NS";
 
     /// A global that holds a kernel struct offset: (global, struct, field), where the field may
     /// be a dotted path through embedded structs. Userspace reads each from the kernel's BTF.
@@ -150,6 +223,19 @@ pub mod globals {
         (SCHED_TASK_PID_OFF, "task_struct", "pid"),
         (SCHED_TASK_TGID_OFF, "task_struct", "tgid"),
         (SCHED_TASK_FLAGS_OFF, "task_struct", "flags"),
+    ];
+
+    /// The offsets the scheduler program's `ioac` harvest needs. Optional: where the kernel
+    /// lacks them (no `CONFIG_TASK_IO_ACCOUNTING`) they stay 0 and the harvest is off.
+    pub const IOAC_OFFSETS: &[OffsetGlobal] = &[
+        (TASK_IOAC_RCHAR_OFF, "task_struct", "ioac.rchar"),
+        (TASK_IOAC_WCHAR_OFF, "task_struct", "ioac.wchar"),
+        (TASK_IOAC_SYSCR_OFF, "task_struct", "ioac.syscr"),
+        (TASK_IOAC_SYSCW_OFF, "task_struct", "ioac.syscw"),
+        (TASK_IOAC_READ_BYTES_OFF, "task_struct", "ioac.read_bytes"),
+        (TASK_IOAC_WRITE_BYTES_OFF, "task_struct", "ioac.write_bytes"),
+        (TASK_IOAC_CANCELLED_OFF, "task_struct", "ioac.cancelled_write_bytes"),
+        (TASK_START_TIME_OFF, "task_struct", "start_time"),
     ];
 
     /// The offsets the lifecycle programs (fork, exec, exit) need.
@@ -165,6 +251,7 @@ pub mod globals {
 mod pod {
     // SAFETY: plain-old-data, `#[repr(C)]`, every bit pattern valid.
     unsafe impl aya::Pod for super::TgidCpu {}
+    unsafe impl aya::Pod for super::TaskIo {}
     unsafe impl aya::Pod for super::LifecycleEvent {}
     unsafe impl aya::Pod for super::io::TgidIo {}
     unsafe impl aya::Pod for super::io::FileKey {}

@@ -24,10 +24,13 @@ use crate::cmd::{self, command, note, step};
 pub const BPF_LINKER_VERSION: &str = "0.13.0";
 /// LLVM majors that bpf-linker [`BPF_LINKER_VERSION`] has a `llvm-<major>` feature for.
 pub const BPF_LINKER_LLVM_MAJORS: &[u32] = &[21, 22, 23];
-/// Debian packages the build and the tests need beyond a machine with rustup and stable Rust:
-/// (package, why). bpf-linker uses the nightly's libLLVM, not Debian's.
-pub const APT_PACKAGES: &[(&str, &str)] =
-    &[("prometheus", "tests/tests/serve.rs scrapes `carbon-agent serve` with a real Prometheus server")];
+/// Debian packages the build, the tests and the benchmark need beyond a machine with rustup
+/// and stable Rust: (package, why). bpf-linker uses the nightly's libLLVM, not Debian's.
+pub const APT_PACKAGES: &[(&str, &str)] = &[
+    ("prometheus", "tests/tests/serve.rs scrapes `carbon-agent serve` with a real Prometheus server"),
+    ("redis-server", "the Redis section of `cargo xtask bench` (a real server on loopback)"),
+    ("redis-tools", "redis-benchmark, the Redis section's load"),
+];
 /// Components of the toolchain that runs xtask, needed by `cargo xtask test`.
 const HOST_COMPONENTS: &[&str] = &["rustfmt", "clippy"];
 /// Components of the nightly: std sources for `-Z build-std=core`, clippy for the eBPF crate.

@@ -77,6 +77,8 @@ pub struct Host {
 /// How `io.io_cpu_time_s` was measured over the run.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct IoTime {
+    /// The I/O tier (`page_cache` or `syscalls`).
+    pub detail: crate::io::IoDetail,
     pub method: String,
     pub sampling: f64,
     pub measured_sampling: f64,
@@ -127,4 +129,7 @@ pub struct RunDocument {
     pub agent_hash_read_bytes: u64,
     /// Cumulative counts of what was lost for lack of capacity, by name.
     pub losses: Losses,
+    /// GPU figures for checking them: metered energy per GPU, share bases, meter warnings
+    /// (null without a metered GPU).
+    pub gpu: Option<crate::energy::GpuTally>,
 }

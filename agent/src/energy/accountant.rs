@@ -3,6 +3,7 @@
 //! ```text
 //! let mut energy = EnergyAccountant::new(args.energy.config())?;   // at start-up
 //! for doctor: energy.probes()                                         // every meter tried
+//! energy.start();                  // when the first interval starts (after loading probes)
 //! each interval: let e = energy.interval(&usage);                     // meters → attribution
 //!   e.per_tgid[&tgid]  → the row's `energy_j`
 //!   e.kernel / e.idle  → `buckets.kernel.energy_j` / `buckets.idle.energy_j`
@@ -14,8 +15,9 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use super::config::EnergyConfig;
+use super::meter_set::GpuInterval;
 use super::meter_set::{Agreement, Backends, MeterProbe, MeterSet, discover_with};
-use super::nvml::GpuInfo;
+use super::nvml::{DroppedSamples, GpuInfo};
 use super::{Domain, MeterSource};
 use crate::attribution::{
     AttributionInput, DomainEnergy, EnergyBreakdown, GpuEnergy, LearnKey, StaticPowerLearner, StaticSource,
@@ -79,6 +81,12 @@ pub struct MeterSummary {
     /// Meter failures and fallbacks in this interval.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
+    /// Each GPU in the interval (energy, share basis, processes), for the run's GPU tally.
+    #[serde(skip)]
+    pub gpus: Vec<GpuInterval>,
+    /// GPU utilization samples the cleaning dropped.
+    #[serde(skip)]
+    pub gpu_samples_dropped: DroppedSamples,
 }
 
 /// One interval's energy: per process, kernel and idle buckets, and the meter.
@@ -129,6 +137,17 @@ impl EnergyAccountant {
         self.meters.cpu_source()
     }
 
+    /// Starts the first interval now: every meter's baseline is taken again, so that what
+    /// happened between opening the meters and this call (loading the probes) is not counted.
+    pub fn start(&mut self) {
+        self.meters.start_interval();
+    }
+
+    /// Whether GPUs are metered.
+    pub fn has_gpu(&self) -> bool {
+        self.meters.has_gpu()
+    }
+
     /// The GPUs metered (for the `host.gpus` of `run --json`).
     pub fn gpus(&self) -> Vec<GpuInfo> {
         self.meters.gpus()
@@ -164,7 +183,8 @@ impl EnergyAccountant {
                 self.learner.observe(LearnKey::Platform, platform / dt, util);
             }
             for g in &reading.gpus {
-                let util = g.utilization.unwrap_or(if g.shares.by_pid.is_empty() { 0.0 } else { 1.0 });
+                // NVML's GPU utilization, else how busy the processes kept it (shares sum ≤ 1).
+                let util = g.utilization.unwrap_or_else(|| g.shares.by_pid.values().sum::<f64>().min(1.0));
                 self.learner.observe(LearnKey::Gpu(g.index), g.energy_j / dt, util);
             }
         }
@@ -221,6 +241,8 @@ impl EnergyAccountant {
                 gpu_share_basis,
                 agreement: reading.agreement,
                 warnings: reading.warnings,
+                gpus: reading.gpus,
+                gpu_samples_dropped: reading.gpu_samples_dropped,
             },
         }
     }
@@ -235,8 +257,8 @@ mod tests {
     use crate::attribution::StaticShare;
     use crate::energy::FsReader;
     use crate::energy::meter_set::tests::{cfg, fake_proc};
-    use crate::energy::nvml::tests::FakeGpu;
-    use crate::energy::nvml::{GpuDevice, ProcessSample};
+    use crate::energy::nvml::ProcessSample;
+    use crate::energy::nvml::tests::{FakeGpu, opened};
     use crate::energy::perf_power::tests::ScriptedCounters;
     use crate::energy::testing::write;
     use crate::usage::ProcessCpu;
@@ -245,7 +267,7 @@ mod tests {
         Backends {
             reader: Arc::new(FsReader),
             perf: Box::new(ScriptedCounters::default()),
-            gpus: Box::new(move || Ok(gpus.into_iter().map(|g| Box::new(g) as Box<dyn GpuDevice>).collect())),
+            gpus: Box::new(move || Ok(opened(&gpus))),
         }
     }
 
@@ -339,8 +361,10 @@ mod tests {
             let mut s = gpu.state.lock().unwrap();
             s.energy_mj = Some(200_000);
             s.utilization = Some(0.9);
+            // A sample of now: GPU at 90 % SM utilization by pid 10.
+            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_micros();
             s.samples =
-                Some(vec![ProcessSample { pid: 10, timestamp_us: u64::MAX, sm_util: 90, mem_util: 10 }]);
+                vec![ProcessSample { pid: 10, timestamp_us: now as u64 - 1, sm_util: 90, mem_util: 10 }];
         }
         let e = acc.interval(&usage(&[(10, 500_000_000), (11, 1_500_000_000)], 0, 1.0));
         conserved(&e);

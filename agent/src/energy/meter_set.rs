@@ -14,7 +14,8 @@ use serde::Serialize;
 
 use super::config::{EnergyConfig, MeterChoice};
 use super::model::ModelMeter;
-use super::nvml::{GpuDevice, GpuShares, NvmlMeter};
+pub use super::nvml::GpuInterval;
+use super::nvml::{DroppedSamples, NvmlMeter, OpenedGpus};
 use super::perf_power::{PerfCounterSource, PerfPowerMeter, SyscallCounterSource};
 use super::powercap::PowercapMeter;
 use super::{Domain, EnergyMeter, FileReader, FsReader, MeterError, MeterSource, Resource, Tick};
@@ -34,7 +35,7 @@ pub struct MeterProbe {
 }
 
 /// Opens the GPUs: NVML, or fakes in tests.
-pub type GpuOpener = Box<dyn FnOnce() -> Result<Vec<Box<dyn GpuDevice>>, String>>;
+pub type GpuOpener = Box<dyn FnOnce() -> Result<OpenedGpus, String>>;
 
 /// How the dependencies of discovery are provided (real ones by default; fakes in tests).
 pub struct Backends {
@@ -69,21 +70,6 @@ pub struct Agreement {
     pub relative_difference: f64,
 }
 
-/// One GPU in one interval.
-#[derive(Clone, Debug, PartialEq)]
-pub struct GpuInterval {
-    /// NVML index.
-    pub index: u32,
-    /// Joules in the interval.
-    pub energy_j: f64,
-    /// Per-process shares.
-    pub shares: GpuShares,
-    /// GPU utilization 0..1, when known.
-    pub utilization: Option<f64>,
-    /// Whether the energy is integrated power samples (no energy counter).
-    pub integrated: bool,
-}
-
 /// What the meters measured in one interval.
 #[derive(Clone, Debug, PartialEq)]
 pub struct IntervalEnergyReading {
@@ -98,6 +84,8 @@ pub struct IntervalEnergyReading {
     pub per_resource: BTreeMap<(Resource, Domain), f64>,
     /// Each GPU.
     pub gpus: Vec<GpuInterval>,
+    /// GPU utilization samples the cleaning dropped.
+    pub gpu_samples_dropped: DroppedSamples,
     /// Static power per domain known to the meter (the model's idle figures).
     pub meter_static_w: Vec<(Domain, f64)>,
     /// perf vs powercap, when both are read.
@@ -142,7 +130,6 @@ pub struct MeterSet {
     check: Option<Tracked>,
     fallback: Option<Box<dyn EnergyMeter>>,
     gpu: Option<NvmlMeter>,
-    gpu_prev: BTreeMap<u32, f64>,
 }
 
 fn package_j(d: &BTreeMap<(Resource, Domain), f64>) -> f64 {
@@ -163,6 +150,22 @@ impl MeterSet {
     /// The GPUs metered.
     pub fn gpus(&self) -> Vec<super::nvml::GpuInfo> {
         self.gpu.as_ref().map(|g| g.gpus()).unwrap_or_default()
+    }
+
+    /// Takes every meter's baseline now: the first interval starts here, not when the meters
+    /// were opened (loading the probes in between is not the first interval's energy).
+    pub fn start_interval(&mut self) {
+        let usage = IntervalUsage::default();
+        let tick = Tick { interval_s: 0.0, usage: &usage };
+        // CPU-side meters are cumulative: reading them once moves their previous value here.
+        // A failure now shows up, and is handled, at the first interval's read.
+        let _ = self.cpu.deltas(&tick);
+        if let Some(check) = &mut self.check {
+            let _ = check.deltas(&tick);
+        }
+        if let Some(g) = &mut self.gpu {
+            g.start();
+        }
     }
 
     /// Reads every meter: joules per domain since the previous read.
@@ -215,27 +218,15 @@ impl MeterSet {
             *domains.entry(*d).or_insert(0.0) += j;
         }
         let mut gpus = Vec::new();
+        let mut gpu_samples_dropped = DroppedSamples::default();
         if let Some(g) = &mut self.gpu {
-            match g.read(usage.interval_s) {
-                Ok(r) => {
-                    for m in &r.measurements {
-                        let Resource::Gpu(index) = m.resource else {
-                            continue;
-                        };
-                        let prev = self.gpu_prev.insert(index, m.joules).unwrap_or(0.0);
-                        let energy_j = (m.joules - prev).max(0.0);
-                        *domains.entry(Domain::Gpu).or_insert(0.0) += energy_j;
-                        gpus.push(GpuInterval {
-                            index,
-                            energy_j,
-                            shares: r.shares.get(&index).cloned().unwrap_or_default(),
-                            utilization: r.utilization.get(&index).copied(),
-                            integrated: r.integrated.contains(&index),
-                        });
-                    }
-                }
-                Err(e) => warnings.push(format!("nvml read failed: {e}; no GPU energy this interval")),
+            let r = g.read();
+            for gi in &r.gpus {
+                *domains.entry(Domain::Gpu).or_insert(0.0) += gi.energy_j;
             }
+            gpus = r.gpus;
+            gpu_samples_dropped = r.dropped;
+            warnings.extend(r.warnings);
         }
         let cpu_source = self.cpu.meter.source();
         let source = if self.gpu.is_some() { format!("{cpu_source}+nvml") } else { cpu_source.to_string() };
@@ -245,6 +236,7 @@ impl MeterSet {
             domains,
             per_resource,
             gpus,
+            gpu_samples_dropped,
             meter_static_w: self.cpu.meter.static_power_w(usage),
             agreement,
             warnings,
@@ -300,7 +292,7 @@ pub fn discover_with(cfg: &EnergyConfig, backends: Backends) -> (Result<MeterSet
     }
 
     let gpu = if cfg.gpu {
-        match (backends.gpus)().and_then(|d| NvmlMeter::new(d).map_err(|e| e.to_string())) {
+        match (backends.gpus)().and_then(NvmlMeter::new) {
             Ok(g) => {
                 probes.push(MeterProbe { meter: "nvml", found: true, selected: true, detail: g.describe() });
                 Some(g)
@@ -321,13 +313,7 @@ pub fn discover_with(cfg: &EnergyConfig, backends: Backends) -> (Result<MeterSet
     };
 
     let set = match cpu {
-        Some(cpu) => Ok(MeterSet {
-            cpu: Tracked::new(cpu),
-            check: check.map(Tracked::new),
-            fallback,
-            gpu,
-            gpu_prev: BTreeMap::new(),
-        }),
+        Some(cpu) => Ok(MeterSet { cpu: Tracked::new(cpu), check: check.map(Tracked::new), fallback, gpu }),
         None => {
             let why: Vec<String> =
                 probes.iter().filter(|p| !p.found).map(|p| format!("{}: {}", p.meter, p.detail)).collect();
@@ -368,7 +354,7 @@ pub(crate) mod tests {
     use std::path::Path;
 
     use super::*;
-    use crate::energy::nvml::tests::FakeGpu;
+    use crate::energy::nvml::tests::{FakeGpu, opened};
     use crate::energy::perf_power::tests::{ScriptedCounters, fake_pmu};
     use crate::energy::testing::write;
 
@@ -394,7 +380,7 @@ pub(crate) mod tests {
         Backends {
             reader: Arc::new(FsReader),
             perf: Box::new(counters),
-            gpus: Box::new(move || Ok(gpus.into_iter().map(|g| Box::new(g) as Box<dyn GpuDevice>).collect())),
+            gpus: Box::new(move || Ok(opened(&gpus))),
         }
     }
 
@@ -466,6 +452,30 @@ pub(crate) mod tests {
         counters.set(2, 0, 12 << 32);
         let r = set.read_interval(&usage(1.0));
         assert_eq!(r.domains[&Domain::Package], 2.0);
+    }
+
+    #[test]
+    fn start_interval_takes_every_baseline_again() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
+        fake_proc(root);
+        powercap_zone(root, "intel-rapl:0", "package-0", 0);
+        let gpu = FakeGpu::counter(0, 0);
+        let mut c = cfg(root);
+        c.gpu = true;
+        let (set, _) = discover_with(&c, backends(ScriptedCounters::default(), vec![gpu.clone()]));
+        let mut set = set.unwrap();
+        // Loading the probes: 5 J of package and 50 J of GPU before the first interval.
+        powercap_zone(root, "intel-rapl:0", "package-0", 5_000_000);
+        gpu.state.lock().unwrap().energy_mj = Some(50_000);
+        set.start_interval();
+        powercap_zone(root, "intel-rapl:0", "package-0", 7_000_000);
+        gpu.state.lock().unwrap().energy_mj = Some(60_000);
+        let r = set.read_interval(&usage(1.0));
+        assert_eq!(r.domains[&Domain::Package], 2.0);
+        assert_eq!(r.domains[&Domain::Gpu], 10.0);
+        assert_eq!(r.gpus[0].energy_j, 10.0);
+        assert!(r.warnings.is_empty(), "{:?}", r.warnings);
     }
 
     #[test]

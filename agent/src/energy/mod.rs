@@ -17,6 +17,7 @@
 
 pub mod accountant;
 pub mod config;
+pub mod gpu_tally;
 pub mod meter_set;
 pub mod model;
 pub mod nvml;
@@ -33,6 +34,7 @@ use crate::usage::IntervalUsage;
 
 pub use accountant::{EnergyAccountant, IntervalEnergy, MeterSummary};
 pub use config::{EnergyArgs, EnergyConfig, MeterChoice};
+pub use gpu_tally::GpuTally;
 pub use meter_set::{IntervalEnergyReading, MeterProbe, MeterSet, discover};
 
 /// What a measurement measures. Containment: `Package` ⊃ `Core`, `Uncore`; `Psys` ⊃

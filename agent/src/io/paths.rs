@@ -6,11 +6,15 @@ use std::path::{Path, PathBuf};
 
 use carbon_agent_common::io::{NAME_LEN, PathEvent, path_flag};
 
-/// A file's identity: kernel device number (`major << 20 | minor`) and inode number.
+/// A file's identity: kernel device number (`major << 20 | minor`), inode number, and the
+/// inode's generation (`i_generation`), which tells apart files that had the same inode number
+/// one after the other (file systems reuse a deleted file's inode number soon; 0 where the file
+/// system has no generations).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
 pub struct FileId {
     pub dev: u32,
     pub ino: u64,
+    pub generation: u32,
 }
 
 /// The kernel's `dev_t` encoding (`MAJOR << 20 | MINOR`) to userspace's (`libc::makedev`).
@@ -188,6 +192,8 @@ mod tests {
             depth: leaf_first.len() as u32,
             ino: 7,
             ts_ns: 0,
+            generation: 0,
+            _pad: 0,
             components: [[0; NAME_LEN]; PATH_DEPTH],
             user_path: [0; USER_PATH_LEN],
         };
@@ -249,12 +255,12 @@ mod tests {
     fn path_table_is_bounded() {
         let mut t = PathTable::new(2);
         for i in 0..3 {
-            t.insert(FileId { dev: 1, ino: i }, format!("/f{i}").into());
+            t.insert(FileId { dev: 1, ino: i, generation: 0 }, format!("/f{i}").into());
         }
         assert_eq!(t.len(), 2);
         assert_eq!(t.evicted, 1);
-        assert!(t.get(&FileId { dev: 1, ino: 0 }).is_none());
-        t.insert(FileId { dev: 1, ino: 2 }, "/renamed".into());
-        assert_eq!(t.get(&FileId { dev: 1, ino: 2 }), Some(&PathBuf::from("/renamed")));
+        assert!(t.get(&FileId { dev: 1, ino: 0, generation: 0 }).is_none());
+        t.insert(FileId { dev: 1, ino: 2, generation: 0 }, "/renamed".into());
+        assert_eq!(t.get(&FileId { dev: 1, ino: 2, generation: 0 }), Some(&PathBuf::from("/renamed")));
     }
 }

@@ -8,6 +8,7 @@
 /// The kernel BTF reader, shared with xtask's benchmark (in the common crate).
 pub use carbon_agent_common::btf;
 pub mod cpu;
+pub mod io;
 pub mod kfunc;
 pub mod kick;
 pub mod lifecycle;
@@ -120,7 +121,7 @@ pub struct Probes {
     /// Lifecycle events; `None` where the kernel has no BTF (processes then come from /proc).
     pub lifecycle: Option<RingBuf<MapData>>,
     /// The I/O programs, when attached.
-    pub io: Option<crate::io::IoProbes>,
+    pub io: Option<io::IoProbes>,
     /// Why I/O accounting is off, when it was asked for and could not be set up.
     pub io_error: Option<String>,
     /// Log records from the programs' cold paths (aya-log); poll with `flush`.
@@ -145,7 +146,9 @@ impl Probes {
         let mut io_error = None;
         let io_offsets = match opts.io {
             Some(_) => match &kernel_btf {
-                Some(btf) => crate::io::offsets_from(btf).map_err(|e| io_error = Some(format!("{e:#}"))).ok(),
+                Some(btf) => io::offsets_from(btf, opts.io.as_ref().map(|c| c.detail).unwrap_or_default())
+                    .map_err(|e| io_error = Some(format!("{e:#}")))
+                    .ok(),
                 None => {
                     io_error = Some("the I/O probes need the kernel BTF (/sys/kernel/btf/vmlinux)".into());
                     None
@@ -156,7 +159,7 @@ impl Probes {
         let mut loader = new_loader();
         loader.btf(aya_btf.as_ref());
         if let Some(o) = &io_offsets {
-            crate::io::configure_loader(&mut loader, o);
+            io::configure_loader(&mut loader, o);
         }
         loader.map_max_entries("TGID_CPU", opts.max_processes);
         loader.map_max_entries("LIFECYCLE", opts.lifecycle_ring_bytes);
@@ -200,15 +203,13 @@ impl Probes {
             _ => None,
         };
         let io = match (&opts.io, &io_offsets, &aya_btf, &kfunc_error) {
-            (Some(cfg), Some(_), Some(btf), None) => {
-                match crate::io::attach_with(&mut ebpf, cfg.clone(), btf) {
-                    Ok(io) => Some(io),
-                    Err(e) => {
-                        io_error = Some(format!("{e:#}"));
-                        None
-                    }
+            (Some(cfg), Some(_), Some(btf), None) => match io::attach_with(&mut ebpf, cfg.clone(), btf) {
+                Ok(io) => Some(io),
+                Err(e) => {
+                    io_error = Some(format!("{e:#}"));
+                    None
                 }
-            }
+            },
             (Some(_), Some(_), None, _) => {
                 io_error = Some("the I/O syscall probes (tp_btf) need aya's view of the kernel BTF".into());
                 None
@@ -230,8 +231,18 @@ impl Probes {
             lost_cpu_ns: self.stat(stat::LOST_CPU_NS),
             lifecycle_dropped: self.stat(stat::LIFECYCLE_RINGBUF_FULL),
             idle_stints_inferred: self.stat(stat::IDLE_START_UNSEEN),
-            io: crate::io::IO_STATS.iter().map(|&(i, name)| (name, self.stat(i))).collect(),
+            io: io::IO_STATS.iter().map(|&(i, name)| (name, self.stat(i))).collect(),
         }
+    }
+
+    /// Passes through every CPU ([`kick`]), then drains the CPU counters and the I/O of the
+    /// interval: for tests and tools that need only the I/O (the session does these steps
+    /// itself, keeping the CPU deltas).
+    pub fn drain_io(&mut self) -> Option<crate::io::IoInterval> {
+        let unvisited = kick::kick_cpus(&crate::procfs::online_cpu_ids());
+        self.cpu.drain();
+        let task_io = self.cpu.take_io();
+        self.io.as_mut().map(|io| io.drain_flushed(unvisited, &task_io))
     }
 
     /// One `STATS` counter summed over CPUs (0 if unreadable).
@@ -241,24 +252,37 @@ impl Probes {
 }
 
 /// Kernel struct field offsets the scheduler and lifecycle programs read, from BTF: the value
-/// of each global in [`globals::SCHED_OFFSETS`] and [`globals::LIFECYCLE_OFFSETS`].
+/// of each global in [`globals::SCHED_OFFSETS`] and [`globals::LIFECYCLE_OFFSETS`], and of
+/// [`globals::IOAC_OFFSETS`] where the kernel has them (else the `ioac` harvest stays off).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StructOffsets {
     pub values: Vec<(&'static str, u32)>,
+    /// Why the `ioac` harvest is off, when it is.
+    pub ioac_missing: Option<String>,
+    /// CLOCK_MONOTONIC ns now: the value of [`globals::IOAC_SINCE_NS`].
+    pub since_ns: u64,
 }
 
 impl StructOffsets {
     pub fn read(btf: &KernelBtf) -> anyhow::Result<Self> {
-        let values = globals::SCHED_OFFSETS
+        let offset = |&(global, strukt, field): &(&'static str, &str, &str)| {
+            let off = btf.member_offset(strukt, field).with_context(|| format!("the value of {global}"))?;
+            Ok((global, off))
+        };
+        let mut values = globals::SCHED_OFFSETS
             .iter()
             .chain(globals::LIFECYCLE_OFFSETS)
-            .map(|&(global, strukt, field)| {
-                let off =
-                    btf.member_offset(strukt, field).with_context(|| format!("the value of {global}"))?;
-                Ok((global, off))
-            })
-            .collect::<anyhow::Result<_>>()?;
-        Ok(StructOffsets { values })
+            .map(offset)
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let ioac = globals::IOAC_OFFSETS.iter().map(offset).collect::<anyhow::Result<Vec<_>>>();
+        let ioac_missing = match ioac {
+            Ok(v) => {
+                values.extend(v);
+                None
+            }
+            Err(e) => Some(format!("{e:#}")),
+        };
+        Ok(StructOffsets { values, ioac_missing, since_ns: monotonic_ns() })
     }
 
     /// Writes the offsets into the programs' globals.
@@ -266,6 +290,7 @@ impl StructOffsets {
         for (global, value) in &self.values {
             loader.override_global(global, value, true);
         }
+        loader.override_global(globals::IOAC_SINCE_NS, &self.since_ns, true);
     }
 
     /// `GLOBAL=offset` pairs, for `doctor`.
@@ -288,6 +313,14 @@ pub fn attach_btf(ebpf: &mut Ebpf, prog: &str, tracepoint: &str, btf: &Btf) -> a
     p.load(tracepoint, btf).with_context(|| format!("loading {prog} for tp_btf/{tracepoint}"))?;
     p.attach().with_context(|| format!("attaching tp_btf/{tracepoint}"))?;
     Ok(())
+}
+
+/// CLOCK_MONOTONIC now, in ns (the clock of `bpf_ktime_get_ns` and `task_struct.start_time`).
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: writes one timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 /// Older kernels charge BPF maps to RLIMIT_MEMLOCK; raise it so the maps fit.

@@ -3,22 +3,27 @@
 //! [`hash::ContentHasher`].
 //!
 //! Feed every interval to [`WasteTracker::observe`]; ask [`WasteTracker::findings`] for the
-//! findings over everything observed so far (largest first). Thresholds in [`Thresholds`],
-//! energy coefficients in [`Coefficients`]; see `docs/io.md`.
+//! findings over everything observed so far (largest first). Each kind of finding is one
+//! [`Detector`] in its own module, listed in [`DETECTORS`]: a new kind is one new module.
+//! Thresholds in [`Thresholds`], energy coefficients in [`Coefficients`]; see `docs/io.md`.
 
+mod copy;
+mod duplicate;
 pub mod hash;
-pub mod ranges;
+mod refetch;
+mod reread;
+mod write_then_delete;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
 
 use serde::Serialize;
 
-use crate::io::{FileId, IoInterval};
+use crate::io::ranges::RangeSet;
+use crate::io::{FileId, IoDetail, IoInterval};
 use hash::ContentHasher;
-use ranges::RangeSet;
 
-/// Kinds of findings, as in the JSON `kind` field.
+/// Kinds of findings, as in the JSON `kind` field; `Display` prints the same names.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum FindingKind {
@@ -27,6 +32,25 @@ pub enum FindingKind {
     Copy,
     WriteThenDelete,
     Duplicate,
+}
+
+impl FindingKind {
+    /// The name in JSON and text outputs.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Reread => "reread",
+            Self::Refetch => "refetch",
+            Self::Copy => "copy",
+            Self::WriteThenDelete => "write_then_delete",
+            Self::Duplicate => "duplicate",
+        }
+    }
+}
+
+impl std::fmt::Display for FindingKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
 }
 
 /// One finding of wasted I/O. JSON field names as in the issue.
@@ -49,6 +73,9 @@ pub struct Finding {
     pub energy_j: f64,
     pub emissions_g: f64,
     pub suggestion: String,
+    /// The unit the bytes were observed in: `"bytes"` (syscall tier) or `"4 KiB pages"`
+    /// (page-cache tier: reads and writes are counted in whole pages).
+    pub granularity: &'static str,
 }
 
 /// Device energy per byte. Estimates, configurable; see `docs/io.md` for their derivation.
@@ -102,40 +129,150 @@ pub struct IntervalEnergy {
     pub g_per_kwh: f64,
 }
 
+/// What the tracker knows of one file as used by one process tree.
 #[derive(Clone, Debug, Default)]
-struct TreeFile {
+pub struct TreeFile {
     /// Bytes per tgid (the finding names the one that did most).
-    by_tgid: BTreeMap<u32, u64>,
-    uids: BTreeSet<u32>,
-    path: Option<PathBuf>,
-    read_bytes: u64,
-    write_bytes: u64,
-    read_ranges: RangeSet,
-    write_ranges: RangeSet,
-    cache_bytes: u64,
-    cache_ranges: RangeSet,
-    /// CPU energy of the syscalls on this file (J) and its emissions (g).
-    cpu_j: f64,
-    cpu_g: f64,
+    pub by_tgid: BTreeMap<u32, u64>,
+    pub uids: BTreeSet<u32>,
+    pub path: Option<PathBuf>,
+    pub read_bytes: u64,
+    pub write_bytes: u64,
+    pub read_ranges: RangeSet,
+    pub write_ranges: RangeSet,
+    pub cache_bytes: u64,
+    pub cache_ranges: RangeSet,
+    /// CPU energy of the I/O on this file (J) and its emissions (g).
+    pub cpu: Cost,
     /// Observed intervals (sequence numbers) of the first and last read, and of writes
     /// (at most `MAX_WRITE_INTERVALS` kept: then the last slot stands for all later ones).
-    first_read: Option<u64>,
-    last_read: u64,
-    write_intervals: Vec<u64>,
+    pub first_read: Option<u64>,
+    pub last_read: u64,
+    pub write_intervals: Vec<u64>,
+}
+
+impl TreeFile {
+    /// The tgid that did most of this tree's I/O on the file.
+    pub fn top_tgid(&self) -> u32 {
+        self.by_tgid.iter().max_by_key(|(p, b)| (**b, std::cmp::Reverse(**p))).map_or(0, |(p, _)| *p)
+    }
 }
 
 const MAX_WRITE_INTERVALS: usize = 64;
 
-#[derive(Clone, Debug, Default)]
-struct CopyAcc {
-    tgid: u32,
-    src_path: Option<PathBuf>,
-    dst_path: Option<PathBuf>,
-    bytes: u64,
-    calls: u64,
-    cpu_j: f64,
-    cpu_g: f64,
+/// Energy (J) and emissions (g) of some CPU time.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Cost {
+    pub j: f64,
+    pub g: f64,
 }
+
+impl Cost {
+    pub fn scaled(self, share: f64) -> Cost {
+        Cost { j: self.j * share, g: self.g * share }
+    }
+
+    pub fn plus(self, o: Cost) -> Cost {
+        Cost { j: self.j + o.j, g: self.g + o.g }
+    }
+}
+
+/// An in-kernel copy between two regular files, accumulated.
+#[derive(Clone, Debug, Default)]
+pub struct CopyAcc {
+    pub tgid: u32,
+    pub src_path: Option<PathBuf>,
+    pub dst_path: Option<PathBuf>,
+    pub bytes: u64,
+    pub calls: u64,
+    pub cpu: Cost,
+}
+
+/// Everything observed, as the detectors read it.
+#[derive(Debug, Default)]
+pub struct Observed {
+    /// Per (tree root, file).
+    pub files: HashMap<(u32, FileId), TreeFile>,
+    /// Per (tree root, source, destination).
+    pub copies: BTreeMap<(u32, FileId, FileId), CopyAcc>,
+    /// Files unlinked: the tgid and the path.
+    pub unlinked: HashMap<FileId, (u32, PathBuf)>,
+    comms: HashMap<u32, String>,
+    /// Sum of g/kWh over intervals, for the per-byte part's emissions.
+    g_per_kwh_sum: f64,
+    intervals: u64,
+    /// Whether any interval came from the page-cache tier (its byte counts are whole pages).
+    pages: bool,
+}
+
+/// The named parts of a finding a detector reports.
+pub struct Draft {
+    pub kind: FindingKind,
+    /// The tree root and the process that did most of it.
+    pub tree: u32,
+    pub pid: u32,
+    pub paths: Vec<String>,
+    pub bytes: u64,
+    pub count: u64,
+    /// CPU energy of the I/O involved.
+    pub cpu: Cost,
+    /// Device energy per byte (the [`Coefficients`]).
+    pub j_per_byte: f64,
+    pub suggestion: &'static str,
+}
+
+impl Observed {
+    fn mean_g_per_kwh(&self) -> f64 {
+        if self.intervals == 0 { 0.0 } else { self.g_per_kwh_sum / self.intervals as f64 }
+    }
+
+    /// A finding from a draft: the command name, the energy (CPU part + bytes × J/byte), the
+    /// emissions and the granularity.
+    pub fn finding(&self, d: Draft) -> Finding {
+        let byte_j = d.bytes as f64 * d.j_per_byte;
+        Finding {
+            kind: d.kind,
+            pid: d.pid,
+            comm: self.comms.get(&d.pid).cloned().unwrap_or_default(),
+            tree: d.tree,
+            paths: d.paths,
+            bytes: d.bytes,
+            count: d.count,
+            energy_j: d.cpu.j + byte_j,
+            emissions_g: d.cpu.g + g_of(byte_j, self.mean_g_per_kwh()),
+            suggestion: d.suggestion.into(),
+            granularity: if self.pages { "4 KiB pages" } else { "bytes" },
+        }
+    }
+}
+
+/// A path for a finding (`(unresolved)` when the agent could not resolve it).
+pub fn path_str(p: &Option<PathBuf>) -> String {
+    p.as_ref().map_or_else(|| "(unresolved)".to_string(), |p| p.display().to_string())
+}
+
+/// One kind of finding.
+pub trait Detector {
+    /// Adds this kind's findings over everything observed to `out`.
+    fn find(
+        &self,
+        seen: &Observed,
+        th: &Thresholds,
+        co: &Coefficients,
+        hasher: &mut dyn ContentHasher,
+        out: &mut Vec<Finding>,
+    );
+}
+
+/// Every detector, in the order they run (copies before userspace copies' candidates use
+/// the in-kernel pairs: see [`copy`]).
+pub const DETECTORS: &[&dyn Detector] = &[
+    &reread::Reread,
+    &refetch::Refetch,
+    &copy::Copies,
+    &write_then_delete::WriteThenDelete,
+    &duplicate::Duplicates,
+];
 
 /// Accumulates I/O activity per process tree and file over a run or a window.
 #[derive(Debug)]
@@ -143,13 +280,7 @@ pub struct WasteTracker {
     thresholds: Thresholds,
     coefficients: Coefficients,
     capacity: usize,
-    files: HashMap<(u32, FileId), TreeFile>,
-    copies: BTreeMap<(u32, FileId, FileId), CopyAcc>,
-    unlinked: HashMap<FileId, (u32, PathBuf)>,
-    comms: HashMap<u32, String>,
-    /// Sum of g/kWh × interval weight, for the per-byte part's emissions.
-    g_per_kwh_sum: f64,
-    intervals: u64,
+    seen: Observed,
     /// Activity not tracked because `capacity` was reached.
     pub dropped: u64,
 }
@@ -161,39 +292,35 @@ fn g_of(j: f64, g_per_kwh: f64) -> f64 {
 impl WasteTracker {
     /// `capacity` bounds the (tree, file) entries kept.
     pub fn new(thresholds: Thresholds, coefficients: Coefficients, capacity: usize) -> Self {
-        Self {
-            thresholds,
-            coefficients,
-            capacity,
-            files: HashMap::new(),
-            copies: BTreeMap::new(),
-            unlinked: HashMap::new(),
-            comms: HashMap::new(),
-            g_per_kwh_sum: 0.0,
-            intervals: 0,
-            dropped: 0,
-        }
+        Self { thresholds, coefficients, capacity, seen: Observed::default(), dropped: 0 }
     }
 
     /// Adds one interval. `process` tells each tgid's tree root and command name.
     pub fn observe(&mut self, iv: &IoInterval, energy: IntervalEnergy, process: &dyn Fn(u32) -> ProcessInfo) {
-        self.intervals += 1;
-        self.g_per_kwh_sum += energy.g_per_kwh;
+        let capacity = self.capacity;
+        let s = &mut self.seen;
+        s.intervals += 1;
+        s.g_per_kwh_sum += energy.g_per_kwh;
+        s.pages |= iv.detail == IoDetail::PageCache;
         let info = |tgid: u32, comms: &mut HashMap<u32, String>| {
             let p = process(tgid);
-            if comms.len() < self.capacity {
+            if comms.len() < capacity {
                 comms.insert(tgid, p.comm);
             }
             p.root
         };
+        let cost = |ns: u64| {
+            let j = ns as f64 / 1e9 * energy.cpu_j_per_cpu_s;
+            Cost { j, g: g_of(j, energy.g_per_kwh) }
+        };
         for f in &iv.files {
-            let root = info(f.tgid, &mut self.comms);
+            let root = info(f.tgid, &mut s.comms);
             let key = (root, f.file);
-            if !self.files.contains_key(&key) && self.files.len() >= self.capacity {
+            if !s.files.contains_key(&key) && s.files.len() >= capacity {
                 self.dropped += 1;
                 continue;
             }
-            let t = self.files.entry(key).or_default();
+            let t = s.files.entry(key).or_default();
             *t.by_tgid.entry(f.tgid).or_default() += f.read_bytes + f.write_bytes + f.cache_miss_bytes;
             t.uids.insert(f.uid);
             if f.path.is_some() {
@@ -206,321 +333,46 @@ impl WasteTracker {
             t.cache_bytes += f.cache_miss_bytes;
             t.cache_ranges.union(&f.cache_ranges);
             if f.read_bytes > 0 {
-                t.first_read.get_or_insert(self.intervals);
-                t.last_read = self.intervals;
+                t.first_read.get_or_insert(s.intervals);
+                t.last_read = s.intervals;
             }
-            if f.write_bytes > 0 && t.write_intervals.last() != Some(&self.intervals) {
+            if f.write_bytes > 0 && t.write_intervals.last() != Some(&s.intervals) {
                 if t.write_intervals.len() == MAX_WRITE_INTERVALS {
                     t.write_intervals.pop();
                 }
-                t.write_intervals.push(self.intervals);
+                t.write_intervals.push(s.intervals);
             }
-            let j = f.io_ns as f64 / 1e9 * energy.cpu_j_per_cpu_s;
-            t.cpu_j += j;
-            t.cpu_g += g_of(j, energy.g_per_kwh);
+            t.cpu = t.cpu.plus(cost(f.io_ns));
         }
         for c in &iv.copies {
             if !(c.src_is_file && c.dst_is_file) {
                 continue;
             }
-            let root = info(c.tgid, &mut self.comms);
-            let a = self.copies.entry((root, c.src, c.dst)).or_default();
+            let root = info(c.tgid, &mut s.comms);
+            let a = s.copies.entry((root, c.src, c.dst)).or_default();
             a.tgid = c.tgid;
             a.src_path = c.src_path.clone().or(a.src_path.take());
             a.dst_path = c.dst_path.clone().or(a.dst_path.take());
             a.bytes += c.bytes;
             a.calls += c.calls;
-            let j = c.io_ns as f64 / 1e9 * energy.cpu_j_per_cpu_s;
-            a.cpu_j += j;
-            a.cpu_g += g_of(j, energy.g_per_kwh);
+            a.cpu = a.cpu.plus(cost(c.io_ns));
         }
         for u in &iv.unlinks {
             if let (Some(file), Some(path)) = (u.file, &u.path)
-                && self.unlinked.len() < self.capacity
+                && s.unlinked.len() < capacity
             {
-                self.unlinked.insert(file, (u.tgid, path.clone()));
+                s.unlinked.insert(file, (u.tgid, path.clone()));
             }
-        }
-    }
-
-    fn mean_g_per_kwh(&self) -> f64 {
-        if self.intervals == 0 { 0.0 } else { self.g_per_kwh_sum / self.intervals as f64 }
-    }
-
-    #[expect(
-        clippy::too_many_arguments,
-        reason = "one call per finding kind; the tuple pairs keep them readable"
-    )]
-    fn finding(
-        &self,
-        kind: FindingKind,
-        tree: u32,
-        pid: u32,
-        paths: Vec<String>,
-        (bytes, count): (u64, u64),
-        (cpu_j, cpu_g): (f64, f64),
-        j_per_byte: f64,
-        suggestion: &str,
-    ) -> Finding {
-        let byte_j = bytes as f64 * j_per_byte;
-        Finding {
-            kind,
-            pid,
-            comm: self.comms.get(&pid).cloned().unwrap_or_default(),
-            tree,
-            paths,
-            bytes,
-            count,
-            energy_j: cpu_j + byte_j,
-            emissions_g: cpu_g + g_of(byte_j, self.mean_g_per_kwh()),
-            suggestion: suggestion.into(),
         }
     }
 
     /// Findings over everything observed, largest `bytes` first. `hasher` confirms equal
     /// content for duplicates and for copies matched by size.
     pub fn findings(&self, hasher: &mut dyn ContentHasher) -> Vec<Finding> {
-        let th = self.thresholds;
-        let co = self.coefficients;
         let mut out = Vec::new();
-        let path_str = |p: &Option<PathBuf>| {
-            p.as_ref().map_or_else(|| "(unresolved)".to_string(), |p| p.display().to_string())
-        };
-        let top = |t: &TreeFile| {
-            t.by_tgid.iter().max_by_key(|(p, b)| (**b, std::cmp::Reverse(**p))).map_or(0, |(p, _)| *p)
-        };
-
-        // Files written (anywhere) in the window, per file: their written ranges and intervals.
-        let mut written: HashMap<FileId, (RangeSet, Vec<u64>)> = HashMap::new();
-        let mut read_anywhere: BTreeSet<FileId> = BTreeSet::new();
-        for ((_, id), t) in &self.files {
-            if t.write_bytes > 0 {
-                let w = written.entry(*id).or_default();
-                w.0.union(&t.write_ranges);
-                w.1.extend(&t.write_intervals);
-            }
-            if t.read_bytes > 0 {
-                read_anywhere.insert(*id);
-            }
+        for d in DETECTORS {
+            d.find(&self.seen, &self.thresholds, &self.coefficients, hasher, &mut out);
         }
-
-        // Re-read.
-        for ((root, id), t) in &self.files {
-            let distinct = t.read_ranges.covered();
-            if distinct == 0 || t.read_bytes < distinct {
-                continue;
-            }
-            // Data rewritten in place between reads (in an interval after the first read and
-            // before the last) is new data, not a re-read. Writes in the same interval as a
-            // read cannot be ordered and are not held against it.
-            let first = t.first_read.unwrap_or(0);
-            if written.get(id).is_some_and(|(ranges, when)| {
-                ranges.overlap(&t.read_ranges) > 0 && when.iter().any(|w| *w > first && *w < t.last_read)
-            }) {
-                continue;
-            }
-            let redundant = t.read_bytes - distinct;
-            if (t.read_bytes as f64) < th.reread_factor * distinct as f64 || redundant < th.min_bytes {
-                continue;
-            }
-            let share = redundant as f64 / t.read_bytes as f64;
-            out.push(self.finding(
-                FindingKind::Reread,
-                *root,
-                top(t),
-                vec![path_str(&t.path)],
-                (redundant, t.read_bytes / distinct),
-                (t.cpu_j * share, t.cpu_g * share),
-                co.memory_j_per_byte,
-                "The same file data is read again and again: keep it in memory (cache the parsed data \
-                 between epochs/passes), or use a smaller subset while debugging.",
-            ));
-        }
-
-        // Re-fetch from storage: per file over all trees.
-        // Per file: bytes added to the cache, their distinct ranges, the busiest (tree, tgid),
-        // that tgid's bytes, and the path.
-        type CacheAcc = (u64, RangeSet, u32, u32, u64, Option<PathBuf>);
-        let mut cache: BTreeMap<FileId, CacheAcc> = BTreeMap::new();
-        for ((root, id), t) in &self.files {
-            if t.cache_bytes == 0 {
-                continue;
-            }
-            let e = cache.entry(*id).or_insert_with(|| (0, RangeSet::default(), *root, top(t), 0, None));
-            e.0 += t.cache_bytes;
-            e.1.union(&t.cache_ranges);
-            if t.cache_bytes > e.4 {
-                (e.2, e.3, e.4) = (*root, top(t), t.cache_bytes);
-            }
-            if t.path.is_some() {
-                e.5 = t.path.clone();
-            }
-        }
-        for (total, ranges, root, pid, _, path) in cache.values() {
-            let distinct = ranges.covered();
-            let refetched = total.saturating_sub(distinct);
-            if distinct == 0 || refetched < th.min_bytes {
-                continue;
-            }
-            out.push(self.finding(
-                FindingKind::Refetch,
-                *root,
-                *pid,
-                vec![path_str(path)],
-                (refetched, total.div_ceil(distinct)),
-                (0.0, 0.0),
-                co.storage_j_per_byte,
-                "The same file pages were read from storage more than once (evicted from the page \
-                 cache in between): read it once and keep it, or give the machine/cgroup more memory \
-                 for the page cache.",
-            ));
-        }
-
-        // Copies done in the kernel.
-        let mut copied_pairs = BTreeSet::new();
-        for ((root, src, dst), c) in &self.copies {
-            copied_pairs.insert((*root, *src, *dst));
-            if c.bytes < th.min_bytes || src == dst {
-                continue;
-            }
-            out.push(self.finding(
-                FindingKind::Copy,
-                *root,
-                c.tgid,
-                vec![path_str(&c.src_path), path_str(&c.dst_path)],
-                (c.bytes, 1),
-                (c.cpu_j, c.cpu_g),
-                co.storage_j_per_byte,
-                "A file is copied: read the original in place, or use a hard link / reflink \
-                 (cp --reflink, a copy-on-write file system) instead of a full copy.",
-            ));
-        }
-        // Copies through userspace: a tree reads all of one file and writes another of the same
-        // size, confirmed by content.
-        let mut by_root: BTreeMap<u32, Vec<(&FileId, &TreeFile)>> = BTreeMap::new();
-        for ((root, id), t) in &self.files {
-            by_root.entry(*root).or_default().push((id, t));
-        }
-        for (root, files) in &by_root {
-            let mut used = BTreeSet::new();
-            for (dst_id, dst) in
-                files.iter().filter(|(_, t)| t.write_bytes >= th.min_bytes && t.read_bytes == 0)
-            {
-                let size = dst.write_ranges.covered();
-                let best = files
-                    .iter()
-                    .filter(|(id, t)| {
-                        *id != *dst_id
-                            && t.write_bytes == 0
-                            && t.read_bytes > 0
-                            && !used.contains(*id)
-                            && !copied_pairs.contains(&(*root, **id, **dst_id))
-                    })
-                    .filter(|(_, t)| {
-                        let s = t.read_ranges.covered();
-                        (s as f64 - size as f64).abs() <= th.copy_size_tolerance * size.max(s) as f64
-                    })
-                    .find(|(_, src)| match (&src.path, &dst.path) {
-                        (Some(a), Some(b)) => {
-                            matches!((hasher.content(a), hasher.content(b)), (Some(x), Some(y)) if x == y)
-                        }
-                        _ => false,
-                    });
-                if let Some((src_id, src)) = best {
-                    used.insert(**src_id);
-                    out.push(self.finding(
-                        FindingKind::Copy,
-                        *root,
-                        top(dst),
-                        vec![path_str(&src.path), path_str(&dst.path)],
-                        (size, 1),
-                        (src.cpu_j + dst.cpu_j, src.cpu_g + dst.cpu_g),
-                        co.memory_j_per_byte + co.storage_j_per_byte,
-                        "A file is copied through the program (read, then written unchanged): read \
-                         the original in place, or link/reflink it instead of copying.",
-                    ));
-                }
-            }
-        }
-
-        // Write then delete, never read.
-        for ((root, id), t) in &self.files {
-            if t.write_bytes < th.min_bytes || read_anywhere.contains(id) {
-                continue;
-            }
-            let Some((_, path)) = self.unlinked.get(id) else {
-                continue;
-            };
-            out.push(self.finding(
-                FindingKind::WriteThenDelete,
-                *root,
-                top(t),
-                vec![path.display().to_string()],
-                (t.write_bytes, 1),
-                (t.cpu_j, t.cpu_g),
-                co.memory_j_per_byte,
-                "This file was written and deleted without ever being read: don't write it (or \
-                 send it to /dev/null, or keep it in memory).",
-            ));
-        }
-
-        // Duplicate datasets: different inodes, same content, read by different users or trees.
-        // Per file: the (uid, tree) pairs that read it, its path, the first reader's tree and
-        // tgid, and the CPU energy and emissions of those reads.
-        type Readers = (BTreeSet<(u32, u32)>, PathBuf, u32, u32, f64, f64);
-        let mut readers: BTreeMap<FileId, Readers> = BTreeMap::new();
-        for ((root, id), t) in &self.files {
-            let (Some(path), true) = (&t.path, t.read_bytes > 0) else {
-                continue;
-            };
-            let e = readers
-                .entry(*id)
-                .or_insert_with(|| (BTreeSet::new(), path.clone(), *root, top(t), 0.0, 0.0));
-            for uid in &t.uids {
-                e.0.insert((*uid, *root));
-            }
-            e.4 += t.cpu_j;
-            e.5 += t.cpu_g;
-        }
-        let mut by_size: BTreeMap<u64, Vec<FileId>> = BTreeMap::new();
-        for (id, r) in &readers {
-            if let Some(size) = hasher.size(&r.1).filter(|s| *s >= th.min_bytes) {
-                by_size.entry(size).or_default().push(*id);
-            }
-        }
-        for (size, ids) in by_size.into_iter().filter(|(_, v)| v.len() > 1) {
-            let mut by_content: BTreeMap<[u64; 2], Vec<FileId>> = BTreeMap::new();
-            for id in ids {
-                if let Some(c) = hasher.content(&readers[&id].1).filter(|c| c.size == size) {
-                    by_content.entry(c.digest).or_default().push(id);
-                }
-            }
-            for group in by_content.into_values().filter(|g| g.len() > 1) {
-                let who: BTreeSet<(u32, u32)> =
-                    group.iter().flat_map(|id| readers[id].0.iter().copied()).collect();
-                let users: BTreeSet<u32> = who.iter().map(|w| w.0).collect();
-                let trees: BTreeSet<u32> = who.iter().map(|w| w.1).collect();
-                if users.len() < 2 && trees.len() < 2 {
-                    continue;
-                }
-                let first = &readers[&group[0]];
-                let (cpu_j, cpu_g) =
-                    group.iter().skip(1).fold((0.0, 0.0), |a, id| (a.0 + readers[id].4, a.1 + readers[id].5));
-                let n = group.len() as u64;
-                out.push(self.finding(
-                    FindingKind::Duplicate,
-                    first.2,
-                    first.3,
-                    group.iter().map(|id| readers[id].1.display().to_string()).collect(),
-                    (size * (n - 1), n),
-                    (cpu_j, cpu_g),
-                    co.storage_j_per_byte,
-                    "Identical copies of this data are kept and read by different users or jobs: \
-                     keep one copy in shared storage and read it from there.",
-                ));
-            }
-        }
-
         out.sort_by(|a, b| b.bytes.cmp(&a.bytes).then(a.kind.cmp(&b.kind)));
         out
     }

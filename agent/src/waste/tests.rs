@@ -32,7 +32,7 @@ impl ContentHasher for FakeHasher {
 }
 
 fn id(ino: u64) -> FileId {
-    FileId { dev: 1 << 20, ino }
+    FileId { dev: 1 << 20, ino, generation: 0 }
 }
 
 fn file(tgid: u32, uid: u32, ino: u64, path: &str) -> FileActivity {
@@ -261,7 +261,75 @@ fn finding_json_field_names() {
     keys.sort();
     assert_eq!(
         keys,
-        ["bytes", "comm", "count", "emissions_g", "energy_j", "kind", "paths", "pid", "suggestion"]
+        [
+            "bytes",
+            "comm",
+            "count",
+            "emissions_g",
+            "energy_j",
+            "granularity",
+            "kind",
+            "paths",
+            "pid",
+            "suggestion"
+        ]
     );
     assert_eq!(v["kind"], "reread");
+    // Intervals default to the page-cache tier.
+    assert_eq!(v["granularity"], "4 KiB pages");
+}
+
+/// Text and JSON name every kind the same way.
+#[test]
+fn kinds_print_as_in_json() {
+    for k in [
+        FindingKind::Reread,
+        FindingKind::Refetch,
+        FindingKind::Copy,
+        FindingKind::WriteThenDelete,
+        FindingKind::Duplicate,
+    ] {
+        assert_eq!(serde_json::to_value(k).unwrap(), k.to_string());
+    }
+    assert_eq!(FindingKind::WriteThenDelete.to_string(), "write_then_delete");
+}
+
+/// A deleted file's inode number reused by a later file (same device and inode number, new
+/// generation): two files. The deleted one alone is a finding, with its own bytes.
+#[test]
+fn reused_inode_numbers_are_different_files() {
+    let mut deleted = write(file(1, 0, 9, "/ckpt0"), &[(0, 4 * MIB)]);
+    deleted.file.generation = 111;
+    let mut reused = write(file(1, 0, 9, "/ckpt2"), &[(0, 4 * MIB)]);
+    reused.file.generation = 222;
+    let ivs = vec![
+        iv(vec![deleted.clone()]),
+        IoInterval {
+            unlinks: vec![Unlink {
+                tgid: 1,
+                uid: 0,
+                path: Some("/ckpt0".into()),
+                file: Some(deleted.file),
+                ts_ns: 0,
+            }],
+            ..iv(vec![reused])
+        },
+    ];
+    let got = tracker_with(&ivs, &[]).findings(&mut FakeHasher::default());
+    assert_eq!(got.len(), 1, "{got:#?}");
+    assert_eq!(
+        (got[0].kind, got[0].bytes, got[0].paths.clone()),
+        (FindingKind::WriteThenDelete, 4 * MIB, vec!["/ckpt0".into()])
+    );
+}
+
+/// Intervals from the syscall tier only: findings say their bytes are bytes.
+#[test]
+fn syscall_tier_findings_say_bytes() {
+    let ivs = vec![IoInterval {
+        detail: crate::io::IoDetail::Syscalls,
+        ..iv(vec![read(file(1, 0, 2, "/large"), &[(0, 4 * MIB), (0, 4 * MIB)])])
+    }];
+    let got = tracker_with(&ivs, &[]).findings(&mut FakeHasher::default());
+    assert_eq!(got[0].granularity, "bytes");
 }

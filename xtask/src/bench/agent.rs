@@ -15,7 +15,7 @@ use aya::{Btf, Ebpf, EbpfLoader, programs::loaded_programs};
 use carbon_agent_common::btf::KernelBtf;
 
 use super::{
-    Section,
+    Section, Variant,
     stats::{ProgStats, kernel_program_name, prog_ids_in_fdinfo},
 };
 
@@ -30,8 +30,9 @@ const AGENT_MAX_DURATION_S: u64 = 600;
 /// What is attached during the runs "with the agent".
 pub enum AgentUnderTest {
     /// The release `carbon-agent` binary, started with `--json --duration` per run: every program
-    /// it attaches and its userspace work are included.
-    Binary(PathBuf),
+    /// it attaches and its userspace work are included. The eBPF object and the BTF serve the
+    /// empty-program variants.
+    Binary { path: PathBuf, object: Vec<u8>, btf: Btf },
     /// Only the section's own programs, loaded in-process from the agent's eBPF object, with
     /// the struct-offset globals they read set from the kernel's BTF as the agent sets them.
     Handlers { object: Vec<u8>, btf: Btf, offsets: KernelBtf },
@@ -44,27 +45,50 @@ pub enum Attached {
 }
 
 impl AgentUnderTest {
-    /// Describes the agent for the report.
-    pub fn describe(&self, section: &dyn Section) -> String {
-        match self {
-            Self::Binary(path) => format!(
+    /// Describes what a variant attaches, for the report.
+    pub fn describe(&self, variant: &Variant) -> String {
+        match (self, variant) {
+            (Self::Binary { path, .. }, Variant::Agent { args, .. }) => format!(
                 "{} --json --duration {AGENT_MAX_DURATION_S} {} (the whole agent)",
                 path.display(),
-                section.agent_args().join(" ")
+                args.join(" ")
             ),
-            Self::Handlers { .. } => {
+            (Self::Handlers { .. }, Variant::Agent { .. }) => {
                 "the section's handlers only, loaded from the agent's eBPF object".into()
             }
+            (_, Variant::Empty { programs, .. }) => format!(
+                "empty programs only ({}), from the agent's eBPF object",
+                programs.iter().map(|(p, t)| format!("{p} on tp_btf/{t}")).collect::<Vec<_>>().join(", ")
+            ),
         }
     }
 
-    /// Attaches for `section` and returns once its programs run.
-    pub fn attach(&self, section: &dyn Section) -> Result<Attached> {
-        match self {
-            Self::Binary(path) => start_agent(path, section),
-            Self::Handlers { object, btf, offsets } => {
-                let values = section
-                    .globals()
+    /// Attaches `variant` for `section` and returns once its programs run.
+    pub fn attach(&self, section: &dyn Section, variant: &Variant) -> Result<Attached> {
+        match (self, variant) {
+            (Self::Binary { path, .. }, Variant::Agent { args, .. }) => start_agent(path, section, args),
+            (
+                Self::Binary { object, btf, .. } | Self::Handlers { object, btf, .. },
+                Variant::Empty { programs, .. },
+            ) => {
+                let mut loader = EbpfLoader::new();
+                loader.allow_unsupported_maps();
+                let mut ebpf = loader.load(object).context("loading the agent's eBPF object")?;
+                let mut prog_ids = Vec::new();
+                for (name, tp) in *programs {
+                    let p: &mut aya::programs::BtfTracePoint = ebpf
+                        .program_mut(name)
+                        .with_context(|| format!("the agent's eBPF object has no program `{name}`"))?
+                        .try_into()?;
+                    p.load(tp, btf).with_context(|| format!("loading {name}"))?;
+                    p.attach().with_context(|| format!("attaching {name}"))?;
+                    prog_ids.push(p.info()?.id());
+                }
+                Ok(Attached::InProcess { _ebpf: ebpf, prog_ids })
+            }
+            (Self::Handlers { object, btf, offsets }, Variant::Agent { .. }) => {
+                let globals = section.globals();
+                let values = globals
                     .iter()
                     .map(|(name, strukt, field)| {
                         offsets
@@ -74,11 +98,13 @@ impl AgentUnderTest {
                     .collect::<Result<Vec<u32>>>()?;
                 let mut loader = EbpfLoader::new();
                 loader.allow_unsupported_maps();
-                for ((name, _, _), value) in section.globals().iter().zip(&values) {
+                for ((name, _, _), value) in globals.iter().zip(&values) {
                     loader.override_global(name, value, true);
                 }
                 let mut ebpf = loader.load(object).context("loading the agent's eBPF object")?;
-                let prog_ids = section.attach_handlers(&mut ebpf, btf)?;
+                let prog_ids = section
+                    .attach_handlers(&mut ebpf, btf)
+                    .context("this section measures the whole agent only")??;
                 Ok(Attached::InProcess { _ebpf: ebpf, prog_ids })
             }
         }
@@ -93,9 +119,23 @@ impl Attached {
         }
     }
 
-    /// Current run-time statistics of the section's programs, summed.
-    pub fn stats(&self) -> Result<ProgStats> {
-        program_stats(self.prog_ids())
+    /// Current run-time statistics of each of the attached programs, by kernel name (programs
+    /// of the same name summed).
+    pub fn stats_by_program(&self) -> Result<Vec<(String, ProgStats)>> {
+        let mut out: Vec<(String, ProgStats)> = Vec::new();
+        for info in loaded_programs() {
+            let info = info.context("listing loaded eBPF programs")?;
+            if self.prog_ids().contains(&info.id()) {
+                let name = info.name_as_str().unwrap_or("?").to_owned();
+                let s =
+                    ProgStats { run_time_ns: info.run_time().as_nanos() as u64, run_cnt: info.run_count() };
+                match out.iter_mut().find(|(n, _)| *n == name) {
+                    Some((_, total)) => *total = total.plus(s),
+                    None => out.push((name, s)),
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// Detaches: stops the agent (SIGINT, then SIGKILL after 10 s) or unloads the programs.
@@ -106,15 +146,39 @@ impl Attached {
             let deadline = Instant::now() + Duration::from_secs(10);
             while child.try_wait()?.is_none() {
                 if Instant::now() > deadline {
+                    // Where each of its threads is, for the report; then it is killed and the
+                    // run's figures stand (the load had finished).
+                    let stacks = thread_stacks(child.id());
                     child.kill()?;
                     child.wait()?;
-                    bail!("carbon-agent did not stop within 10 s of SIGINT");
+                    eprintln!(
+                        "WARNING: carbon-agent did not stop within 10 s of SIGINT (killed); its threads:\n{stacks}"
+                    );
+                    return Ok(());
                 }
                 thread::sleep(Duration::from_millis(20));
             }
         }
         Ok(())
     }
+}
+
+/// Each thread's name, state and kernel stack (`/proc/<pid>/task/*/{comm,stat,stack}`).
+fn thread_stacks(pid: u32) -> String {
+    let mut out = String::new();
+    for entry in fs::read_dir(format!("/proc/{pid}/task")).into_iter().flatten().flatten() {
+        let dir = entry.path();
+        let read = |f: &str| fs::read_to_string(dir.join(f)).unwrap_or_default();
+        let state = read("stat").rsplit_once(") ").map(|(_, r)| r.chars().take(1).collect::<String>());
+        out.push_str(&format!(
+            "  {} {} {}\n{}",
+            entry.file_name().to_string_lossy(),
+            read("comm").trim(),
+            state.unwrap_or_default(),
+            read("stack")
+        ));
+    }
+    out
 }
 
 /// Sums the kernel's run-time statistics of the programs `ids`.
@@ -170,13 +234,13 @@ fn holds_link(pid: u32) -> Result<bool> {
     Ok(false)
 }
 
-fn start_agent(path: &Path, section: &dyn Section) -> Result<Attached> {
+fn start_agent(path: &Path, section: &dyn Section, args: &[&str]) -> Result<Attached> {
     let log = crate::cmd::target_dir().join("xtask-bench-agent.log");
     let stderr = fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
     let mut command = Command::new(path);
     command
         .args(["--json", "--duration", &AGENT_MAX_DURATION_S.to_string()])
-        .args(section.agent_args())
+        .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(stderr);
@@ -206,7 +270,9 @@ fn start_agent(path: &Path, section: &dyn Section) -> Result<Attached> {
         // wait until it holds a link (or, with BPF stats on, until the programs ran).
         if !ids.is_empty() && (holds_link(child.id())? || program_stats(&ids)?.run_cnt > 0) {
             thread::sleep(SETTLE);
-            return Ok(Attached::Process { child, prog_ids: ids });
+            // Every program it loads by now (it loads and attaches them one after another).
+            let prog_ids = section_programs_of(child.id(), section)?;
+            return Ok(Attached::Process { child, prog_ids });
         }
         if Instant::now() > deadline {
             let _ = child.kill();

@@ -5,7 +5,7 @@ use aya::{Btf, Ebpf, programs::BtfTracePoint};
 use carbon_agent_common::globals;
 
 use super::{
-    Section, Targets,
+    DEFAULT_AGENT, NO_IO, SYSCALL_TIER, Section, Targets, Variant,
     load::{self, LoadTimes},
 };
 
@@ -25,14 +25,14 @@ impl Section for SchedSwitch {
         &["sched_switch_btf", "sched_switch_tp"]
     }
 
-    /// The whole agent without its I/O programs: the load's pipe syscalls would otherwise
-    /// measure the `io` section's handlers too (`cargo xtask bench --section io`).
-    fn agent_args(&self) -> &'static [&'static str] {
-        &["--no-io"]
+    /// The whole default agent, I/O included (no program on the pipe syscalls' path outside
+    /// the timing windows); without I/O (the floor: CPU accounting alone); the syscall tier.
+    fn variants(&self) -> Vec<Variant> {
+        vec![DEFAULT_AGENT, NO_IO, SYSCALL_TIER]
     }
 
     fn targets(&self) -> Targets {
-        Targets { max_ns_per_event: 150.0, max_slowdown: 0.03 }
+        Targets { max_ns_per_event: Some(("sched_switch_btf", 150.0)), max_slowdown: 0.03, floor_rule: None }
     }
 
     fn describe_load(&self, rounds: u64) -> String {
@@ -45,18 +45,21 @@ impl Section for SchedSwitch {
         load::pipe_ping_pong(rounds, load::last_allowed_cpu()?)
     }
 
-    fn globals(&self) -> &'static [carbon_agent_common::globals::OffsetGlobal] {
-        globals::SCHED_OFFSETS
+    /// With the `ioac` harvest's offsets.
+    fn globals(&self) -> Vec<carbon_agent_common::globals::OffsetGlobal> {
+        globals::SCHED_OFFSETS.iter().chain(globals::IOAC_OFFSETS).copied().collect()
     }
 
-    fn attach_handlers(&self, ebpf: &mut Ebpf, btf: &Btf) -> Result<Vec<u32>> {
-        let program: &mut BtfTracePoint = ebpf
-            .program_mut("sched_switch_btf")
-            .context("the agent's eBPF object has no program `sched_switch_btf`")?
-            .try_into()
-            .context("`sched_switch_btf` is not a BTF tracepoint")?;
-        program.load("sched_switch", btf).context("loading sched_switch_btf")?;
-        program.attach().context("attaching sched_switch_btf")?;
-        Ok(vec![program.info().context("reading sched_switch_btf's info")?.id()])
+    fn attach_handlers(&self, ebpf: &mut Ebpf, btf: &Btf) -> Option<Result<Vec<u32>>> {
+        Some((|| {
+            let program: &mut BtfTracePoint = ebpf
+                .program_mut("sched_switch_btf")
+                .context("the agent's eBPF object has no program `sched_switch_btf`")?
+                .try_into()
+                .context("`sched_switch_btf` is not a BTF tracepoint")?;
+            program.load("sched_switch", btf).context("loading sched_switch_btf")?;
+            program.attach().context("attaching sched_switch_btf")?;
+            Ok(vec![program.info().context("reading sched_switch_btf's info")?.id()])
+        })())
     }
 }

@@ -1,4 +1,5 @@
-//! Sampling windows for the time spent in I/O syscalls.
+//! Sampling windows for the time spent in I/O syscalls (`io_sys_enter`, and in the page-cache
+//! tier `io_sys_exit` too, attached only in the windows).
 //!
 //! Any program on the `sys_enter` tracepoint runs on every syscall of the machine, and even an
 //! empty one costs about as much as the whole `sys_exit` handler (`docs/io.md`). So
@@ -75,7 +76,7 @@ impl Rng {
     }
 }
 
-/// The thread that attaches `io_sys_enter` in windows. Stops (and detaches) when dropped.
+/// The thread that attaches the timing programs in windows. Stops (and detaches) when dropped.
 pub struct EnterSampler {
     stop: Option<mpsc::Sender<()>>,
     thread: Option<JoinHandle<()>>,
@@ -85,13 +86,35 @@ pub struct EnterSampler {
     pub fraction: f64,
 }
 
+/// How long the exit program stays attached after the enter program is detached (page-cache
+/// tier), so that calls in flight when a window closes are still timed.
+pub const EXIT_GRACE: Duration = Duration::from_millis(2);
+
 impl EnterSampler {
-    /// Starts sampling with a duplicate of the loaded program's fd. Attaches once before
-    /// returning, so that a program the kernel refuses to attach fails here, with its error.
-    pub fn start(prog: BorrowedFd<'_>, fraction: f64, period: Duration) -> Result<Self> {
-        let prog = prog.try_clone_to_owned().context("duplicating the io_sys_enter program fd")?;
+    /// Starts sampling with duplicates of the loaded programs' fds: each window attaches them
+    /// in the order given and detaches them in the reverse order, the last one (`io_sys_enter`)
+    /// first and the others [`EXIT_GRACE`] later. `window_start`, when given (the `IO_WINDOW`
+    /// map), gets the CLOCK_MONOTONIC time of each window's opening before its attach.
+    /// Attaches once before returning, so that a program the kernel refuses fails here.
+    pub fn start(
+        progs: &[BorrowedFd<'_>],
+        mut window_start: Option<aya::maps::Array<aya::maps::MapData, u64>>,
+        fraction: f64,
+        period: Duration,
+    ) -> Result<Self> {
+        let progs: Vec<OwnedFd> = progs
+            .iter()
+            .map(|p| p.try_clone_to_owned().context("duplicating a timing program's fd"))
+            .collect::<Result<_>>()?;
+        let mut open_window = move |progs: &[OwnedFd]| -> std::io::Result<Vec<OwnedFd>> {
+            if let Some(m) = window_start.as_mut() {
+                m.set(0, crate::probes::monotonic_ns(), 0).map_err(std::io::Error::other)?;
+            }
+            progs.iter().map(|p| attach(p.as_fd())).collect()
+        };
         // The first window opens now (so that what runs first is timed too).
-        let first = attach(prog.as_fd()).context("attaching io_sys_enter to tp_btf/sys_enter")?;
+        let first =
+            open_window(&progs).context("attaching the I/O timing programs (tp_btf/sys_enter, sys_exit)")?;
         let first_window = period.mul_f64(fraction.clamp(0.0, 1.0));
         let (stop, stopped) = mpsc::channel::<()>();
         let attached_ns = Arc::new(AtomicU64::new(0));
@@ -114,15 +137,20 @@ impl EnterSampler {
                         return;
                     }
                     let t = Instant::now();
-                    let link = first.take().map_or_else(|| attach(prog.as_fd()), Ok);
+                    let links = first.take().map_or_else(|| open_window(&progs), Ok);
                     let go_on = sleep(on);
                     // A window whose attach failed timed no call: it is left out of the
                     // measured share.
-                    if let Ok(link) = link {
-                        drop(link);
+                    if let Ok(mut links) = links {
+                        let enter = links.pop();
+                        drop(enter);
                         counter.fetch_add(t.elapsed().as_nanos() as u64, Ordering::Relaxed);
+                        if !links.is_empty() {
+                            std::thread::sleep(EXIT_GRACE);
+                        }
+                        drop(links);
                     }
-                    if !go_on || !sleep(period - on - offset) {
+                    if !go_on || !sleep(period.saturating_sub(on + offset + EXIT_GRACE)) {
                         return;
                     }
                 }

@@ -33,17 +33,23 @@ pub fn io_offsets(btf: &Btf) -> Result<IoOffsets, BtfError> {
         dentry_parent: m("dentry", "d_parent")?,
         dentry_name: m("dentry", "d_name.name")?,
         dentry_sb: m("dentry", "d_sb")?,
-        tp_fm_add_ino: m("trace_event_raw_mm_filemap_op_page_cache", "i_ino")?,
-        tp_fm_add_index: m("trace_event_raw_mm_filemap_op_page_cache", "index")?,
-        tp_fm_add_dev: m("trace_event_raw_mm_filemap_op_page_cache", "s_dev")?,
-        tp_fm_add_order: m("trace_event_raw_mm_filemap_op_page_cache", "order")?,
-        tp_fm_get_index: m("trace_event_raw_mm_filemap_op_page_cache_range", "index")?,
-        tp_fm_get_last_index: m("trace_event_raw_mm_filemap_op_page_cache_range", "last_index")?,
-        tp_sock_ret: m("trace_event_raw_sock_msg_length", "ret")?,
-        tp_sock_flags: m("trace_event_raw_sock_msg_length", "flags")?,
         tp_blk_dev: m("trace_event_raw_block_rq_completion", "dev")?,
         tp_blk_nr_sector: m("trace_event_raw_block_rq_completion", "nr_sector")?,
         tp_blk_rwbs: m("trace_event_raw_block_rq_completion", "rwbs")?,
+        inode_generation: m("inode", "i_generation")?,
+        inode_size: m("inode", "i_size")?,
+        inode_dentry: m("inode", "i_dentry")?,
+        dentry_alias: m("dentry", "d_u.d_alias")?,
+        dentry_inode: m("dentry", "d_inode")?,
+        mapping_host: m("address_space", "host")?,
+        folio_flags: m("folio", "flags")?,
+        folio_flags_1: m("folio", "_flags_1")?,
+        folio_mapping: m("folio", "mapping")?,
+        folio_index: m("folio", "index")?,
+        pg_head: u32::try_from(btf.enumerator("PG_head")?)
+            .map_err(|_| BtfError::Malformed("PG_head is negative".into()))?,
+        page_cache_files: 0,
+        exit_times_only: 0,
         btf_file: btf.struct_id("file")?,
         btf_callback_head: btf.struct_id("callback_head")?,
         flush_tgid: 0,
@@ -61,14 +67,6 @@ pub const RECORD_BYTES: u32 = 64;
 /// first [`RECORD_BYTES`] of the record.
 fn check_record_offsets(o: &IoOffsets) -> Result<(), BtfError> {
     let fields = [
-        (o.tp_fm_add_ino, 8, "mm_filemap_op_page_cache.i_ino"),
-        (o.tp_fm_add_index, 8, "mm_filemap_op_page_cache.index"),
-        (o.tp_fm_add_dev, 4, "mm_filemap_op_page_cache.s_dev"),
-        (o.tp_fm_add_order, 1, "mm_filemap_op_page_cache.order"),
-        (o.tp_fm_get_index, 8, "mm_filemap_op_page_cache_range.index"),
-        (o.tp_fm_get_last_index, 8, "mm_filemap_op_page_cache_range.last_index"),
-        (o.tp_sock_ret, 4, "sock_msg_length.ret"),
-        (o.tp_sock_flags, 4, "sock_msg_length.flags"),
         (o.tp_blk_dev, 4, "block_rq_completion.dev"),
         (o.tp_blk_nr_sector, 4, "block_rq_completion.nr_sector"),
         (o.tp_blk_rwbs, 2, "block_rq_completion.rwbs"),
@@ -88,7 +86,7 @@ mod tests {
 
     #[test]
     fn record_offsets_beyond_the_read_prefix_are_refused() {
-        let mut o = IoOffsets { tp_fm_add_ino: 16, tp_blk_rwbs: 62, ..IoOffsets::default() };
+        let mut o = IoOffsets { tp_blk_dev: 16, tp_blk_rwbs: 62, ..IoOffsets::default() };
         assert!(check_record_offsets(&o).is_ok());
         o.tp_blk_rwbs = 63;
         let e = check_record_offsets(&o).unwrap_err().to_string();
@@ -101,12 +99,12 @@ mod tests {
     fn tracepoint_offsets_agree_with_tracefs_formats() {
         let (Ok(btf), Ok(fmt)) = (
             Btf::from_sysfs(std::path::Path::new("/sys")),
-            std::fs::read_to_string("/sys/kernel/tracing/events/filemap/mm_filemap_add_to_page_cache/format"),
+            std::fs::read_to_string("/sys/kernel/tracing/events/block/block_rq_complete/format"),
         ) else {
             return;
         };
         let o = io_offsets(&btf).unwrap();
-        assert!(fmt.contains(&format!("unsigned long i_ino;\toffset:{};", o.tp_fm_add_ino)), "{fmt}");
-        assert!(fmt.contains(&format!("dev_t s_dev;\toffset:{};", o.tp_fm_add_dev)), "{fmt}");
+        assert!(fmt.contains(&format!("dev_t dev;\toffset:{};", o.tp_blk_dev)), "{fmt}");
+        assert!(fmt.contains(&format!("unsigned int nr_sector;\toffset:{};", o.tp_blk_nr_sector)), "{fmt}");
     }
 }

@@ -9,8 +9,8 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use serde::Serialize;
 
-use super::{IoConfig, IoOffsets};
-use crate::probes::btf::KernelBtf;
+use carbon_agent::io::{IoConfig, IoDetail};
+use carbon_agent::probes::{btf::KernelBtf, io as probes_io, io::IoOffsets};
 
 /// Cost of one program.
 #[derive(Clone, Debug, Serialize)]
@@ -233,7 +233,7 @@ fn stats_copy(
 /// cache to a new file (page-cache insertions, dirtied folios, block requests). The agent's
 /// object is prepared for the running kernel, whose parsed BTF is `btf`.
 pub fn run(btf: &KernelBtf, dir: &Path, file_bytes: u64, block: usize, rounds: usize) -> Result<IoBench> {
-    let (object, error) = crate::probes::kfunc::agent_object(Some(btf));
+    let (object, error) = carbon_agent::probes::kfunc::agent_object(Some(btf));
     if let Some(e) = error {
         anyhow::bail!(e);
     }
@@ -242,9 +242,9 @@ pub fn run(btf: &KernelBtf, dir: &Path, file_bytes: u64, block: usize, rounds: u
     let dst = dir.join("carbon-io-bench.dst");
     std::fs::write(&src, vec![0x5au8; file_bytes as usize])?;
     syscall_heavy_copy(&src, &dst, block)?; // warm the page cache
-    let offsets: IoOffsets = super::offsets_from(btf)?;
+    let offsets: IoOffsets = probes_io::offsets_from(btf, IoDetail::Syscalls)?;
     let kernel_btf = aya::Btf::from_sys_fs().context("the I/O benchmark needs the kernel BTF")?;
-    let config = IoConfig::default();
+    let config = IoConfig::of(IoDetail::Syscalls);
     let (mut detached, mut attached, mut empty) = (f64::MAX, f64::MAX, f64::MAX);
     let (mut ratios, mut empty_ratios, mut exit_ns, mut empty_ns) = (vec![], vec![], vec![], vec![]);
     let mut empty_raw_ns = vec![];
@@ -253,21 +253,21 @@ pub fn run(btf: &KernelBtf, dir: &Path, file_bytes: u64, block: usize, rounds: u
     for _ in 0..rounds.max(1) {
         let d = best_copy(&src, &dst, block)?;
 
-        let mut loader = crate::probes::new_loader();
-        super::configure_loader(&mut loader, &offsets);
+        let mut loader = carbon_agent::probes::new_loader();
+        probes_io::configure_loader(&mut loader, &offsets);
         let mut ebpf = loader.load(object)?;
-        let mut probes = super::attach_with(&mut ebpf, config.clone(), &kernel_btf)?;
+        let mut probes = probes_io::attach_with(&mut ebpf, config.clone(), &kernel_btf)?;
         let a = best_copy(&src, &dst, block)?;
-        let _ = probes.drain();
+        let _ = probes.drain(&Default::default());
         // The syscall handlers on the copy from the page cache; the others (page-cache
         // insertions, dirtied folios, block requests) on a copy from a source dropped from the
         // cache to a new destination.
         let (warm, calls) = stats_copy(&ebpf, &probes.programs, &src, &dst, block)?;
-        let _ = probes.drain();
+        let _ = probes.drain(&Default::default());
         drop_from_cache(&src)?;
         std::fs::remove_file(&dst)?;
         let (cold, _) = stats_copy(&ebpf, &probes.programs, &src, &dst, block)?;
-        let _ = probes.drain();
+        let _ = probes.drain(&Default::default());
         drop(probes);
         drop(ebpf);
         traced += calls;
@@ -300,8 +300,8 @@ pub fn run(btf: &KernelBtf, dir: &Path, file_bytes: u64, block: usize, rounds: u
             }
         }
 
-        let mut loader = crate::probes::new_loader();
-        super::configure_loader(&mut loader, &offsets);
+        let mut loader = carbon_agent::probes::new_loader();
+        probes_io::configure_loader(&mut loader, &offsets);
         let mut ebpf = loader.load(object)?;
         let p: &mut aya::programs::BtfTracePoint =
             ebpf.program_mut(EMPTY_PROGRAM).context("no empty benchmark program")?.try_into()?;
@@ -312,7 +312,7 @@ pub fn run(btf: &KernelBtf, dir: &Path, file_bytes: u64, block: usize, rounds: u
         drop(ebpf);
         empty_ns.extend(costs.iter().filter(|c| c.1 > 0).map(|&(_, cnt, ns)| ns as f64 / cnt as f64));
 
-        let mut ebpf = crate::probes::new_loader().load(object)?;
+        let mut ebpf = carbon_agent::probes::new_loader().load(object)?;
         let p: &mut aya::programs::RawTracePoint =
             ebpf.program_mut(EMPTY_RAW_PROGRAM).context("no empty raw benchmark program")?.try_into()?;
         p.load()?;
