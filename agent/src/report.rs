@@ -336,7 +336,8 @@ mod tests {
             "platform": 0.0, "dynamic": 20000.0, "static": 16000.0 });
         let emissions = serde_json::json!({ "operational": 0.885, "embodied": 4.756, "total": 5.641 });
         let io = serde_json::json!({ "read_bytes": 0, "write_bytes": 0, "copied_bytes": 0, "net_tx_bytes": 0,
-            "net_rx_bytes": 0, "io_cpu_time_s": 0.0, "page_cache_misses_bytes": 0 });
+            "net_rx_bytes": 0, "io_cpu_time_s": 0.0, "page_cache_misses_bytes": 0,
+            "storage_read_bytes": 0, "storage_write_bytes": 0 });
         serde_json::json!({
             "schema_version": 1,
             "command": ["python3", "train.py"], "exit_code": 0,
@@ -352,7 +353,7 @@ mod tests {
             "tree": { "root_pid": 7, "processes": 1, "cpu_time_s": 1.0, "energy_j": energy, "emissions_g": emissions,
                       "io": io, "children": [] },
             "alternatives": [], "io": io, "io_time": null, "findings": [], "agent_hash_read_bytes": 0,
-            "losses": { "cpu_map_full": 0 }
+            "losses": { "cpu_map_full": 0 }, "gpu": null
         })
     }
 
