@@ -6,23 +6,14 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::{
-    Coefficients, Detector, Draft, Finding, FindingKind, Observed, Thresholds, TreeFile, hash::ContentHasher,
-    path_str,
-};
+use super::{Context, Detector, Draft, FindingKind, TreeFile, path_str};
 use crate::io::FileId;
 
 pub struct Copies;
 
 impl Detector for Copies {
-    fn find(
-        &self,
-        seen: &Observed,
-        th: &Thresholds,
-        co: &Coefficients,
-        hasher: &mut dyn ContentHasher,
-        out: &mut Vec<Finding>,
-    ) {
+    fn find(&self, cx: &mut Context<'_>) {
+        let Context { seen, th, co, hasher, out } = cx;
         let mut copied_pairs = BTreeSet::new();
         for ((root, src, dst), c) in &seen.copies {
             copied_pairs.insert((*root, *src, *dst));

@@ -4,9 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 
-use super::{
-    Coefficients, Cost, Detector, Draft, Finding, FindingKind, Observed, Thresholds, hash::ContentHasher,
-};
+use super::{Context, Cost, Detector, Draft, FindingKind};
 use crate::io::FileId;
 
 pub struct Duplicates;
@@ -23,14 +21,8 @@ struct Readers {
 }
 
 impl Detector for Duplicates {
-    fn find(
-        &self,
-        seen: &Observed,
-        th: &Thresholds,
-        co: &Coefficients,
-        hasher: &mut dyn ContentHasher,
-        out: &mut Vec<Finding>,
-    ) {
+    fn find(&self, cx: &mut Context<'_>) {
+        let Context { seen, th, co, hasher, out } = cx;
         let mut readers: BTreeMap<FileId, Readers> = BTreeMap::new();
         for ((root, id), t) in &seen.files {
             let (Some(path), true) = (&t.path, t.read_bytes > 0) else {

@@ -251,17 +251,20 @@ pub fn path_str(p: &Option<PathBuf>) -> String {
     p.as_ref().map_or_else(|| "(unresolved)".to_string(), |p| p.display().to_string())
 }
 
+/// What a detector works with: everything observed, the thresholds and coefficients, the
+/// content hasher, and the findings so far (it adds its own).
+pub struct Context<'a> {
+    pub seen: &'a Observed,
+    pub th: &'a Thresholds,
+    pub co: &'a Coefficients,
+    pub hasher: &'a mut dyn ContentHasher,
+    pub out: &'a mut Vec<Finding>,
+}
+
 /// One kind of finding.
 pub trait Detector {
-    /// Adds this kind's findings over everything observed to `out`.
-    fn find(
-        &self,
-        seen: &Observed,
-        th: &Thresholds,
-        co: &Coefficients,
-        hasher: &mut dyn ContentHasher,
-        out: &mut Vec<Finding>,
-    );
+    /// Adds this kind's findings over everything observed to `cx.out`.
+    fn find(&self, cx: &mut Context<'_>);
 }
 
 /// Every detector, in the order they run (copies before userspace copies' candidates use
@@ -370,8 +373,10 @@ impl WasteTracker {
     /// content for duplicates and for copies matched by size.
     pub fn findings(&self, hasher: &mut dyn ContentHasher) -> Vec<Finding> {
         let mut out = Vec::new();
+        let mut cx =
+            Context { seen: &self.seen, th: &self.thresholds, co: &self.coefficients, hasher, out: &mut out };
         for d in DETECTORS {
-            d.find(&self.seen, &self.thresholds, &self.coefficients, hasher, &mut out);
+            d.find(&mut cx);
         }
         out.sort_by(|a, b| b.bytes.cmp(&a.bytes).then(a.kind.cmp(&b.kind)));
         out

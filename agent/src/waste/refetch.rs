@@ -5,10 +5,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use super::{
-    Coefficients, Cost, Detector, Draft, Finding, FindingKind, Observed, Thresholds, hash::ContentHasher,
-    path_str,
-};
+use super::{Context, Cost, Detector, Draft, FindingKind, path_str};
 use crate::io::{FileId, ranges::RangeSet};
 
 pub struct Refetch;
@@ -26,14 +23,8 @@ struct Fetches {
 }
 
 impl Detector for Refetch {
-    fn find(
-        &self,
-        seen: &Observed,
-        th: &Thresholds,
-        co: &Coefficients,
-        _: &mut dyn ContentHasher,
-        out: &mut Vec<Finding>,
-    ) {
+    fn find(&self, cx: &mut Context<'_>) {
+        let Context { seen, th, co, out, .. } = cx;
         let mut per_file: BTreeMap<FileId, Fetches> = BTreeMap::new();
         for ((root, id), t) in seen.files.iter().filter(|(_, t)| t.cache_bytes > 0) {
             let e = per_file.entry(*id).or_default();

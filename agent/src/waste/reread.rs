@@ -7,22 +7,14 @@
 
 use std::collections::HashMap;
 
-use super::{
-    Coefficients, Detector, Draft, Finding, FindingKind, Observed, Thresholds, hash::ContentHasher, path_str,
-};
+use super::{Context, Detector, Draft, FindingKind, path_str};
 use crate::io::{FileId, ranges::RangeSet};
 
 pub struct Reread;
 
 impl Detector for Reread {
-    fn find(
-        &self,
-        seen: &Observed,
-        th: &Thresholds,
-        co: &Coefficients,
-        _: &mut dyn ContentHasher,
-        out: &mut Vec<Finding>,
-    ) {
+    fn find(&self, cx: &mut Context<'_>) {
+        let Context { seen, th, co, out, .. } = cx;
         // Files written (by any tree): their written ranges and intervals.
         let mut written: HashMap<FileId, (RangeSet, Vec<u64>)> = HashMap::new();
         for ((_, id), t) in seen.files.iter().filter(|(_, t)| t.write_bytes > 0) {

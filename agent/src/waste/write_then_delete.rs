@@ -4,20 +4,14 @@
 
 use std::collections::BTreeSet;
 
-use super::{Coefficients, Detector, Draft, Finding, FindingKind, Observed, Thresholds, hash::ContentHasher};
+use super::{Context, Detector, Draft, FindingKind};
 use crate::io::FileId;
 
 pub struct WriteThenDelete;
 
 impl Detector for WriteThenDelete {
-    fn find(
-        &self,
-        seen: &Observed,
-        th: &Thresholds,
-        co: &Coefficients,
-        _: &mut dyn ContentHasher,
-        out: &mut Vec<Finding>,
-    ) {
+    fn find(&self, cx: &mut Context<'_>) {
+        let Context { seen, th, co, out, .. } = cx;
         let read_anywhere: BTreeSet<FileId> =
             seen.files.iter().filter(|(_, t)| t.read_bytes > 0).map(|((_, id), _)| *id).collect();
         for ((root, id), t) in &seen.files {
