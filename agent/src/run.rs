@@ -59,6 +59,7 @@ fn finding_of(f: Finding) -> api::run::Finding {
         energy_j: f.energy_j,
         emissions_g: f.emissions_g,
         suggestion: f.suggestion,
+        granularity: f.granularity.to_owned(),
     }
 }
 

@@ -100,6 +100,9 @@ pub struct Finding {
     pub energy_j: f64,
     pub emissions_g: f64,
     pub suggestion: String,
+    /// The unit the bytes were observed in: `bytes` (syscall tier) or `4 KiB pages`
+    /// (page-cache tier).
+    pub granularity: String,
 }
 
 /// The `run --json` document.
