@@ -65,12 +65,7 @@ fn finding_of(f: Finding) -> api::run::Finding {
 
 /// Loss counters by name (the JSON shape of [`KernelLosses`]).
 fn losses_of(k: &KernelLosses) -> api::Losses {
-    match serde_json::to_value(k) {
-        Ok(serde_json::Value::Object(map)) => {
-            map.into_iter().filter_map(|(k, v)| v.as_u64().map(|n| (k, n))).collect()
-        }
-        _ => api::Losses::new(),
-    }
+    crate::engine::snapshot::losses_by_name([k as &dyn crate::engine::snapshot::erased::Counters])
 }
 
 /// Builds the tree summary from the table (pure).

@@ -244,6 +244,7 @@ fn prometheus_scrapes_counters_that_add_up_and_survive_a_reload() {
     let t1 = t2 - 3.0;
     let (a1, n1) = (stack.scalar(attributed, Some(t1)), stack.scalar(node, Some(t1)));
     let (a2, n2) = (stack.scalar(attributed, Some(t2)), stack.scalar(node, Some(t2)));
+    eprintln!("users + buckets vs node: {a1} vs {n1} J at t1, {a2} vs {n2} J at t2");
     assert!(close(a1, n1, 1e-6) && close(a2, n2, 1e-6), "{a1} vs {n1}, {a2} vs {n2}");
     assert!(n2 > n1);
     assert!(close(a2 - a1, n2 - n1, 1e-6), "window: {} vs {}", a2 - a1, n2 - n1);

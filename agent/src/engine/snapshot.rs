@@ -70,14 +70,33 @@ pub fn meter_of(m: &MeterSummary) -> Meter {
     }
 }
 
-fn losses_of(report: &IntervalReport) -> api::Losses {
+/// Loss counters by name, from structs of counters (their JSON field names).
+pub fn losses_by_name<'a>(parts: impl IntoIterator<Item = &'a dyn erased::Counters>) -> api::Losses {
     let mut out = api::Losses::new();
-    for v in [serde_json::to_value(&report.kernel_losses), serde_json::to_value(&report.table_losses)] {
-        if let Ok(serde_json::Value::Object(map)) = v {
+    for part in parts {
+        if let Ok(serde_json::Value::Object(map)) = part.to_json() {
             out.extend(map.into_iter().filter_map(|(k, v)| v.as_u64().map(|n| (k, n))));
         }
     }
     out
+}
+
+/// Structs of loss counters, behind one object-safe trait.
+pub mod erased {
+    /// Something that serializes to a JSON object of counters.
+    pub trait Counters {
+        fn to_json(&self) -> serde_json::Result<serde_json::Value>;
+    }
+
+    impl<T: serde::Serialize> Counters for T {
+        fn to_json(&self) -> serde_json::Result<serde_json::Value> {
+            serde_json::to_value(self)
+        }
+    }
+}
+
+fn losses_of(report: &IntervalReport) -> api::Losses {
+    losses_by_name([&report.kernel_losses as &dyn erased::Counters, &report.table_losses])
 }
 
 /// Builds the interval's snapshot and adds the interval to `ledger`.

@@ -11,6 +11,7 @@
 //! its own module, added to [`sections`].
 
 mod agent;
+mod exporter;
 mod files;
 mod load;
 mod redis;
@@ -161,9 +162,11 @@ pub fn bench(options: &BenchOptions) -> Result<()> {
         .filter(|s| options.sections.is_empty() || options.sections.iter().any(|n| n == s.name()))
         .collect();
     let io_selected = options.sections.is_empty() || options.sections.iter().any(|n| n == IO_SECTION);
-    if selected.is_empty() && !io_selected {
+    let exporter_selected =
+        options.sections.is_empty() || options.sections.iter().any(|n| n == EXPORTER_SECTION);
+    if selected.is_empty() && !io_selected && !exporter_selected {
         let mut known: Vec<_> = sections().iter().map(|s| s.name()).collect();
-        known.push(IO_SECTION);
+        known.extend([IO_SECTION, EXPORTER_SECTION]);
         bail!("no section named {:?}; known sections: {known:?}", options.sections);
     }
     crate::setup::setup()?;
@@ -175,7 +178,7 @@ pub fn bench(options: &BenchOptions) -> Result<()> {
         let offsets = carbon_agent_common::btf::KernelBtf::from_sysfs(std::path::Path::new("/sys"))?;
         AgentUnderTest::Handlers { object, btf, offsets }
     } else {
-        AgentUnderTest::Binary { path: options.agent.clone().unwrap_or(built.binary), object, btf }
+        AgentUnderTest::Binary { path: options.agent.clone().unwrap_or_else(|| built.binary.clone()), object, btf }
     };
     let mut all_pass = true;
     for section in &selected {
@@ -196,11 +199,17 @@ pub fn bench(options: &BenchOptions) -> Result<()> {
     if io_selected {
         all_pass &= io_bench(options.runs)?;
     }
+    if exporter_selected {
+        exporter::exporter_bench(options.agent.as_deref().unwrap_or(&built.binary))?;
+    }
     if options.strict && !all_pass {
         bail!("a benchmark figure missed its target");
     }
     Ok(())
 }
+
+/// The exporter section's name (`exporter.rs`: the agent's own steady CPU and RSS as a service).
+const EXPORTER_SECTION: &str = "exporter";
 
 /// The I/O section's name.
 const IO_SECTION: &str = "io";
