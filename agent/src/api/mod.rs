@@ -33,14 +33,7 @@ impl Usage {
         self.cpu_time_s += other.cpu_time_s;
         self.energy_j.accumulate(&other.energy_j);
         self.emissions_g = self.emissions_g.add(&other.emissions_g);
-        let (a, b) = (&mut self.io, &other.io);
-        a.read_bytes += b.read_bytes;
-        a.write_bytes += b.write_bytes;
-        a.copied_bytes += b.copied_bytes;
-        a.net_tx_bytes += b.net_tx_bytes;
-        a.net_rx_bytes += b.net_rx_bytes;
-        a.io_cpu_time_s += b.io_cpu_time_s;
-        a.page_cache_misses_bytes += b.page_cache_misses_bytes;
+        self.io.add(&other.io);
     }
 }
 

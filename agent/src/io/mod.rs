@@ -280,6 +280,21 @@ pub struct IoJson {
     pub storage_write_bytes: u64,
 }
 
+impl IoJson {
+    /// Adds another object (sums over processes and intervals).
+    pub fn add(&mut self, o: &IoJson) {
+        self.read_bytes += o.read_bytes;
+        self.write_bytes += o.write_bytes;
+        self.copied_bytes += o.copied_bytes;
+        self.net_tx_bytes += o.net_tx_bytes;
+        self.net_rx_bytes += o.net_rx_bytes;
+        self.io_cpu_time_s += o.io_cpu_time_s;
+        self.page_cache_misses_bytes += o.page_cache_misses_bytes;
+        self.storage_read_bytes += o.storage_read_bytes;
+        self.storage_write_bytes += o.storage_write_bytes;
+    }
+}
+
 /// What one process did to one regular file in one interval. Syscall tier: bytes and offsets
 /// of its read/write syscalls. Page-cache tier: whole pages (4 KiB) its buffered reads asked
 /// the page cache for (hits included; the file's last page clamped to its size) and pages it
