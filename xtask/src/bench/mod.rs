@@ -178,7 +178,11 @@ pub fn bench(options: &BenchOptions) -> Result<()> {
         let offsets = carbon_agent_common::btf::KernelBtf::from_sysfs(std::path::Path::new("/sys"))?;
         AgentUnderTest::Handlers { object, btf, offsets }
     } else {
-        AgentUnderTest::Binary { path: options.agent.clone().unwrap_or_else(|| built.binary.clone()), object, btf }
+        AgentUnderTest::Binary {
+            path: options.agent.clone().unwrap_or_else(|| built.binary.clone()),
+            object,
+            btf,
+        }
     };
     let mut all_pass = true;
     for section in &selected {
