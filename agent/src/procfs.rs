@@ -54,7 +54,8 @@ impl ProcFs {
         } else {
             ProcessKind::User
         };
-        // In u128: ticks × 10^9 overflows u64 for start times past ~584 years at 100 Hz.
+        // In u128: ticks × 10^9 overflows u64 for processes started after ~5.8 years of uptime
+        // at 100 Hz.
         let start_ns = u128::from(parsed.start_ticks) * 1_000_000_000 / u128::from(self.ticks_per_s);
         Some(ProcInfo {
             pid,
@@ -298,6 +299,11 @@ mod tests {
         let stat = |ticks: u64| format!("9 (x) S 1 9 9 0 -1 0 0 0 0 0 0 0 0 0 20 0 1 0 {ticks} 0 0");
         // ticks × 10^9 does not fit in u64.
         assert_eq!(fs_.info_from(9, &stat(u64::MAX), "").unwrap().start_ns, None);
+        // Started after 6.3 years of uptime: ticks × 10^9 alone is past u64, the result is not.
+        assert_eq!(
+            fs_.info_from(9, &stat(20_000_000_000), "").unwrap().start_ns,
+            Some(200_000_000_000_000_000)
+        );
         assert_eq!(fs_.info_from(9, &stat(250), "Uid:\t5\t5\t5\t5\n").unwrap().start_ns, Some(2_500_000_000));
         assert_eq!(fs_.info_from(9, &stat(250), "Uid:\t5\t5\t5\t5\n").unwrap().uid, 5);
         assert_eq!(fs_.info_from(9, &stat(250), "").unwrap().uid, u32::MAX);
