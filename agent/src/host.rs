@@ -43,11 +43,5 @@ impl HostInfo {
 /// CPU sockets (distinct `physical id`s in `/proc/cpuinfo`), at least 1.
 pub fn cpu_sockets(procfs: &ProcFs) -> u32 {
     let text = std::fs::read_to_string(procfs.root().join("cpuinfo")).unwrap_or_default();
-    let ids: std::collections::BTreeSet<&str> = text
-        .lines()
-        .filter_map(|l| l.strip_prefix("physical id"))
-        .filter_map(|r| r.split(':').nth(1))
-        .map(str::trim)
-        .collect();
-    (ids.len() as u32).max(1)
+    crate::energy::model::parse_cpuinfo(&text).packages
 }

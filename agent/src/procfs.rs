@@ -41,25 +41,29 @@ impl ProcFs {
     pub fn process(&self, pid: Pid) -> Option<ProcInfo> {
         let dir = self.root.join(pid.to_string());
         let stat = fs::read_to_string(dir.join("stat")).ok()?;
-        let parsed = parse_stat(&stat)?;
         let status = fs::read_to_string(dir.join("status")).unwrap_or_default();
-        let uid = status
-            .lines()
-            .find_map(|l| l.strip_prefix("Uid:"))
-            .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
-            .unwrap_or(u32::MAX);
+        self.info_from(pid, &stat, &status)
+    }
+
+    /// What [`ProcFs::process`] makes of the contents of `/proc/<pid>/stat` and `status`:
+    /// `None` when `stat` is malformed; an unknown uid is `u32::MAX`.
+    pub fn info_from(&self, pid: Pid, stat: &str, status: &str) -> Option<ProcInfo> {
+        let parsed = parse_stat(stat)?;
         let kind = if parsed.flags & PF_KTHREAD != 0 || pid == crate::process::KTHREADD {
             ProcessKind::Kernel
         } else {
             ProcessKind::User
         };
+        // In u128: ticks × 10^9 overflows u64 for processes started after ~5.8 years of uptime
+        // at 100 Hz.
+        let start_ns = u128::from(parsed.start_ticks) * 1_000_000_000 / u128::from(self.ticks_per_s);
         Some(ProcInfo {
             pid,
             ppid: parsed.ppid,
-            uid,
+            uid: parse_status_uid(status).unwrap_or(u32::MAX),
             comm: parsed.comm,
             kind,
-            start_ns: Some(parsed.start_ticks * 1_000_000_000 / self.ticks_per_s),
+            start_ns: u64::try_from(start_ns).ok(),
         })
     }
 
@@ -86,24 +90,19 @@ impl ProcFs {
     /// The kernel's own on-CPU nanoseconds for a process (first field of `schedstat`).
     pub fn schedstat_ns(&self, pid: Pid) -> Option<u64> {
         let s = fs::read_to_string(self.root.join(pid.to_string()).join("schedstat")).ok()?;
-        s.split_whitespace().next()?.parse().ok()
+        parse_schedstat_ns(&s)
     }
 
     /// The `model name` of the first CPU in `/proc/cpuinfo`.
     pub fn cpu_model(&self) -> Option<String> {
         let s = fs::read_to_string(self.root.join("cpuinfo")).ok()?;
-        s.lines()
-            .find_map(|l| l.strip_prefix("model name"))
-            .and_then(|rest| rest.split_once(':'))
-            .map(|(_, v)| v.trim().to_owned())
+        crate::energy::model::parse_cpuinfo(&s).model_name
     }
 
     /// `MemTotal` in bytes.
     pub fn mem_total_bytes(&self) -> Option<u64> {
         let s = fs::read_to_string(self.root.join("meminfo")).ok()?;
-        let kb: u64 =
-            s.lines().find_map(|l| l.strip_prefix("MemTotal:"))?.split_whitespace().next()?.parse().ok()?;
-        Some(kb * 1024)
+        crate::energy::model::parse_mem_total_bytes(&s)
     }
 }
 
@@ -132,16 +131,19 @@ pub fn systemd_unit(cgroup: &str) -> Option<&str> {
         .copied()
 }
 
-struct Stat {
-    comm: String,
-    ppid: Pid,
-    flags: u64,
-    start_ticks: u64,
+/// The fields of `/proc/<pid>/stat` the agent uses.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Stat {
+    pub comm: String,
+    pub ppid: Pid,
+    pub flags: u64,
+    /// `starttime`: clock ticks after boot.
+    pub start_ticks: u64,
 }
 
 /// Parses `/proc/<pid>/stat`. The comm is between the first `(` and the LAST `)`, since it
 /// may itself contain parentheses and spaces.
-fn parse_stat(s: &str) -> Option<Stat> {
+pub fn parse_stat(s: &str) -> Option<Stat> {
     let open = s.find('(')?;
     let close = s.rfind(')')?;
     let comm = s.get(open + 1..close)?.to_owned();
@@ -153,6 +155,16 @@ fn parse_stat(s: &str) -> Option<Stat> {
         flags: rest.get(6)?.parse().ok()?,
         start_ticks: rest.get(19)?.parse().ok()?,
     })
+}
+
+/// The real uid (first field of the `Uid:` line) of a `/proc/<pid>/status` file.
+pub fn parse_status_uid(status: &str) -> Option<u32> {
+    status.lines().find_map(|l| l.strip_prefix("Uid:"))?.split_whitespace().next()?.parse().ok()
+}
+
+/// The on-CPU nanoseconds (first field) of a `/proc/<pid>/schedstat` file.
+pub fn parse_schedstat_ns(schedstat: &str) -> Option<u64> {
+    schedstat.split_whitespace().next()?.parse().ok()
 }
 
 /// The online CPUs (`/sys/devices/system/cpu/online`); empty when unreadable.
@@ -180,16 +192,19 @@ impl Users {
         Self::parse(&text)
     }
 
+    /// Lines are `name:password:uid:...`; malformed lines and empty names are skipped. When
+    /// several lines share a uid the first one names it, as `getpwuid(3)` does.
     pub fn parse(text: &str) -> Self {
-        let names = text
-            .lines()
-            .filter_map(|l| {
-                let mut f = l.split(':');
-                let name = f.next()?;
-                let uid = f.nth(1)?.parse().ok()?;
-                Some((uid, name.to_owned()))
-            })
-            .collect();
+        let mut names = HashMap::new();
+        for line in text.lines() {
+            let mut f = line.split(':');
+            let (Some(name), Some(uid)) = (f.next(), f.nth(1).and_then(|u| u.parse::<u32>().ok())) else {
+                continue;
+            };
+            if !name.is_empty() {
+                names.entry(uid).or_insert_with(|| name.to_owned());
+            }
+        }
         Users { names }
     }
 
@@ -268,5 +283,29 @@ mod tests {
         assert_eq!(u.name(0), "root");
         assert_eq!(u.name(1000), "alice");
         assert_eq!(u.name(5), "5");
+    }
+
+    #[test]
+    fn first_user_of_a_uid_names_it_and_empty_names_are_skipped() {
+        // `toor` shares root's uid (as on BSD-style systems): getpwuid(0) answers `root`.
+        let u = Users::parse("root:x:0:0::/root:/bin/sh\ntoor:x:0:0::/root:/bin/sh\n:x:7:7::/:/bin/sh\n");
+        assert_eq!(u.name(0), "root");
+        assert_eq!(u.name(7), "7");
+    }
+
+    #[test]
+    fn start_time_past_u64_nanoseconds_is_unknown_not_a_panic() {
+        let fs_ = ProcFs { root: PathBuf::from("/nonexistent"), ticks_per_s: 100 };
+        let stat = |ticks: u64| format!("9 (x) S 1 9 9 0 -1 0 0 0 0 0 0 0 0 0 20 0 1 0 {ticks} 0 0");
+        // ticks × 10^9 does not fit in u64.
+        assert_eq!(fs_.info_from(9, &stat(u64::MAX), "").unwrap().start_ns, None);
+        // Started after 6.3 years of uptime: ticks × 10^9 alone is past u64, the result is not.
+        assert_eq!(
+            fs_.info_from(9, &stat(20_000_000_000), "").unwrap().start_ns,
+            Some(200_000_000_000_000_000)
+        );
+        assert_eq!(fs_.info_from(9, &stat(250), "Uid:\t5\t5\t5\t5\n").unwrap().start_ns, Some(2_500_000_000));
+        assert_eq!(fs_.info_from(9, &stat(250), "Uid:\t5\t5\t5\t5\n").unwrap().uid, 5);
+        assert_eq!(fs_.info_from(9, &stat(250), "").unwrap().uid, u32::MAX);
     }
 }

@@ -3,6 +3,7 @@
 
 mod bench;
 mod cmd;
+mod fuzz;
 mod run;
 mod setup;
 mod test;
@@ -32,6 +33,8 @@ enum Task {
     },
     /// Measure the agent's hot handlers: kernel ns per event and the slowdown of a load.
     Bench(bench::BenchOptions),
+    /// Setup, build the libFuzzer targets in fuzz/ and run each for --seconds (docs/fuzzing.md).
+    Fuzz(fuzz::FuzzOptions),
 }
 
 fn main() {
@@ -41,6 +44,7 @@ fn main() {
         Task::Test => test::test(),
         Task::Run { args } => run::run(&args),
         Task::Bench(options) => bench::bench(&options),
+        Task::Fuzz(options) => fuzz::fuzz(&options),
     };
     if let Err(err) = result {
         eprintln!("error: {err:#}");

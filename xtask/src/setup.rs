@@ -43,6 +43,7 @@ pub fn setup() -> Result<()> {
     ensure_host_components()?;
     ensure_nightly()?;
     ensure_bpf_linker()?;
+    ensure_cargo_fuzz()?;
     step("setup: everything is in place");
     Ok(())
 }
@@ -279,6 +280,23 @@ fn ensure_bpf_linker() -> Result<()> {
     }
     fs::write(&stamp_path, wanted.to_stamp()).with_context(|| format!("writing {}", stamp_path.display()))?;
     check_linker_on_path(&wanted.binary)
+}
+
+/// The cargo-fuzz release `cargo xtask fuzz` uses (builds with stable 1.95; runs with the nightly).
+pub const CARGO_FUZZ_VERSION: &str = "0.13.2";
+
+/// cargo-fuzz [`CARGO_FUZZ_VERSION`] from crates.io, for `cargo xtask fuzz` (docs/fuzzing.md).
+fn ensure_cargo_fuzz() -> Result<()> {
+    step(format!("setup: cargo-fuzz {CARGO_FUZZ_VERSION}"));
+    let wanted = format!("cargo-fuzz {CARGO_FUZZ_VERSION}");
+    let installed = command("cargo", ["fuzz", "--version"]).output();
+    if installed.is_ok_and(|o| o.status.success() && String::from_utf8_lossy(&o.stdout).trim() == wanted) {
+        return Ok(());
+    }
+    let mut install =
+        command("cargo", ["install", "cargo-fuzz", "--locked", "--force", "--version", CARGO_FUZZ_VERSION]);
+    install.env_remove("RUSTUP_TOOLCHAIN");
+    cmd::run(&mut install).context("installing cargo-fuzz")
 }
 
 /// Whether `binary --version` runs and reports the wanted version (it fails to start when its

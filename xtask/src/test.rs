@@ -71,6 +71,8 @@ fn checks() -> Vec<Check> {
         },
         Check { name: "fmt", command: cargo(&["fmt", "--all", "--check"]), gate: false },
         Check { name: "clippy-ebpf", command: ebpf_clippy, gate: false },
+        // A short pass over every fuzz target (`cargo xtask fuzz` runs longer ones).
+        Check { name: "fuzz", command: crate::fuzz::ci_command(), gate: false },
     ]
 }
 

@@ -19,6 +19,11 @@ use time::macros::format_description;
 use super::provider::LiveIntensity;
 use super::tables::{self, GridEntry, LocationKind};
 
+/// The largest grid intensity accepted from outside data (a time series, a live provider), in
+/// gCO2e/kWh: about eight times the dirtiest grids (lignite is ~1,200). A larger figure is a
+/// unit mistake (g/MWh, kg/kWh) or garbage, and would also let sums overflow to infinity.
+pub const MAX_G_PER_KWH: f64 = 10_000.0;
+
 /// Which kind of source gave an intensity.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -134,8 +139,11 @@ impl TimeSeries {
                     ),
                 )
             })?;
-            let value = value.ok().filter(|v| v.is_finite() && *v >= 0.0).ok_or_else(|| {
-                err(line_no, format!("bad intensity {:?}: expected gCO2e/kWh ≥ 0", fields[1]))
+            let value = value.ok().filter(|v| (0.0..=MAX_G_PER_KWH).contains(v)).ok_or_else(|| {
+                err(
+                    line_no,
+                    format!("bad intensity {:?}: expected gCO2e/kWh from 0 to {MAX_G_PER_KWH}", fields[1]),
+                )
             })?;
             if let Some(&(prev, _)) = points.last()
                 && ts <= prev
@@ -157,6 +165,11 @@ impl TimeSeries {
         Ok(Self { points, last_step_s, origin: origin.to_string() })
     }
 
+    /// The (unix seconds, gCO2e/kWh) points, strictly increasing in time.
+    pub fn points(&self) -> &[(f64, f64)] {
+        &self.points
+    }
+
     /// Where the series came from (its path).
     pub fn origin(&self) -> &str {
         &self.origin
@@ -164,8 +177,8 @@ impl TimeSeries {
 
     /// Intensity at one instant, if the series covers it.
     pub fn at(&self, t: f64) -> Option<f64> {
-        let (first, _) = self.points[0];
-        let (last, last_v) = *self.points.last().expect("non-empty");
+        let (first, _) = *self.points.first()?;
+        let (last, last_v) = *self.points.last()?;
         if t < first || t >= last + self.last_step_s {
             return None;
         }
@@ -173,7 +186,7 @@ impl TimeSeries {
             return Some(last_v);
         }
         let idx = self.points.partition_point(|&(ts, _)| ts <= t);
-        Some(self.points[idx - 1].1)
+        self.points.get(idx.checked_sub(1)?).map(|&(_, v)| v)
     }
 
     /// Time-weighted mean intensity over `[start, end)` (unix seconds), if the series covers
@@ -182,8 +195,8 @@ impl TimeSeries {
         if end <= start {
             return self.at(start);
         }
-        let (first, _) = self.points[0];
-        let (last, _) = *self.points.last().expect("non-empty");
+        let (first, _) = *self.points.first()?;
+        let (last, _) = *self.points.last()?;
         if start < first || end > last + self.last_step_s {
             return None;
         }
@@ -200,7 +213,9 @@ impl TimeSeries {
 
     /// Year of the series' first point (for reporting).
     pub fn year(&self) -> Option<u16> {
-        OffsetDateTime::from_unix_timestamp(self.points[0].0 as i64).ok().map(|t| t.year() as u16)
+        let (first, _) = *self.points.first()?;
+        let year = OffsetDateTime::from_unix_timestamp(first.floor() as i64).ok()?.year();
+        u16::try_from(year).ok()
     }
 }
 
@@ -383,7 +398,7 @@ mod tests {
     #[test]
     fn parse_errors_name_line_and_value() {
         let e = TimeSeries::parse("t,v\n2024-05-01T00:00:00Z,abc\n", "x.csv").unwrap_err().to_string();
-        assert_eq!(e, "x.csv:2: bad intensity \"abc\": expected gCO2e/kWh ≥ 0");
+        assert_eq!(e, "x.csv:2: bad intensity \"abc\": expected gCO2e/kWh from 0 to 10000");
         let e = TimeSeries::parse("2024-05-01T00:00:00Z,1\nyesterday,2\n", "x.csv").unwrap_err().to_string();
         assert!(e.starts_with("x.csv:2: bad timestamp \"yesterday\""), "{e}");
         let e = TimeSeries::parse("2024-05-01T01:00:00Z,1\n2024-05-01T00:00:00Z,2\n", "x.csv")
@@ -391,7 +406,11 @@ mod tests {
             .to_string();
         assert!(e.contains("x.csv:2:") && e.contains("not after"), "{e}");
         let e = TimeSeries::parse("2024-05-01T00:00:00Z,-3\n", "x.csv").unwrap_err().to_string();
-        assert!(e.contains("expected gCO2e/kWh ≥ 0"), "{e}");
+        assert!(e.contains("expected gCO2e/kWh from 0 to 10000"), "{e}");
+        // Finite but absurd: it would make a mean over a long interval infinite.
+        let e = TimeSeries::parse("0,1e308\n", "x.csv").unwrap_err().to_string();
+        assert!(e.contains("x.csv:1: bad intensity \"1e308\""), "{e}");
+        assert!(TimeSeries::parse("0,10000\n", "x.csv").is_ok());
         let e = TimeSeries::parse("only-one-field\n", "x.csv").unwrap_err().to_string();
         assert!(e.contains("expected `timestamp,gCO2e/kWh`"), "{e}");
         let e = TimeSeries::parse("# nothing\n", "x.csv").unwrap_err().to_string();

@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 
+use super::intensity::MAX_G_PER_KWH;
+
 /// Default API base URL.
 pub const ELECTRICITY_MAPS_BASE_URL: &str = "https://api.electricitymap.org/v3";
 /// Environment variable holding the API token.
@@ -131,15 +133,33 @@ impl ElectricityMaps {
             };
             return Err(ProviderError::Status(status.as_u16(), format!("{reason}{hint}")));
         }
-        let answer: LatestAnswer = serde_json::from_str(&body)
-            .map_err(|e| ProviderError::BadResponse(format!("not the expected JSON: {e}")))?;
-        let g = answer
-            .carbon_intensity
-            .filter(|v| v.is_finite() && *v >= 0.0)
-            .ok_or_else(|| ProviderError::BadResponse("no valid `carbonIntensity`".to_string()))?;
-        let year = answer.datetime.as_deref().and_then(|d| d.get(..4)).and_then(|y| y.parse().ok());
-        Ok(ProviderReading { g_per_kwh: g, year, datetime: answer.datetime })
+        parse_latest(&body)
     }
+}
+
+/// Parses the body of a successful `carbon-intensity/latest` answer. The intensity must be a
+/// number from 0 to [`MAX_G_PER_KWH`]; the year is read from `datetime` when it starts with
+/// four digits (`2026-11-28T23:00:00.000Z`).
+pub fn parse_latest(body: &str) -> Result<ProviderReading, ProviderError> {
+    let bad_json = |e: serde_json::Error| ProviderError::BadResponse(format!("not the expected JSON: {e}"));
+    // An object only: serde would also read a struct from an array (`[81.4, ""]`).
+    let value: serde_json::Value = serde_json::from_str(body).map_err(bad_json)?;
+    if !value.is_object() {
+        return Err(ProviderError::BadResponse("not the expected JSON: not an object".to_string()));
+    }
+    let answer = LatestAnswer::deserialize(value).map_err(bad_json)?;
+    let g = answer.carbon_intensity.filter(|v| (0.0..=MAX_G_PER_KWH).contains(v)).ok_or_else(|| {
+        ProviderError::BadResponse(format!(
+            "no valid `carbonIntensity` (gCO2e/kWh from 0 to {MAX_G_PER_KWH})"
+        ))
+    })?;
+    let year = answer
+        .datetime
+        .as_deref()
+        .and_then(|d| d.get(..4))
+        .filter(|y| y.bytes().all(|b| b.is_ascii_digit()))
+        .and_then(|y| y.parse().ok());
+    Ok(ProviderReading { g_per_kwh: g, year, datetime: answer.datetime })
 }
 
 impl LiveIntensity for ElectricityMaps {
@@ -257,8 +277,26 @@ pub(crate) mod tests {
         let mut c = client(base);
         assert!(matches!(c.latest("FR"), Err(ProviderError::BadResponse(_))));
         let e = c.latest("FR").unwrap_err();
-        assert_eq!(e.to_string(), "bad answer: no valid `carbonIntensity`");
+        assert_eq!(e.to_string(), "bad answer: no valid `carbonIntensity` (gCO2e/kWh from 0 to 10000)");
         assert_eq!(c.requests(), 2, "failures are retried after the (zero) back-off");
+    }
+
+    #[test]
+    fn answers_are_checked_field_by_field() {
+        let r = parse_latest(r#"{"carbonIntensity":0,"datetime":"2026-01-01T00:00:00Z"}"#).unwrap();
+        assert_eq!((r.g_per_kwh, r.year), (0.0, Some(2026)));
+        // u16's parser takes a sign: `+202` is no year.
+        let r = parse_latest(r#"{"carbonIntensity":12.5,"datetime":"+202-01-01"}"#).unwrap();
+        assert_eq!((r.g_per_kwh, r.year), (12.5, None));
+        assert_eq!(parse_latest(r#"{"carbonIntensity":5,"datetime":"ñ"}"#).unwrap().year, None);
+        for bad in
+            [r#"{"carbonIntensity":-1}"#, r#"{"carbonIntensity":1e300}"#, r#"{"carbonIntensity":null}"#]
+        {
+            assert!(matches!(parse_latest(bad), Err(ProviderError::BadResponse(_))), "{bad}");
+        }
+        // serde reads a struct from an array too: `[intensity, datetime]` is no answer.
+        let e = parse_latest(r#"[81.4,""]"#).unwrap_err();
+        assert_eq!(e.to_string(), "bad answer: not the expected JSON: not an object");
     }
 
     #[test]

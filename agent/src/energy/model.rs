@@ -90,7 +90,7 @@ pub fn parse_cpuinfo(text: &str) -> CpuInfo {
         };
         let (key, value) = (key.trim(), value.trim());
         match key {
-            "processor" => info.logical_cpus += 1,
+            "processor" => info.logical_cpus = info.logical_cpus.saturating_add(1),
             "model name" if info.model_name.is_none() => info.model_name = Some(value.to_owned()),
             "physical id" => {
                 ids.insert(value.to_owned());
@@ -105,10 +105,12 @@ pub fn parse_cpuinfo(text: &str) -> CpuInfo {
 
 /// Parses `MemTotal` (kB) out of `/proc/meminfo` contents, in bytes.
 pub fn parse_mem_total_bytes(text: &str) -> Option<u64> {
-    let line = text.lines().find(|l| l.starts_with("MemTotal:"))?;
-    let mut parts = line["MemTotal:".len()..].split_whitespace();
+    let mut parts = text.lines().find_map(|l| l.strip_prefix("MemTotal:"))?.split_whitespace();
     let kb: u64 = parts.next()?.parse().ok()?;
-    (parts.next() == Some("kB")).then_some(kb * 1024)
+    if parts.next() != Some("kB") {
+        return None;
+    }
+    kb.checked_mul(1024)
 }
 
 /// Lower-cases a CPU model name and drops the decorations that vary between vendors'
@@ -142,7 +144,8 @@ fn word_bounded_contains(hay: &str, needle: &str) -> bool {
         if before_ok && after_ok {
             return true;
         }
-        from = start + 1;
+        // Past the first character of this occurrence (which may take several bytes).
+        from = start + hay[start..].chars().next().map_or(1, char::len_utf8);
     }
     false
 }
@@ -402,6 +405,9 @@ mod tests {
         assert!(word_bounded_contains("intel xeon e5-2680 v2", "e5-2680"));
         assert!(!word_bounded_contains("amd epyc 77630", "epyc 7763"));
         assert!(!word_bounded_contains("x", ""));
+        // A needle starting with a multi-byte character, found but not word-bounded, then found.
+        assert!(word_bounded_contains("éxé é", "é"));
+        assert!(!word_bounded_contains("aé", "é"));
     }
 
     #[test]
@@ -478,6 +484,9 @@ mod tests {
             Some(24684092 * 1024)
         );
         assert_eq!(parse_mem_total_bytes("MemTotal: lots\n"), None);
+        // kB × 1024 past u64 is malformed, not an overflow.
+        assert_eq!(parse_mem_total_bytes("MemTotal: 18014398509481984 kB\n"), None);
+        assert_eq!(parse_mem_total_bytes("MemTotal: 18014398509481983 kB\n"), Some(u64::MAX - 1023));
     }
 
     #[test]

@@ -62,20 +62,26 @@ fn event_domain(name: &str) -> Option<Domain> {
     })
 }
 
-/// Parses a CPU list such as `0`, `0,28` or `0-3,8`.
+/// CPU numbers in a CPU list are below this: Linux's `NR_CPUS` is at most 8192 today, so a list
+/// naming CPU 65536 or later is malformed (and `0-4294967295` must not allocate 16 GiB).
+pub const MAX_CPUS: u32 = 1 << 16;
+
+/// Parses a CPU list such as `0`, `0,28` or `0-3,8`; `None` when malformed or when it names a
+/// CPU number of [`MAX_CPUS`] or more.
 pub fn parse_cpu_list(s: &str) -> Option<Vec<u32>> {
     let mut cpus = Vec::new();
     for part in s.trim().split(',').filter(|p| !p.is_empty()) {
-        match part.split_once('-') {
-            Some((a, b)) => {
-                let (a, b): (u32, u32) = (a.parse().ok()?, b.parse().ok()?);
-                if a > b {
-                    return None;
-                }
-                cpus.extend(a..=b);
+        let (a, b): (u32, u32) = match part.split_once('-') {
+            Some((a, b)) => (a.parse().ok()?, b.parse().ok()?),
+            None => {
+                let cpu = part.parse().ok()?;
+                (cpu, cpu)
             }
-            None => cpus.push(part.parse().ok()?),
+        };
+        if a > b || b >= MAX_CPUS {
+            return None;
         }
+        cpus.extend(a..=b);
     }
     (!cpus.is_empty()).then_some(cpus)
 }
@@ -156,17 +162,22 @@ pub fn parse_pmu(sysfs_root: &Path, reader: &dyn FileReader) -> Result<PowerPmu,
         let code = parse_event_code(&desc).ok_or_else(|| malformed(&ev_path, &desc, "event=0xNN"))?;
         let scale_path = events_dir.join(format!("{name}.scale"));
         let scale_s = read_trimmed(reader, &scale_path)?;
+        // RAPL's energy unit is 1/2^ESU J with ESU ≥ 0: never more than 1 J per count.
         let scale: f64 = scale_s
             .parse()
             .ok()
-            .filter(|s: &f64| s.is_finite() && *s > 0.0)
-            .ok_or_else(|| malformed(&scale_path, &scale_s, "a positive number of joules per count"))?;
+            .filter(|s: &f64| *s > 0.0 && *s <= 1.0)
+            .ok_or_else(|| malformed(&scale_path, &scale_s, "joules per count, above 0 and at most 1"))?;
         let unit_path = events_dir.join(format!("{name}.unit"));
         let unit = read_trimmed(reader, &unit_path)?;
         if unit != "Joules" {
             return Err(malformed(&unit_path, &unit, "Joules"));
         }
-        events.push(PowerEvent { name: name.clone(), domain, config: code << shift, scale });
+        let config = code
+            .checked_shl(shift)
+            .filter(|config| config >> shift == code)
+            .ok_or_else(|| malformed(&ev_path, &desc, "an event code that fits format/event"))?;
+        events.push(PowerEvent { name: name.clone(), domain, config, scale });
     }
     if events.is_empty() {
         return Err(MeterError::Unavailable(format!(
@@ -395,6 +406,10 @@ pub(crate) mod tests {
         assert_eq!(parse_cpu_list("0-2,8\n"), Some(vec![0, 1, 2, 8]));
         assert_eq!(parse_cpu_list("3-1"), None);
         assert_eq!(parse_cpu_list(""), None);
+        // A huge range is malformed, not 16 GiB of CPU numbers.
+        assert_eq!(parse_cpu_list("0-4294967295"), None);
+        assert_eq!(parse_cpu_list("65536"), None);
+        assert_eq!(parse_cpu_list("65534-65535").map(|c| c.len()), Some(2));
         assert_eq!(parse_format_shift("config:0-7"), Some(0));
         assert_eq!(parse_format_shift("config:8-15"), Some(8));
         assert_eq!(parse_format_shift("config1:0-7"), None);
@@ -466,6 +481,18 @@ pub(crate) mod tests {
         write(tmp.path(), &format!("{d}/events/energy-ram.scale"), "-1\n");
         let msg = parse_pmu(tmp.path(), &FsReader).err().unwrap().to_string();
         assert!(msg.contains("energy-ram.scale"), "{msg}");
+
+        fake_pmu(tmp.path(), "0");
+        write(tmp.path(), &format!("{d}/events/energy-ram.scale"), "1e300\n");
+        let msg = parse_pmu(tmp.path(), &FsReader).err().unwrap().to_string();
+        assert!(msg.contains("energy-ram.scale") && msg.contains("at most 1"), "{msg}");
+
+        // Code 0x1ff does not fit in the 8 bits above bit 56 that format/event gives it.
+        fake_pmu(tmp.path(), "0");
+        write(tmp.path(), &format!("{d}/format/event"), "config:56-63\n");
+        write(tmp.path(), &format!("{d}/events/energy-pkg"), "event=0x1ff\n");
+        let msg = parse_pmu(tmp.path(), &FsReader).err().unwrap().to_string();
+        assert!(msg.contains("energy-pkg") && msg.contains("fits format/event"), "{msg}");
 
         fake_pmu(tmp.path(), "zero");
         let msg = parse_pmu(tmp.path(), &FsReader).err().unwrap().to_string();

@@ -78,11 +78,11 @@ impl WrapCounter {
         let max_extra = if max_uj > observed + range { ((max_uj - observed) / range).floor() } else { 0.0 };
         let mut extra = 0.0;
         if max_extra >= 1.0 {
-            self.ambiguous_reads += 1;
+            self.ambiguous_reads = self.ambiguous_reads.saturating_add(1);
             if let Some(power) = self.last_power_w {
                 let expected = power * interval_s * 1e6;
                 extra = ((expected - observed) / range).round().clamp(0.0, max_extra);
-                self.extra_wraps += extra as u64;
+                self.extra_wraps = self.extra_wraps.saturating_add(extra as u64);
             }
         }
         let delta = observed + extra * range;
