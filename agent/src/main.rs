@@ -10,7 +10,6 @@ use carbon_agent::{
         sink::{self, LineSink},
     },
     output::{json, live, text},
-    session::SessionOptions,
     settings::Settings,
 };
 
@@ -76,15 +75,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
 
 async fn watch(args: WatchArgs, agent: &AgentArgs) -> anyhow::Result<()> {
     let settings = Settings::resolve(agent, &args.energy, &args.carbon)?;
-    let mut engine = Engine::start(EngineOptions {
-        session: SessionOptions {
-            interval: settings.interval,
-            load: settings.load.clone(),
-            prune_exited: true,
-            settings,
-        },
-        top_trees: DEFAULT_TOP_TREES,
-    })?;
+    let mut engine = Engine::start(EngineOptions::new(settings, DEFAULT_TOP_TREES))?;
     for w in engine.session().carbon.warnings() {
         eprintln!("carbon-agent: warning: {w}");
     }

@@ -26,7 +26,6 @@ use crate::{
     output::{fmt_secs, rfc3339},
     probes::KernelLosses,
     process::{Pid, ProcessTable, Totals},
-    session::SessionOptions,
     settings::Settings,
     waste::{
         Finding,
@@ -119,15 +118,7 @@ pub async fn run(args: RunArgs, agent: &AgentArgs) -> anyhow::Result<i32> {
     let settings = Settings::resolve(agent, &args.energy, &args.carbon)?;
     let location = LocationColumns::from_entry(settings.carbon.table_entry()?);
     // Other trees are pruned as in the live view; the followed one is pinned.
-    let mut engine = Engine::start(EngineOptions {
-        session: SessionOptions {
-            interval: settings.interval,
-            load: settings.load.clone(),
-            prune_exited: true,
-            settings,
-        },
-        top_trees: DEFAULT_TOP_TREES,
-    })?;
+    let mut engine = Engine::start(EngineOptions::new(settings, DEFAULT_TOP_TREES))?;
     for w in engine.session().carbon.warnings() {
         eprintln!("carbon-agent: warning: {w}");
     }

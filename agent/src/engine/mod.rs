@@ -42,6 +42,22 @@ pub struct EngineOptions {
     pub top_trees: usize,
 }
 
+impl EngineOptions {
+    /// The options of an engine that prunes exited processes (a followed tree stays pinned),
+    /// with `top_trees` trees exported with series of their own.
+    pub fn new(settings: crate::settings::Settings, top_trees: usize) -> Self {
+        Self {
+            session: SessionOptions {
+                interval: settings.interval,
+                load: settings.load.clone(),
+                prune_exited: true,
+                settings,
+            },
+            top_trees,
+        }
+    }
+}
+
 pub struct Engine {
     session: Session,
     ledger: Ledger,

@@ -19,7 +19,6 @@ use crate::{
     cli::{AgentArgs, ServeArgs},
     config::MAX_TOP_TREES,
     engine::{DEFAULT_TOP_TREES, Engine, EngineOptions},
-    session::SessionOptions,
     settings::Settings,
 };
 
@@ -78,15 +77,7 @@ pub async fn serve(args: ServeArgs, agent: &AgentArgs) -> anyhow::Result<i32> {
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut sighup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
     let mut energy = settings.energy.clone();
-    let mut engine = Engine::start(EngineOptions {
-        session: SessionOptions {
-            interval: settings.interval,
-            load: settings.load.clone(),
-            prune_exited: true,
-            settings,
-        },
-        top_trees: current.top_trees,
-    })?;
+    let mut engine = Engine::start(EngineOptions::new(settings, current.top_trees))?;
     for w in engine.session().carbon.warnings() {
         tracing::warn!("{w}");
     }
