@@ -66,8 +66,13 @@ fn ensure_apt_packages(packages: &[(&str, &str)]) -> Result<()> {
         bail!("Debian packages {} are missing and installing them needs root", missing.join(", "));
     }
     cmd::run(&mut command("apt-get", ["update"]))?;
-    cmd::run(command("apt-get", ["install", "-y", "--no-install-recommends"]).args(&missing))
-        .context("installing Debian packages")
+    // No questions: CI has no terminal and no standard input.
+    cmd::run(
+        command("apt-get", ["install", "-y", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
+    .context("installing Debian packages")
 }
 
 /// Whether `dpkg-query -W -f='${Status}'` output says the package is installed.
