@@ -188,6 +188,26 @@ pub(crate) mod tests {
         EnergyBreakdown { total: j, cpu: j, dynamic: j, ..Default::default() }
     }
 
+    /// Snapshots number 1..=`n` of [`fixture`] built in one ledger (default PUE, no follows):
+    /// the last one.
+    pub(crate) fn fixture_snapshot(ledger: &mut Ledger, n: u64) -> Snapshot {
+        let (table, report, users) = fixture();
+        let (pue, follows) = (Pue::default(), BTreeSet::new());
+        let mut last = Snapshot::default();
+        for seq in 1..=n {
+            let input = StepInput {
+                seq,
+                report: &report,
+                table: &table,
+                users: &users,
+                pue: &pue,
+                follows: &follows,
+            };
+            last = build(&input, ledger);
+        }
+        last
+    }
+
     /// A table with init, two trees (sshd → bash → make; cron) and a kernel thread, and one
     /// interval's report in which make, bash and cron ran.
     pub(crate) fn fixture() -> (ProcessTable, IntervalReport, Users) {

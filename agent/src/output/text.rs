@@ -65,25 +65,12 @@ pub fn render(s: &Snapshot) -> anyhow::Result<String> {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeSet;
-
     use super::*;
     use crate::engine::{Ledger, snapshot};
 
     #[test]
     fn busiest_first_with_power_and_losses() {
-        let (table, report, users) = snapshot::tests::fixture();
-        let pue = crate::carbon::Pue::default();
-        let follows = BTreeSet::new();
-        let input = snapshot::StepInput {
-            seq: 1,
-            report: &report,
-            table: &table,
-            users: &users,
-            pue: &pue,
-            follows: &follows,
-        };
-        let mut s = snapshot::build(&input, &mut Ledger::new(5));
+        let mut s = snapshot::tests::fixture_snapshot(&mut Ledger::new(5), 1);
         let line = interval_line(&s, 2);
         assert_eq!(
             line,

@@ -256,7 +256,7 @@ pub fn render(s: &Snapshot, own: OwnUsage) -> String {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::{BTreeSet, HashMap};
+    use std::collections::HashMap;
 
     use super::*;
     use crate::engine::{Ledger, snapshot};
@@ -278,20 +278,7 @@ mod tests {
 
     #[test]
     fn families_add_up_and_say_where_figures_come_from() {
-        let (table, report, users) = snapshot::tests::fixture();
-        let pue = crate::carbon::Pue::default();
-        let follows = BTreeSet::new();
-        let input = snapshot::StepInput {
-            seq: 1,
-            report: &report,
-            table: &table,
-            users: &users,
-            pue: &pue,
-            follows: &follows,
-        };
-        let mut ledger = Ledger::new(1);
-        snapshot::build(&input, &mut ledger);
-        let snap = snapshot::build(&input, &mut ledger);
+        let snap = snapshot::tests::fixture_snapshot(&mut Ledger::new(1), 2);
         let text = render(&snap, OwnUsage { cpu_s: 1.5, rss_bytes: 4096 });
         assert!(text.ends_with("# EOF\n"), "OpenMetrics text ends with # EOF");
         assert!(
