@@ -78,7 +78,7 @@ impl EnergyBreakdown {
 }
 
 /// How static (idle) energy is shared (`--static-share`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum StaticShare {
     /// In proportion to busy CPU time (GPU shares for a GPU); idle bucket when nothing ran.

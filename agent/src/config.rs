@@ -1,8 +1,10 @@
 //! The TOML config file (`--config FILE`, default `/etc/carbon-agent/config.toml` when it
-//! exists). Every key is optional; flags override it (see [`crate::carbon::CarbonOptions::merge`]
-//! for carbon; the energy settings are merged by the caller the same way: flag, else config,
-//! else default). Unknown keys, wrong types and bad values are errors that name the key and
-//! what is expected, and the agent does not start.
+//! exists). Every key is optional. Every flag of the CLI is one of these keys: the CLI turns
+//! the flags given into a [`Config`] of its own ([`crate::cli::Cli::overrides`]), laid over the
+//! file's with [`Config::layered`], so that each setting is the flag, else the file's key, else
+//! the default ([`crate::settings`]). `docs/config.md` lists every key with its flag and
+//! default. Unknown keys, wrong types and bad values are errors that name the key and what is
+//! expected, and the agent does not start.
 //!
 //! ```toml
 //! [agent]
@@ -43,18 +45,31 @@
 //! cpu = 15
 //! dram = 3
 //! gpu = 40
+//! platform = 2
 //!
 //! [serve]
 //! listen = "127.0.0.1:9586"
 //! state_dir = "/var/lib/carbon-agent"
 //! top_trees = 20
+//!
+//! [watch]                       # no subcommand: the live view, plain or JSON lines
+//! duration = "10m"
+//!
+//! [run]
+//! top = 10
+//! hash_budget = 1073741824
+//! project_name = "carbon-agent"
+//! csv = "/home/me/emissions.csv"
+//!
+//! [report]
+//! format = "markdown"           # or "latex"
 //! ```
 
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
-use crate::carbon::EmbodiedOverrides;
+use crate::{attribution::StaticShare, carbon::EmbodiedOverrides};
 
 /// The most process trees the exporter gives a series of their own (bounded cardinality).
 pub const MAX_TOP_TREES: usize = 1000;
@@ -62,16 +77,8 @@ pub const MAX_TOP_TREES: usize = 1000;
 /// The default config path, read when it exists and no `--config` is given.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/carbon-agent/config.toml";
 
-/// The `--config` flag; the CLI flattens this into its top level.
-#[derive(Clone, Debug, Default, PartialEq, clap::Args)]
-pub struct ConfigArgs {
-    /// TOML config file [default: /etc/carbon-agent/config.toml when present]
-    #[arg(long, value_name = "FILE", global = true)]
-    pub config: Option<PathBuf>,
-}
-
 /// The whole config file.
-#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     #[serde(default)]
@@ -84,10 +91,45 @@ pub struct Config {
     pub energy: EnergyConfig,
     #[serde(default)]
     pub serve: ServeConfig,
+    #[serde(default)]
+    pub watch: WatchConfig,
+    #[serde(default)]
+    pub run: RunConfig,
+    #[serde(default)]
+    pub report: ReportConfig,
+}
+
+/// `[watch]`: the mode without a subcommand (as `--duration`).
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct WatchConfig {
+    /// Stop after this long, e.g. "30s", "5m" [default: until interrupted].
+    pub duration: Option<String>,
+}
+
+/// `[run]`: `carbon-agent run` (as `--top`, `--hash-budget`, `--project-name`, `--csv`).
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunConfig {
+    /// How many of the largest processes the summary lists [default: 10].
+    pub top: Option<usize>,
+    /// Bytes the agent may read to confirm duplicate files by content hash [default: 1 GiB].
+    pub hash_budget: Option<u64>,
+    /// `project_name` of the CodeCarbon CSV row [default: carbon-agent].
+    pub project_name: Option<String>,
+    /// Append one CodeCarbon CSV row per run to this file.
+    pub csv: Option<PathBuf>,
+}
+
+/// `[report]`: `carbon-agent report` (as `--format`).
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReportConfig {
+    pub format: Option<crate::report::ReportFormat>,
 }
 
 /// `[agent]`: what every mode shares (as `--interval`, `--max-processes`).
-#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AgentConfig {
     /// Length of one accounting interval, e.g. "1s", "500ms" (at least 50ms).
@@ -97,7 +139,7 @@ pub struct AgentConfig {
 }
 
 /// `[io]`: I/O accounting (as `--no-io`, `--io-detail`, `--io-time-sampling`).
-#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct IoConfig {
     /// Attach the I/O programs [default: true].
@@ -111,12 +153,12 @@ pub struct IoConfig {
 impl IoConfig {
     /// The tier named by `detail` (checked when the file was read).
     pub fn detail(&self) -> Option<crate::io::IoDetail> {
-        self.detail.as_deref().and_then(|d| <crate::io::IoDetail as clap::ValueEnum>::from_str(d, false).ok())
+        self.detail.as_deref().and_then(crate::io::IoDetail::from_name)
     }
 }
 
 /// `[serve]`: the always-on mode (`carbon-agent serve`).
-#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServeConfig {
     /// Address of the metrics endpoint [default: 127.0.0.1:9586].
@@ -128,7 +170,7 @@ pub struct ServeConfig {
 }
 
 /// `[carbon]`.
-#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct CarbonConfig {
     pub pue: Option<f64>,
@@ -144,7 +186,7 @@ pub struct CarbonConfig {
 }
 
 /// `[carbon.provider]`: the live intensity provider (Electricity Maps).
-#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ProviderConfig {
     /// Ask the provider when a token is set (default true).
@@ -159,29 +201,19 @@ pub struct ProviderConfig {
     pub cache_s: Option<f64>,
 }
 
-/// How static (idle) energy is shared among process trees.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum StaticSharePolicy {
-    /// In proportion to busy CPU time (default).
-    Proportional,
-    /// Equally among active processes.
-    Equal,
-    /// Not to processes: all to the idle bucket.
-    None,
-}
-
 /// `[energy.idle_watts]`: static power per domain, watts.
-#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct IdleWatts {
     pub cpu: Option<f64>,
     pub dram: Option<f64>,
     pub gpu: Option<f64>,
+    /// psys outside packages and dram.
+    pub platform: Option<f64>,
 }
 
 /// `[energy]`: settings of the energy meters and attribution.
-#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct EnergyConfig {
     /// `auto`, `rapl-perf`, `rapl-powercap` or `model` (as `--meter`).
@@ -191,7 +223,10 @@ pub struct EnergyConfig {
     /// Estimation model: the CPU's TDP, watts (as `--cpu-tdp-watts`).
     pub cpu_tdp_watts: Option<f64>,
     pub sysfs_root: Option<PathBuf>,
-    pub static_share: Option<StaticSharePolicy>,
+    /// Root of procfs for cpuinfo and meminfo (tests point it at fake trees) [default: /proc].
+    pub proc_root: Option<PathBuf>,
+    /// How static energy is shared: `proportional`, `equal` or `none` (as `--static-share`).
+    pub static_share: Option<StaticShare>,
     #[serde(default)]
     pub idle_watts: IdleWatts,
     /// Estimation model: power of one logical CPU at idle and at full load, watts (as the
@@ -299,7 +334,7 @@ impl Config {
             return Err(bad("carbon.provider.base_url", format!("{url:?}"), "an http:// or https:// URL"));
         }
         if let Some(i) = &self.agent.interval {
-            crate::cli::parse_interval(i).map_err(|e| bad("agent.interval", format!("{i:?}"), &e))?;
+            crate::settings::parse_interval(i).map_err(|e| bad("agent.interval", format!("{i:?}"), &e))?;
         }
         if let Some(n) = self.agent.max_processes
             && !(1024..=4_194_304).contains(&n)
@@ -319,7 +354,7 @@ impl Config {
         )?;
         let en = &self.energy;
         if let Some(m) = &en.meter {
-            <crate::energy::MeterChoice as clap::ValueEnum>::from_str(m, false).map_err(|_| {
+            crate::energy::MeterChoice::from_name(m).ok_or_else(|| {
                 bad("energy.meter", format!("{m:?}"), "one of auto, rapl-perf, rapl-powercap, model")
             })?;
         }
@@ -328,6 +363,7 @@ impl Config {
         check("energy.idle_watts.cpu", en.idle_watts.cpu, |v| v >= 0.0, watts)?;
         check("energy.idle_watts.dram", en.idle_watts.dram, |v| v >= 0.0, watts)?;
         check("energy.idle_watts.gpu", en.idle_watts.gpu, |v| v >= 0.0, watts)?;
+        check("energy.idle_watts.platform", en.idle_watts.platform, |v| v >= 0.0, watts)?;
         check("energy.cpu_idle_watts", en.cpu_idle_watts, |v| v >= 0.0, watts)?;
         check("energy.cpu_max_watts", en.cpu_max_watts, |v| v > 0.0, "watts, a number > 0")?;
         check("energy.dram_watts_per_gb", en.dram_watts_per_gb, |v| v >= 0.0, "watts per GB, a number ≥ 0")?;
@@ -336,12 +372,85 @@ impl Config {
         {
             return Err(bad("serve.top_trees", n.to_string(), &format!("at most {MAX_TOP_TREES}")));
         }
+        if let Some(d) = &self.watch.duration {
+            crate::settings::parse_duration(d).map_err(|e| bad("watch.duration", format!("{d:?}"), &e))?;
+        }
         if let (Some(idle), Some(max)) = (en.cpu_idle_watts, en.cpu_max_watts)
             && idle > max
         {
             return Err(bad("energy.cpu_idle_watts", idle.to_string(), "at most energy.cpu_max_watts"));
         }
         Ok(())
+    }
+
+    /// `top` laid over `self`: every key `top` sets replaces `self`'s, the others stay (a
+    /// location, `carbon.country` or `carbon.region`, replaces both of `self`'s). Used for the
+    /// flags over the file.
+    pub fn layered(&self, top: &Config) -> Config {
+        let mut base = self.clone();
+        if top.carbon.country.is_some() || top.carbon.region.is_some() {
+            (base.carbon.country, base.carbon.region) = (None, None);
+        }
+        let (Ok(mut merged), Ok(over)) = (serde_json::to_value(&base), serde_json::to_value(top)) else {
+            // Plain data always serializes; keep the file's settings if it ever did not.
+            return base;
+        };
+        overlay(&mut merged, over);
+        serde_json::from_value(merged).unwrap_or(base)
+    }
+
+    /// Every key that is set, dotted (`carbon.provider.zone`), with its value as JSON text.
+    pub fn keys(&self) -> std::collections::BTreeMap<String, String> {
+        fn walk(prefix: &str, v: &serde_json::Value, out: &mut std::collections::BTreeMap<String, String>) {
+            match v {
+                serde_json::Value::Object(map) => {
+                    for (k, v) in map {
+                        let key = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+                        walk(&key, v, out);
+                    }
+                }
+                serde_json::Value::Null => {}
+                other => {
+                    out.insert(prefix.to_string(), other.to_string());
+                }
+            }
+        }
+        let mut out = std::collections::BTreeMap::new();
+        if let Ok(v) = serde_json::to_value(self) {
+            walk("", &v, &mut out);
+        }
+        out
+    }
+
+    /// The keys that are set, as TOML text that [`Config::parse`] reads back.
+    pub fn to_toml(&self) -> String {
+        fn strip(v: &mut serde_json::Value) {
+            if let serde_json::Value::Object(map) = v {
+                map.retain(|_, v| !v.is_null());
+                map.values_mut().for_each(strip);
+            }
+        }
+        let mut v = serde_json::to_value(self).unwrap_or_default();
+        strip(&mut v);
+        toml::to_string(&v).unwrap_or_default()
+    }
+}
+
+/// Lays the non-null values of `top` over `base`, recursively through objects.
+fn overlay(base: &mut serde_json::Value, top: serde_json::Value) {
+    match (base, top) {
+        (serde_json::Value::Object(b), serde_json::Value::Object(t)) => {
+            for (k, v) in t {
+                match b.get_mut(&k) {
+                    Some(slot) => overlay(slot, v),
+                    None => {
+                        b.insert(k, v);
+                    }
+                }
+            }
+        }
+        (_, serde_json::Value::Null) => {}
+        (slot, v) => *slot = v,
     }
 }
 
@@ -381,7 +490,7 @@ mod tests {
         assert_eq!(c.carbon.pue, Some(1.2));
         assert_eq!(c.carbon.provider.timeout_s, Some(2.5));
         assert_eq!(c.carbon.embodied.server_kgco2e, Some(1500.0));
-        assert_eq!(c.energy.static_share, Some(StaticSharePolicy::Equal));
+        assert_eq!(c.energy.static_share, Some(StaticShare::Equal));
         assert_eq!(c.energy.idle_watts.cpu, Some(15.0));
         assert_eq!(Config::parse("", "c.toml").unwrap(), Config::default());
     }
@@ -443,6 +552,34 @@ mod tests {
         assert!(err("[serve]\ntop_trees = 5000\n").contains("serve.top_trees = 5000: expected at most 1000"));
         let e = err("[serve]\nlisten = \"localhost\"\n");
         assert!(e.contains("listen") && e.contains("line 2"), "{e}");
+    }
+
+    #[test]
+    fn a_layer_replaces_the_keys_it_sets_and_keeps_the_others() {
+        let file = Config::parse(
+            "[carbon]\npue = 1.2\nregion = \"aws:eu-west-3\"\n[energy.idle_watts]\ncpu = 7\ndram = 2\n\
+             [run]\ntop = 4\n",
+            "f.toml",
+        )
+        .unwrap();
+        let flags = Config::parse(
+            "[carbon]\ncountry = \"DEU\"\n[energy.idle_watts]\ndram = 3\n[serve]\ntop_trees = 5\n",
+            "flags",
+        )
+        .unwrap();
+        let m = file.layered(&flags);
+        assert_eq!(m.carbon.pue, Some(1.2));
+        assert_eq!((m.carbon.country.as_deref(), m.carbon.region.as_deref()), (Some("DEU"), None));
+        assert_eq!((m.energy.idle_watts.cpu, m.energy.idle_watts.dram), (Some(7.0), Some(3.0)));
+        assert_eq!((m.run.top, m.serve.top_trees), (Some(4), Some(5)));
+        assert_eq!(file.layered(&Config::default()), file);
+        assert_eq!(Config::default().layered(&file), file);
+        // The keys that are set, and TOML that reads back the same.
+        let keys = m.keys();
+        assert_eq!(keys["carbon.country"], "\"DEU\"");
+        assert_eq!(keys["energy.idle_watts.dram"], "3.0");
+        assert!(!keys.contains_key("carbon.region"));
+        assert_eq!(Config::parse(&m.to_toml(), "back").unwrap(), m);
     }
 
     #[test]

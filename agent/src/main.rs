@@ -3,7 +3,7 @@ use std::{io::IsTerminal as _, process::ExitCode};
 use clap::Parser as _;
 
 use carbon_agent::{
-    cli::{AgentArgs, Cli, Command, WatchArgs},
+    cli::{Cli, Command},
     doctor,
     engine::{
         DEFAULT_TOP_TREES, Engine, EngineOptions,
@@ -42,9 +42,13 @@ fn main() -> ExitCode {
 }
 
 async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
+    let sources = cli.sources();
     match cli.command {
-        Some(Command::Run(args)) => carbon_agent::run::run(args, &cli.agent).await,
-        Some(Command::Serve(args)) => carbon_agent::serve::serve(args, &cli.agent).await,
+        Some(Command::Run(args)) => {
+            let request = carbon_agent::run::RunRequest { command: args.command, json: args.json };
+            carbon_agent::run::run(request, sources.resolve()?).await
+        }
+        Some(Command::Serve(_)) => carbon_agent::serve::serve(sources).await,
         Some(Command::Doctor(args)) => {
             if let Some(index) = args.gpu_energy {
                 let joules =
@@ -52,7 +56,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
                 println!("{joules}");
                 return Ok(0);
             }
-            let settings = Settings::resolve(&cli.agent, &args.energy, &Default::default())?;
+            let settings = sources.resolve()?;
             let checks = doctor::checks(&settings.energy);
             if args.json {
                 println!("{}", serde_json::json!({ "checks": checks, "plan": doctor::plan(&checks) }));
@@ -62,27 +66,28 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
             Ok(0)
         }
         Some(Command::Report(args)) => {
-            print!("{}", carbon_agent::report::report_files(&args.files, args.format)?);
+            let format = sources.resolve()?.report;
+            print!("{}", carbon_agent::report::report_files(&args.files, format)?);
             Ok(0)
         }
         Some(Command::Locations { filter }) => {
             print!("{}", carbon_agent::carbon::locations_listing(filter.as_deref()));
             Ok(0)
         }
-        None => watch(cli.watch, &cli.agent).await.map(|()| 0),
+        None => watch(sources.resolve()?, cli.watch.json).await.map(|()| 0),
     }
 }
 
-async fn watch(args: WatchArgs, agent: &AgentArgs) -> anyhow::Result<()> {
-    let settings = Settings::resolve(agent, &args.energy, &args.carbon)?;
+async fn watch(settings: Settings, json: bool) -> anyhow::Result<()> {
+    let duration = settings.watch.duration;
     let mut engine = Engine::start(EngineOptions::new(settings, DEFAULT_TOP_TREES))?;
     for w in engine.session().carbon.warnings() {
         eprintln!("carbon-agent: warning: {w}");
     }
-    if !args.json && std::io::stdout().is_terminal() {
-        return live::run(&mut engine, args.duration).await;
+    if !json && std::io::stdout().is_terminal() {
+        return live::run(&mut engine, duration).await;
     }
-    let render = if args.json { json::render } else { text::render };
+    let render = if json { json::render } else { text::render };
     let mut output = tokio::spawn(sink::feed(engine.subscribe(), LineSink::new(std::io::stdout(), render)));
     let started = tokio::time::Instant::now();
     loop {
@@ -92,7 +97,7 @@ async fn watch(args: WatchArgs, agent: &AgentArgs) -> anyhow::Result<()> {
             // The output stopped (its pipe closed) or failed.
             done = &mut output => return done?,
         }
-        if args.duration.is_some_and(|d| started.elapsed() >= d) {
+        if duration.is_some_and(|d| started.elapsed() >= d) {
             break;
         }
     }

@@ -8,22 +8,25 @@ use std::path::Path;
 
 use crate::api::{SCHEMA_VERSION, run::RunDocument};
 
-/// Output format.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+/// Output format (`--format`, `report.format`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum ReportFormat {
+    #[default]
     Markdown,
     Latex,
 }
 
-/// Arguments of the `report` command; the CLI can use this as the subcommand's args.
-#[derive(Clone, Debug, PartialEq, clap::Args)]
-pub struct ReportArgs {
-    /// Run documents written by `carbon-agent run --json FILE`
-    #[arg(required = true, value_name = "FILE.json")]
-    pub files: Vec<std::path::PathBuf>,
-    /// Output format
-    #[arg(long, value_enum, default_value = "markdown")]
-    pub format: ReportFormat,
+impl ReportFormat {
+    pub const ALL: [ReportFormat; 2] = [ReportFormat::Markdown, ReportFormat::Latex];
+
+    /// The flag and config value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReportFormat::Markdown => "markdown",
+            ReportFormat::Latex => "latex",
+        }
+    }
 }
 
 /// Errors reading run documents.

@@ -20,7 +20,6 @@ use crate::{
         codecarbon_csv::{self, CodeCarbonRun, LocationColumns},
         lowest_carbon_alternatives,
     },
-    cli::{AgentArgs, RunArgs},
     engine::{DEFAULT_TOP_TREES, Engine, EngineOptions},
     host::HostInfo,
     output::{fmt_secs, rfc3339},
@@ -113,9 +112,20 @@ fn sudo_user() -> Option<(u32, u32)> {
     (unsafe { libc::geteuid() } == 0 && uid != 0).then_some((uid, gid))
 }
 
+/// What to run, and where its document goes.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RunRequest {
+    /// The command and its arguments.
+    pub command: Vec<String>,
+    /// Also write the run document here.
+    pub json: Option<std::path::PathBuf>,
+}
+
 /// Runs the command; returns the exit code to exit with.
-pub async fn run(args: RunArgs, agent: &AgentArgs) -> anyhow::Result<i32> {
-    let settings = Settings::resolve(agent, &args.energy, &args.carbon)?;
+pub async fn run(req: RunRequest, settings: Settings) -> anyhow::Result<i32> {
+    let args = settings.run.clone();
+    let (command, json) = (&req.command, &req.json);
+    anyhow::ensure!(!command.is_empty(), "no command to run");
     let location = LocationColumns::from_entry(settings.carbon.table_entry()?);
     // Other trees are pruned as in the live view; the followed one is pinned.
     let mut engine = Engine::start(EngineOptions::new(settings, DEFAULT_TOP_TREES))?;
@@ -125,13 +135,13 @@ pub async fn run(args: RunArgs, agent: &AgentArgs) -> anyhow::Result<i32> {
     let start = SystemTime::now();
     let started = tokio::time::Instant::now();
 
-    let mut cmd = tokio::process::Command::new(&args.command[0]);
-    cmd.args(&args.command[1..]);
+    let mut cmd = tokio::process::Command::new(&command[0]);
+    cmd.args(&command[1..]);
     if let Some((uid, gid)) = sudo_user() {
         // As root, std also drops root's supplementary groups before switching user.
         cmd.uid(uid).gid(gid);
     }
-    let mut child = cmd.spawn().with_context(|| format!("cannot run `{}`", args.command[0]))?;
+    let mut child = cmd.spawn().with_context(|| format!("cannot run `{}`", command[0]))?;
     let root = child.id().context("the command exited before it could be followed")?;
     engine.follow(root);
 
@@ -171,7 +181,7 @@ pub async fn run(args: RunArgs, agent: &AgentArgs) -> anyhow::Result<i32> {
     host.gpus = session.energy.gpus();
     let doc = RunDocument {
         schema_version: api::SCHEMA_VERSION,
-        command: args.command.clone(),
+        command: command.clone(),
         exit_code,
         start_time: rfc3339(start),
         end_time: rfc3339(SystemTime::now()),
@@ -201,7 +211,7 @@ pub async fn run(args: RunArgs, agent: &AgentArgs) -> anyhow::Result<i32> {
         gpu: session.energy.has_gpu().then_some(gpu),
     };
     eprint!("{}", summary_text(&doc, args.top));
-    if let Some(path) = &args.json {
+    if let Some(path) = json {
         write_json(path, &doc)?;
     }
     if let Some(path) = &args.csv {

@@ -1,23 +1,40 @@
-//! The one place where the config file and the flags meet: each setting is the flag, else the
-//! config file's key, else the default, merged once at start-up (and on `serve`'s reload). A
-//! bad file or value stops the agent before it loads anything, and the error names the key or
-//! the flag. Every flag has a key (`docs/` and [`crate::config`] list them).
+//! The one place where the config file and the flags meet. The CLI turns the flags given into
+//! config keys ([`crate::cli::Cli::overrides`]); they are laid over the file's keys
+//! ([`Config::layered`]) and each setting is then that key, else its default, resolved once at
+//! start-up (and on `serve`'s reload). A bad file or value stops the agent before it loads
+//! anything, and the error names the key or the flag. Every flag has a key: `docs/config.md`
+//! lists them, and a test in [`crate::cli`] fails for a flag without one.
 
-use std::{path::PathBuf, time::Duration};
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use anyhow::Context as _;
 
 use crate::{
-    carbon::{CarbonArgs, CarbonOptions},
-    cli::AgentArgs,
-    config::{Config, StaticSharePolicy},
-    energy::{EnergyArgs, EnergyConfig},
+    carbon::CarbonOptions,
+    config::{Config, MAX_TOP_TREES},
+    energy::EnergyConfig,
+    report::ReportFormat,
 };
 
 /// Default `--interval`.
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(1);
+/// Default `--listen`.
+pub const DEFAULT_LISTEN: SocketAddr =
+    SocketAddr::V4(std::net::SocketAddrV4::new(std::net::Ipv4Addr::LOCALHOST, 9586));
+/// Default `--state-dir`.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/carbon-agent";
+/// Default `--top` of `run`.
+pub const DEFAULT_RUN_TOP: usize = 10;
+/// Default `--hash-budget` of `run`.
+pub const DEFAULT_HASH_BUDGET: u64 = 1 << 30;
+/// Default `--project-name` of `run`.
+pub const DEFAULT_PROJECT_NAME: &str = "carbon-agent";
 
-/// Everything the engine needs.
+/// Everything the engine and the commands need.
 #[derive(Clone, Debug)]
 pub struct Settings {
     /// Length of one accounting interval.
@@ -26,63 +43,133 @@ pub struct Settings {
     pub load: crate::probes::LoadOptions,
     pub energy: EnergyConfig,
     pub carbon: CarbonOptions,
-    /// The config file's `[serve]` (flags are merged by `serve`).
-    pub serve: crate::config::ServeConfig,
+    pub serve: ServeSettings,
+    pub watch: WatchSettings,
+    pub run: RunSettings,
+    pub report: ReportFormat,
+    /// The keys in force: the file's, with the flags laid over them.
+    pub keys: Config,
     /// The config file that was read, if any.
     pub config_path: Option<PathBuf>,
+}
+
+/// `serve`'s own settings.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ServeSettings {
+    pub listen: SocketAddr,
+    pub state_dir: PathBuf,
+    /// Process trees exported with a series of their own.
+    pub top_trees: usize,
+}
+
+/// The mode without a subcommand.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct WatchSettings {
+    /// Stop after this long (`None`: until interrupted).
+    pub duration: Option<Duration>,
+}
+
+/// `run`'s own settings.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RunSettings {
+    /// How many of the largest processes the summary lists.
+    pub top: usize,
+    /// Bytes the agent may read to confirm duplicate files by content hash.
+    pub hash_budget: u64,
+    /// `project_name` of the CodeCarbon CSV row.
+    pub project_name: String,
+    /// Append one CodeCarbon CSV row to this file.
+    pub csv: Option<PathBuf>,
+}
+
+/// Where the settings come from, kept to resolve them again (`serve`'s SIGHUP): the
+/// `--config` given (else the default path, when it exists) and the flags' keys.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Sources {
+    pub config: Option<PathBuf>,
+    pub flags: Config,
+}
+
+impl Sources {
+    /// Reads the config file and lays the flags over it.
+    pub fn resolve(&self) -> anyhow::Result<Settings> {
+        Settings::resolve(self.config.as_deref(), &self.flags)
+    }
 }
 
 impl Default for Settings {
     /// Every default: the estimation model or whatever meter `auto` finds, no location (the
     /// world average), default PUE. No config file is read.
     fn default() -> Self {
-        Settings {
-            interval: DEFAULT_INTERVAL,
-            load: crate::probes::LoadOptions::default(),
-            energy: EnergyConfig::default(),
-            carbon: CarbonOptions::merge(&Default::default(), &CarbonArgs::default(), "(none)")
-                .expect("the defaults are valid"),
-            serve: Default::default(),
-            config_path: None,
-        }
+        Settings::from_layers(&Config::default(), None, &Config::default()).expect("the defaults are valid")
     }
 }
 
 impl Settings {
-    pub fn resolve(agent: &AgentArgs, energy: &EnergyArgs, carbon: &CarbonArgs) -> anyhow::Result<Self> {
-        let (file, path) = Config::load(agent.config.config.as_deref())?;
+    /// Reads the config file (`config`, else the default path when it exists) and lays the
+    /// flags' keys over it.
+    pub fn resolve(config: Option<&Path>, flags: &Config) -> anyhow::Result<Self> {
+        let (file, path) = Config::load(config)?;
+        Self::from_layers(&file, path, flags)
+    }
+
+    /// The settings of `flags` laid over `file` (read from `path`), with defaults for the rest.
+    pub fn from_layers(file: &Config, path: Option<PathBuf>, flags: &Config) -> anyhow::Result<Self> {
+        let keys = file.layered(flags);
         let origin = path.as_ref().map_or_else(|| "(none)".to_string(), |p| p.display().to_string());
+        let pue_source = if flags.carbon.pue.is_some() { "--pue".to_string() } else { format!("config {origin}") };
+        let top_trees = keys.serve.top_trees.unwrap_or(crate::engine::DEFAULT_TOP_TREES);
+        if top_trees > MAX_TOP_TREES {
+            anyhow::bail!("--top-trees / serve.top_trees = {top_trees}: at most {MAX_TOP_TREES}");
+        }
+        let duration = keys
+            .watch
+            .duration
+            .as_deref()
+            .map(parse_duration)
+            .transpose()
+            .map_err(|e| anyhow::anyhow!("--duration / watch.duration: {e}"))?;
         Ok(Settings {
-            interval: merge_interval(agent, &file),
-            load: merge_load(agent, &file),
-            energy: merge_energy(energy, &file),
-            carbon: CarbonOptions::merge(&file.carbon, carbon, &origin).context("carbon settings")?,
-            serve: file.serve.clone(),
+            interval: interval_of(&keys)?,
+            load: load_of(&keys),
+            energy: EnergyConfig::from_keys(&keys.energy),
+            carbon: CarbonOptions::from_keys(&keys.carbon, &pue_source).context("carbon settings")?,
+            serve: ServeSettings {
+                listen: keys.serve.listen.unwrap_or(DEFAULT_LISTEN),
+                state_dir: keys.serve.state_dir.clone().unwrap_or_else(|| DEFAULT_STATE_DIR.into()),
+                top_trees,
+            },
+            watch: WatchSettings { duration },
+            run: RunSettings {
+                top: keys.run.top.unwrap_or(DEFAULT_RUN_TOP),
+                hash_budget: keys.run.hash_budget.unwrap_or(DEFAULT_HASH_BUDGET),
+                project_name: keys.run.project_name.clone().unwrap_or_else(|| DEFAULT_PROJECT_NAME.into()),
+                csv: keys.run.csv.clone(),
+            },
+            report: keys.report.format.unwrap_or_default(),
+            keys,
             config_path: path,
         })
     }
 }
 
-/// `--interval`, else `agent.interval` (checked when the file was read), else 1 s.
-pub fn merge_interval(args: &AgentArgs, file: &Config) -> Duration {
-    args.interval
-        .or_else(|| file.agent.interval.as_deref().and_then(|i| crate::cli::parse_interval(i).ok()))
-        .unwrap_or(DEFAULT_INTERVAL)
+/// `agent.interval` (`--interval`), else 1 s.
+fn interval_of(keys: &Config) -> anyhow::Result<Duration> {
+    match keys.agent.interval.as_deref() {
+        Some(i) => parse_interval(i).map_err(|e| anyhow::anyhow!("--interval / agent.interval: {e}")),
+        None => Ok(DEFAULT_INTERVAL),
+    }
 }
 
-/// The load flags with the config file's `[agent]` and `[io]` filling what they leave unset.
-pub fn merge_load(args: &AgentArgs, file: &Config) -> crate::probes::LoadOptions {
+/// What to load, from `[agent]` and `[io]`.
+fn load_of(keys: &Config) -> crate::probes::LoadOptions {
     let defaults = crate::probes::LoadOptions::default();
-    let io_on = !args.no_io && file.io.enabled != Some(false);
     crate::probes::LoadOptions {
-        max_processes: args.max_processes.or(file.agent.max_processes).unwrap_or(defaults.max_processes),
-        io: io_on.then(|| {
-            let detail = args.io_detail.or(file.io.detail()).unwrap_or_default();
+        max_processes: keys.agent.max_processes.unwrap_or(defaults.max_processes),
+        io: (keys.io.enabled != Some(false)).then(|| {
+            let detail = keys.io.detail().unwrap_or_default();
             crate::io::IoConfig {
-                time_sampling: args
-                    .io_time_sampling
-                    .or(file.io.time_sampling)
-                    .unwrap_or(detail.default_time_sampling()),
+                time_sampling: keys.io.time_sampling.unwrap_or(detail.default_time_sampling()),
                 ..crate::io::IoConfig::of(detail)
             }
         }),
@@ -90,118 +177,98 @@ pub fn merge_load(args: &AgentArgs, file: &Config) -> crate::probes::LoadOptions
     }
 }
 
-/// The energy flags with the config file's `[energy]` filling what they leave unset. `--meter`
-/// and `--no-gpu` at their defaults (`auto`, absent) leave the file's `meter` and `gpu` in force.
-pub fn merge_energy(args: &EnergyArgs, file: &Config) -> EnergyConfig {
-    use crate::attribution::StaticShare;
-    let en = &file.energy;
-    let mut merged = args.clone();
-    if args.meter == crate::energy::MeterChoice::Auto
-        && let Some(m) = en.meter.as_deref()
-    {
-        merged.meter =
-            <crate::energy::MeterChoice as clap::ValueEnum>::from_str(m, false).unwrap_or_default();
+/// A duration: seconds (`1.5`) or humantime (`500ms`, `2m`), longer than zero.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let d = match s.parse::<f64>() {
+        Ok(secs) if secs.is_finite() && secs >= 0.0 && secs < 1e12 => Duration::from_secs_f64(secs),
+        Ok(_) => return Err(format!("{s:?} is not a positive duration")),
+        Err(_) => humantime::parse_duration(s)
+            .map_err(|e| format!("{s:?} is not a duration ({e}); use e.g. 1s, 500ms, 2m"))?,
+    };
+    if d.is_zero() {
+        return Err("the duration must be longer than zero".into());
     }
-    merged.no_gpu = args.no_gpu || en.gpu == Some(false);
-    merged.cpu_tdp_watts = args.cpu_tdp_watts.or(en.cpu_tdp_watts);
-    merged.sysfs_root = args.sysfs_root.clone().or_else(|| en.sysfs_root.clone());
-    merged.static_share = args.static_share.or(en.static_share.map(|p| match p {
-        StaticSharePolicy::Proportional => StaticShare::Proportional,
-        StaticSharePolicy::Equal => StaticShare::Equal,
-        StaticSharePolicy::None => StaticShare::None,
-    }));
-    merged.cpu_idle_watts = args.cpu_idle_watts.or(en.cpu_idle_watts);
-    merged.cpu_max_watts = args.cpu_max_watts.or(en.cpu_max_watts);
-    merged.dram_watts_per_gb = args.dram_watts_per_gb.or(en.dram_watts_per_gb);
-    let mut idle = args.idle_watts.unwrap_or_default();
-    idle.cpu = idle.cpu.or(en.idle_watts.cpu);
-    idle.dram = idle.dram.or(en.idle_watts.dram);
-    idle.gpu = idle.gpu.or(en.idle_watts.gpu);
-    merged.idle_watts = Some(idle);
-    merged.config()
+    Ok(d)
+}
+
+/// An interval: a duration of at least 50 ms.
+pub fn parse_interval(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    if d < Duration::from_millis(50) {
+        return Err(format!("an interval of {s} is too short: use at least 50ms"));
+    }
+    Ok(d)
+}
+
+/// A duration as [`parse_duration`] reads it back (`1s 500ms`).
+pub fn format_duration(d: Duration) -> String {
+    humantime::format_duration(d).to_string()
 }
 
 #[cfg(test)]
 mod tests {
-    use clap::Parser;
-
     use super::*;
 
-    #[derive(Parser)]
-    struct Args {
-        #[command(flatten)]
-        energy: EnergyArgs,
+    fn keys(text: &str) -> Config {
+        Config::parse(text, "t.toml").unwrap()
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("1.5").unwrap(), Duration::from_millis(1500));
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert!(parse_duration("soon").unwrap_err().contains("not a duration"));
+        assert!(parse_duration("0").is_err());
+        assert!(parse_duration("1e300").is_err());
+        assert!(parse_interval("10ms").unwrap_err().contains("too short"));
+        let d = Duration::from_millis(1500);
+        assert_eq!(parse_duration(&format_duration(d)).unwrap(), d);
     }
 
     #[test]
     fn flags_override_the_file_which_overrides_defaults() {
-        let file = Config::parse(
-            "[energy]\nstatic_share = \"equal\"\ncpu_max_watts = 4.0\n[energy.idle_watts]\ncpu = 7\ndram = 2\n",
-            "test.toml",
-        )
-        .unwrap();
-        let args = Args::parse_from(["x", "--cpu-max-watts", "5", "--idle-watts", "dram=3"]).energy;
-        let e = merge_energy(&args, &file);
-        assert_eq!(e.model.cpu_max_watts, Some(5.0));
-        assert_eq!(e.idle_watts.cpu, Some(7.0));
-        assert_eq!(e.idle_watts.dram, Some(3.0));
-        assert_eq!(e.static_share, crate::attribution::StaticShare::Equal);
-        let none = merge_energy(&Args::parse_from(["x"]).energy, &Config::default());
-        assert_eq!(none, EnergyConfig::default());
-        let file = Config::parse("[energy]\nmeter = \"model\"\ngpu = false\ncpu_tdp_watts = 90\n", "t.toml")
-            .unwrap();
-        let e = merge_energy(&Args::parse_from(["x"]).energy, &file);
-        let flagged = merge_energy(&Args::parse_from(["x", "--meter", "rapl-perf"]).energy, &file);
-        assert_eq!(
-            (e.meter, flagged.meter),
-            (crate::energy::MeterChoice::Model, crate::energy::MeterChoice::RaplPerf)
+        let file = keys(
+            "[energy]\nstatic_share = \"equal\"\ncpu_max_watts = 4.0\nmeter = \"model\"\n\
+             [energy.idle_watts]\ncpu = 7\ndram = 2\n[agent]\ninterval = \"250ms\"\nmax_processes = 4096\n\
+             [io]\ndetail = \"syscalls\"\ntime_sampling = 0.5\n[carbon]\npue = 1.3\n\
+             [run]\ntop = 3\n[serve]\ntop_trees = 7\n",
         );
-    }
-
-    #[derive(Parser)]
-    struct Agent {
-        #[command(flatten)]
-        agent: AgentArgs,
-    }
-
-    #[test]
-    fn agent_and_io_keys_fill_what_the_flags_leave_unset() {
-        let file = Config::parse(
-            "[agent]\ninterval = \"250ms\"\nmax_processes = 4096\n[io]\ndetail = \"syscalls\"\ntime_sampling = 0.5\n",
-            "t.toml",
-        )
-        .unwrap();
-        let none = Agent::parse_from(["x"]).agent;
-        assert_eq!(merge_interval(&none, &file), Duration::from_millis(250));
-        let load = merge_load(&none, &file);
-        assert_eq!(load.max_processes, 4096);
-        let io = load.io.unwrap();
-        assert_eq!((io.detail, io.time_sampling), (crate::io::IoDetail::Syscalls, 0.5));
-        let flags = Agent::parse_from([
-            "x",
-            "--interval",
-            "2s",
-            "--max-processes",
-            "2048",
-            "--io-time-sampling",
-            "1",
-        ])
-        .agent;
-        assert_eq!(merge_interval(&flags, &file), Duration::from_secs(2));
-        let load = merge_load(&flags, &file);
-        assert_eq!((load.max_processes, load.io.unwrap().time_sampling), (2048, 1.0));
-        // The flag's tier wins over the file's, and each tier has its own default sampling.
-        let io = merge_load(&Agent::parse_from(["x", "--io-detail", "page-cache"]).agent, &file).io.unwrap();
+        let flags = keys(
+            "[energy]\ncpu_max_watts = 5.0\nmeter = \"rapl-perf\"\n[energy.idle_watts]\ndram = 3\n\
+             [agent]\ninterval = \"2s\"\n[io]\ndetail = \"page-cache\"\n[carbon]\npue = 1.1\n[run]\nhash_budget = 9\n",
+        );
+        let s = Settings::from_layers(&file, Some("f.toml".into()), &flags).unwrap();
+        assert_eq!(s.energy.model.cpu_max_watts, Some(5.0));
+        assert_eq!((s.energy.idle_watts.cpu, s.energy.idle_watts.dram), (Some(7.0), Some(3.0)));
+        assert_eq!(s.energy.static_share, crate::attribution::StaticShare::Equal);
+        assert_eq!(s.energy.meter, crate::energy::MeterChoice::RaplPerf);
+        assert_eq!(s.interval, Duration::from_secs(2));
+        assert_eq!(s.load.max_processes, 4096);
+        // The flag's tier wins over the file's; the file's sampling stays.
+        let io = s.load.io.as_ref().unwrap();
         assert_eq!((io.detail, io.time_sampling), (crate::io::IoDetail::PageCache, 0.5));
-        let io = merge_load(&none, &Config::default()).io.unwrap();
+        assert_eq!((s.carbon.pue.value, s.carbon.pue.source.as_str()), (1.1, "--pue"));
+        assert_eq!((s.run.top, s.run.hash_budget, s.serve.top_trees), (3, 9, 7));
+
+        let s = Settings::from_layers(&file, Some("f.toml".into()), &Config::default()).unwrap();
+        assert_eq!((s.carbon.pue.value, s.carbon.pue.source.as_str()), (1.3, "config f.toml"));
+        assert_eq!(s.energy.meter, crate::energy::MeterChoice::Model);
+        assert_eq!(s.interval, Duration::from_millis(250));
+        let io = s.load.io.as_ref().unwrap();
+        assert_eq!((io.detail, io.time_sampling), (crate::io::IoDetail::Syscalls, 0.5));
+
+        let d = Settings::default();
+        assert_eq!(d.energy, EnergyConfig::default());
+        assert_eq!((d.interval, d.load.max_processes), (DEFAULT_INTERVAL, 32768));
+        let io = d.load.io.as_ref().unwrap();
         assert_eq!((io.detail, io.time_sampling), (crate::io::IoDetail::PageCache, 0.01));
+        assert_eq!(d.serve.listen.to_string(), "127.0.0.1:9586");
+        assert_eq!((d.run.top, d.run.hash_budget, d.run.project_name.as_str()), (10, 1 << 30, "carbon-agent"));
+        assert_eq!((d.watch.duration, d.report), (None, ReportFormat::Markdown));
+
+        let off = keys("[io]\nenabled = false\n");
+        assert!(Settings::from_layers(&file, None, &off).unwrap().load.io.is_none());
         let e = Config::parse("[io]\ndetail = \"everything\"\n", "t.toml").unwrap_err().to_string();
         assert!(e.contains("io.detail") && e.contains("page-cache, syscalls"), "{e}");
-        let off = Config::parse("[io]\nenabled = false\n", "t.toml").unwrap();
-        assert!(merge_load(&none, &off).io.is_none());
-        assert!(merge_load(&Agent::parse_from(["x", "--no-io"]).agent, &file).io.is_none());
-        let defaults = Config::default();
-        assert_eq!(merge_interval(&none, &defaults), DEFAULT_INTERVAL);
-        assert_eq!(merge_load(&none, &defaults).max_processes, 32768);
     }
 }

@@ -32,7 +32,7 @@ pub struct HostHardware {
 }
 
 /// User overrides (config `[carbon.embodied]`); None = default.
-#[derive(Clone, Debug, Default, PartialEq, serde::Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, serde::Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct EmbodiedOverrides {
     /// Charge embodied emissions at all (default true).

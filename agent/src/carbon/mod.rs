@@ -72,33 +72,6 @@ pub struct CarbonInfo {
     pub warnings: Vec<String>,
 }
 
-/// Carbon flags; the CLI flattens this into its commands (`#[command(flatten)]`). Each flag
-/// overrides the config file.
-#[derive(Clone, Debug, Default, PartialEq, clap::Args)]
-pub struct CarbonArgs {
-    /// Power usage effectiveness of the data centre (facility ÷ IT energy, ≥ 1) [default: 1.58]
-    #[arg(long, value_name = "PUE")]
-    pub pue: Option<f64>,
-    /// Grid location: ISO 3166 country (FRA, FR) or sub-national code (US-CA, CA-QC, SE-SE3)
-    #[arg(long, value_name = "CODE", conflicts_with = "region")]
-    pub country: Option<String>,
-    /// Cloud region (aws:eu-west-3, gcp:europe-west1, azure:francecentral) or sub-national code
-    #[arg(long, value_name = "PROVIDER:REGION")]
-    pub region: Option<String>,
-    /// Grid carbon intensity in gCO2e/kWh, used for the whole run (overrides every other source)
-    #[arg(long, value_name = "G_PER_KWH")]
-    pub intensity: Option<f64>,
-    /// Time series of grid intensity: CSV of `timestamp,gCO2e/kWh` (e.g. hourly grid data)
-    #[arg(long, value_name = "FILE")]
-    pub intensity_csv: Option<PathBuf>,
-    /// Do not ask the live provider (Electricity Maps) even when ELECTRICITYMAPS_TOKEN is set
-    #[arg(long)]
-    pub no_live_intensity: bool,
-    /// Do not charge embodied (manufacturing) emissions
-    #[arg(long)]
-    pub no_embodied: bool,
-}
-
 /// A carbon setting that cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum CarbonSetupError {
@@ -124,31 +97,20 @@ pub struct CarbonOptions {
 }
 
 impl CarbonOptions {
-    /// Merges the config file's `[carbon]` with the flags (flags win; a location flag replaces
-    /// the config's location entirely). `config_origin` names the file in `pue_source`.
-    pub fn merge(
-        config: &CarbonConfig,
-        args: &CarbonArgs,
-        config_origin: &str,
-    ) -> Result<Self, CarbonSetupError> {
-        let pue = match (args.pue, config.pue) {
-            (Some(v), _) => Pue::new(v, "--pue"),
-            (None, Some(v)) => Pue::new(v, format!("config {config_origin}")),
-            (None, None) => Ok(Pue::default()),
+    /// The options the `[carbon]` keys describe (the flags already laid over the file's, see
+    /// [`crate::config::Config::layered`]); `pue_source` says where `pue` comes from (`--pue`,
+    /// `config FILE`).
+    pub fn from_keys(keys: &CarbonConfig, pue_source: &str) -> Result<Self, CarbonSetupError> {
+        let pue = match keys.pue {
+            Some(v) => Pue::new(v, pue_source),
+            None => Ok(Pue::default()),
         }
         .map_err(|e| CarbonSetupError::Value {
             key: "pue",
             value: e.0.to_string(),
             expected: "a number ≥ 1.0 (facility energy / IT energy)",
         })?;
-        let flag_location = args.country.is_some() || args.region.is_some();
-        let (country, region) = if flag_location {
-            (args.country.clone(), args.region.clone())
-        } else {
-            (config.country.clone(), config.region.clone())
-        };
-        let intensity = args.intensity.or(config.intensity);
-        if let Some(v) = intensity
+        if let Some(v) = keys.intensity
             && !(v.is_finite() && v >= 0.0)
         {
             return Err(CarbonSetupError::Value {
@@ -157,19 +119,15 @@ impl CarbonOptions {
                 expected: "gCO2e/kWh, a number ≥ 0",
             });
         }
-        let mut embodied = config.embodied.clone();
-        if args.no_embodied {
-            embodied.enabled = Some(false);
-        }
         Ok(Self {
             pue,
-            country,
-            region,
-            intensity,
-            intensity_csv: args.intensity_csv.clone().or_else(|| config.intensity_csv.clone()),
-            provider: config.provider.clone(),
-            live: !args.no_live_intensity && config.provider.enabled != Some(false),
-            embodied,
+            country: keys.country.clone(),
+            region: keys.region.clone(),
+            intensity: keys.intensity,
+            intensity_csv: keys.intensity_csv.clone(),
+            provider: keys.provider.clone(),
+            live: keys.provider.enabled != Some(false),
+            embodied: keys.embodied.clone(),
         })
     }
 
@@ -289,31 +247,31 @@ mod tests {
     }
 
     #[test]
-    fn flags_override_config() {
-        let config = CarbonConfig {
+    fn options_follow_the_keys() {
+        let keys = CarbonConfig {
             pue: Some(1.2),
             country: Some("DEU".into()),
             intensity_csv: Some("/x.csv".into()),
             ..Default::default()
         };
-        let o = CarbonOptions::merge(&config, &CarbonArgs::default(), "c.toml").unwrap();
+        let o = CarbonOptions::from_keys(&keys, "config c.toml").unwrap();
         assert_eq!((o.pue.value, o.pue.source.as_str()), (1.2, "config c.toml"));
         assert_eq!(o.country.as_deref(), Some("DEU"));
-        let args = CarbonArgs { pue: Some(1.1), region: Some("aws:eu-west-3".into()), ..Default::default() };
-        let o = CarbonOptions::merge(&config, &args, "c.toml").unwrap();
-        assert_eq!((o.pue.value, o.pue.source.as_str()), (1.1, "--pue"));
-        assert_eq!((o.country.as_deref(), o.region.as_deref()), (None, Some("aws:eu-west-3")));
+        assert!(o.live && o.embodied.enabled.is_none());
+        let keys = CarbonConfig { region: Some("aws:eu-west-3".into()), ..Default::default() };
+        let o = CarbonOptions::from_keys(&keys, "--pue").unwrap();
+        assert_eq!((o.pue.value, o.pue.source.as_str()), (pue::DEFAULT_PUE, pue::DEFAULT_PUE_SOURCE));
         assert_eq!(o.table_entry().unwrap().unwrap().g_per_kwh, 52.0);
         assert_eq!(o.provider_zone(o.table_entry().unwrap()), Some("FR".into()));
-        let bad = CarbonArgs { pue: Some(0.5), ..Default::default() };
-        let e = CarbonOptions::merge(&config, &bad, "c.toml").unwrap_err().to_string();
+        let bad = CarbonConfig { pue: Some(0.5), ..Default::default() };
+        let e = CarbonOptions::from_keys(&bad, "--pue").unwrap_err().to_string();
         assert_eq!(e, "pue = 0.5: a number ≥ 1.0 (facility energy / IT energy)");
     }
 
     #[test]
     fn unknown_location_fails_setup() {
-        let args = CarbonArgs { country: Some("ZZZ".into()), ..Default::default() };
-        let o = CarbonOptions::merge(&CarbonConfig::default(), &args, "-").unwrap();
+        let keys = CarbonConfig { country: Some("ZZZ".into()), ..Default::default() };
+        let o = CarbonOptions::from_keys(&keys, "-").unwrap();
         let e = o.resolver(None).unwrap_err().to_string();
         assert!(e.starts_with("unknown country \"ZZZ\""), "{e}");
     }
@@ -325,7 +283,7 @@ mod tests {
             provider: ProviderConfig { base_url: Some(base), timeout_s: Some(0.5), ..Default::default() },
             ..Default::default()
         };
-        let o = CarbonOptions::merge(&config, &CarbonArgs::default(), "c.toml").unwrap();
+        let o = CarbonOptions::from_keys(&config, "config c.toml").unwrap();
         o.accountant(&HostHardware::default(), Some("tok".into())).unwrap()
     }
 

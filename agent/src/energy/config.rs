@@ -1,5 +1,5 @@
-//! Energy configuration and its command-line flags ([`EnergyArgs`], flattened into the
-//! agent's commands with `#[command(flatten)]`; each flag maps 1:1 to [`EnergyConfig`]).
+//! Energy configuration: [`EnergyConfig`], built from the `[energy]` keys of the config file
+//! and the flags laid over them ([`EnergyConfig::from_keys`]).
 
 use std::path::PathBuf;
 
@@ -9,7 +9,7 @@ use super::model::ModelOverrides;
 use crate::attribution::StaticShare;
 
 /// Which CPU-side meter to use (`--meter`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum MeterChoice {
     /// perf power PMU, else powercap, else the model.
@@ -24,6 +24,15 @@ pub enum MeterChoice {
 }
 
 impl MeterChoice {
+    /// Every choice, in the order `--help` lists them.
+    pub const ALL: [MeterChoice; 4] =
+        [MeterChoice::Auto, MeterChoice::RaplPerf, MeterChoice::RaplPowercap, MeterChoice::Model];
+
+    /// The choice named `name` (as [`MeterChoice::as_str`] writes it).
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|m| m.as_str() == name)
+    }
+
     /// The flag value.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -76,13 +85,6 @@ pub fn parse_idle_watts(s: &str) -> Result<IdleWatts, String> {
     Ok(w)
 }
 
-fn parse_watts(s: &str) -> Result<f64, String> {
-    s.parse()
-        .ok()
-        .filter(|v: &f64| v.is_finite() && *v >= 0.0)
-        .ok_or_else(|| format!("{s:?} is not a non-negative number of watts"))
-}
-
 /// Everything the energy side needs.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct EnergyConfig {
@@ -119,102 +121,52 @@ impl Default for EnergyConfig {
     }
 }
 
-/// The energy flags, for `#[command(flatten)]`.
-#[derive(Clone, Debug, PartialEq, clap::Args)]
-pub struct EnergyArgs {
-    /// Read energy meters under this sysfs root instead of /sys [default: /sys]
-    #[arg(long, value_name = "DIR")]
-    pub sysfs_root: Option<PathBuf>,
-    /// Read cpuinfo and meminfo under this procfs root instead of /proc.
-    #[arg(long, value_name = "DIR", default_value = "/proc", hide = true)]
-    pub proc_root: PathBuf,
-    /// CPU energy meter: auto = perf power PMU, else powercap, else the estimation model.
-    #[arg(long, value_enum, value_name = "METER", default_value_t = MeterChoice::Auto)]
-    pub meter: MeterChoice,
-    /// Do not look for NVIDIA GPUs.
-    #[arg(long)]
-    pub no_gpu: bool,
-    /// Static (idle) power per domain, e.g. cpu=12.5,dram=3,gpu=60 (gpu: per GPU). Domains
-    /// not given are learned as the minimum power at low utilization (or the model's idle figures).
-    #[arg(long, value_name = "DOMAIN=W,...", value_parser = parse_idle_watts)]
-    pub idle_watts: Option<IdleWatts>,
-    /// How static energy is shared: proportional to busy CPU time, equally among active
-    /// processes, or none (all to the idle bucket) [default: proportional]
-    #[arg(long, value_enum, value_name = "POLICY")]
-    pub static_share: Option<StaticShare>,
-    /// Estimation model: idle power of one logical CPU, W.
-    #[arg(long, value_name = "W", value_parser = parse_watts)]
-    pub cpu_idle_watts: Option<f64>,
-    /// Estimation model: full-load power of one logical CPU, W.
-    #[arg(long, value_name = "W", value_parser = parse_watts)]
-    pub cpu_max_watts: Option<f64>,
-    /// Estimation model: TDP of one CPU package, W (full load = TDP / threads per package, idle = 10%).
-    #[arg(long, value_name = "W", value_parser = parse_watts)]
-    pub cpu_tdp_watts: Option<f64>,
-    /// Estimation model: DRAM power per GB of installed memory (default 0.392, Cloud Carbon Footprint).
-    #[arg(long, value_name = "W", value_parser = parse_watts)]
-    pub dram_watts_per_gb: Option<f64>,
-}
-
-impl EnergyArgs {
-    /// The configuration these flags describe.
-    pub fn config(&self) -> EnergyConfig {
+impl EnergyConfig {
+    /// The configuration the `[energy]` keys describe (flags already laid over the file's).
+    pub fn from_keys(keys: &crate::config::EnergyConfig) -> Self {
+        let defaults = EnergyConfig::default();
+        let w = &keys.idle_watts;
         EnergyConfig {
-            sysfs_root: self.sysfs_root.clone().unwrap_or_else(|| PathBuf::from("/sys")),
-            proc_root: self.proc_root.clone(),
-            meter: self.meter,
-            gpu: !self.no_gpu,
-            idle_watts: self.idle_watts.unwrap_or_default(),
-            static_share: self.static_share.unwrap_or(StaticShare::Proportional),
+            sysfs_root: keys.sysfs_root.clone().unwrap_or(defaults.sysfs_root.clone()),
+            proc_root: keys.proc_root.clone().unwrap_or(defaults.proc_root.clone()),
+            meter: keys.meter.as_deref().and_then(MeterChoice::from_name).unwrap_or_default(),
+            gpu: keys.gpu != Some(false),
+            idle_watts: IdleWatts { cpu: w.cpu, dram: w.dram, gpu: w.gpu, platform: w.platform },
+            static_share: keys.static_share.unwrap_or_default(),
             model: ModelOverrides {
-                cpu_idle_watts: self.cpu_idle_watts,
-                cpu_max_watts: self.cpu_max_watts,
-                cpu_tdp_watts: self.cpu_tdp_watts,
-                dram_watts_per_gb: self.dram_watts_per_gb,
+                cpu_idle_watts: keys.cpu_idle_watts,
+                cpu_max_watts: keys.cpu_max_watts,
+                cpu_tdp_watts: keys.cpu_tdp_watts,
+                dram_watts_per_gb: keys.dram_watts_per_gb,
             },
-            ..EnergyConfig::default()
+            ..defaults
         }
     }
 }
 
+/// Parses a number of watts ≥ 0 (the `--cpu-*-watts` flags).
+pub fn parse_watts(s: &str) -> Result<f64, String> {
+    s.parse()
+        .ok()
+        .filter(|v: &f64| v.is_finite() && *v >= 0.0)
+        .ok_or_else(|| format!("{s:?} is not a non-negative number of watts"))
+}
+
 #[cfg(test)]
 mod tests {
-    use clap::Parser;
-
     use super::*;
 
-    #[derive(Parser)]
-    struct Cli {
-        #[command(flatten)]
-        energy: EnergyArgs,
-    }
-
     #[test]
-    fn defaults_match_energy_config_default() {
-        let cli = Cli::try_parse_from(["x"]).unwrap();
-        assert_eq!(cli.energy.config(), EnergyConfig::default());
-    }
-
-    #[test]
-    fn flags_map_one_to_one() {
-        let cli = Cli::try_parse_from([
-            "x",
-            "--sysfs-root",
-            "/tmp/fake",
-            "--idle-watts",
-            "cpu=12.5,dram=3",
-            "--static-share",
-            "equal",
-            "--meter",
-            "model",
-            "--no-gpu",
-            "--cpu-idle-watts",
-            "1",
-            "--cpu-max-watts",
-            "4.5",
-        ])
-        .unwrap();
-        let c = cli.energy.config();
+    fn no_keys_are_the_defaults_and_keys_map_one_to_one() {
+        assert_eq!(EnergyConfig::from_keys(&Default::default()), EnergyConfig::default());
+        let keys = crate::config::Config::parse(
+            "[energy]\nsysfs_root = \"/tmp/fake\"\nstatic_share = \"equal\"\nmeter = \"model\"\n\
+             gpu = false\ncpu_idle_watts = 1\ncpu_max_watts = 4.5\n[energy.idle_watts]\ncpu = 12.5\ndram = 3\n",
+            "t.toml",
+        )
+        .unwrap()
+        .energy;
+        let c = EnergyConfig::from_keys(&keys);
         assert_eq!(c.sysfs_root, PathBuf::from("/tmp/fake"));
         assert_eq!(c.idle_watts, IdleWatts { cpu: Some(12.5), dram: Some(3.0), ..Default::default() });
         assert_eq!(c.static_share, StaticShare::Equal);
@@ -224,11 +176,12 @@ mod tests {
     }
 
     #[test]
-    fn bad_flags_are_specific_errors() {
+    fn bad_values_are_specific_errors() {
         assert!(parse_idle_watts("cpu").unwrap_err().contains("DOMAIN=WATTS"));
         assert!(parse_idle_watts("cpu=-1").unwrap_err().contains("non-negative"));
         assert!(parse_idle_watts("fan=3").unwrap_err().contains("unknown domain \"fan\""));
-        assert!(Cli::try_parse_from(["x", "--static-share", "fair"]).is_err());
-        assert!(Cli::try_parse_from(["x", "--cpu-max-watts", "NaN"]).is_err());
+        assert!(parse_watts("NaN").is_err());
+        assert_eq!(MeterChoice::from_name("rapl-perf"), Some(MeterChoice::RaplPerf));
+        assert_eq!(MeterChoice::from_name("rapl"), None);
     }
 }

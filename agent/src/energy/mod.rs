@@ -33,7 +33,7 @@ use serde::Serialize;
 use crate::usage::IntervalUsage;
 
 pub use accountant::{EnergyAccountant, IntervalEnergy, MeterSummary};
-pub use config::{EnergyArgs, EnergyConfig, MeterChoice};
+pub use config::{EnergyConfig, MeterChoice};
 pub use gpu_tally::GpuTally;
 pub use meter_set::{IntervalEnergyReading, MeterProbe, MeterSet, discover};
 

@@ -18,7 +18,7 @@ pub use paths::FileId;
 use ranges::RangeSet;
 
 /// How I/O is observed (`--io-detail`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, serde::Deserialize, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum IoDetail {
     /// Default, cheap enough to leave on: no program on any syscall path (except in short
@@ -26,7 +26,6 @@ pub enum IoDetail {
     /// exact), per-file activity from the page-cache tracepoints (page granularity), sockets
     /// from the `sock` tracepoints.
     #[default]
-    #[value(name = "page-cache")]
     PageCache,
     /// Every read/write syscall traced at exit (exact bytes, offsets and the file/pipe/socket
     /// split per call, paths from `open`), at a cost on every syscall of the machine.
@@ -34,6 +33,22 @@ pub enum IoDetail {
 }
 
 impl IoDetail {
+    /// Every tier.
+    pub const ALL: [IoDetail; 2] = [IoDetail::PageCache, IoDetail::Syscalls];
+
+    /// The flag and config value: `page-cache` or `syscalls`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::PageCache => "page-cache",
+            Self::Syscalls => "syscalls",
+        }
+    }
+
+    /// The tier named `name` (as [`IoDetail::as_str`] writes it).
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|d| d.as_str() == name)
+    }
+
     /// How the tier is named in the outputs.
     pub fn name(self) -> &'static str {
         match self {

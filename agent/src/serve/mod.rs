@@ -10,52 +10,15 @@
 pub mod http;
 pub mod metrics;
 
-use std::{net::SocketAddr, path::PathBuf};
-
 use anyhow::Context as _;
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
-    cli::{AgentArgs, ServeArgs},
-    config::MAX_TOP_TREES,
-    engine::{DEFAULT_TOP_TREES, Engine, EngineOptions},
-    settings::Settings,
+    engine::{Engine, EngineOptions},
+    settings::{Settings, Sources},
 };
 
-/// Default `--listen`.
-pub const DEFAULT_LISTEN: &str = "127.0.0.1:9586";
-/// Default `--state-dir`.
-pub const DEFAULT_STATE_DIR: &str = "/var/lib/carbon-agent";
-
-/// `serve`'s own settings: flag, else `[serve]` in the config file, else default.
-#[derive(Clone, Debug, PartialEq)]
-pub struct ServeSettings {
-    pub listen: SocketAddr,
-    pub state_dir: PathBuf,
-    pub top_trees: usize,
-}
-
-impl ServeSettings {
-    pub fn merge(args: &ServeArgs, settings: &Settings) -> anyhow::Result<Self> {
-        let file = &settings.serve;
-        let top_trees = args.top_trees.or(file.top_trees).unwrap_or(DEFAULT_TOP_TREES);
-        if top_trees > MAX_TOP_TREES {
-            anyhow::bail!("--top-trees {top_trees}: at most {MAX_TOP_TREES}");
-        }
-        Ok(Self {
-            listen: args
-                .listen
-                .or(file.listen)
-                .unwrap_or_else(|| DEFAULT_LISTEN.parse().expect("a valid address")),
-            state_dir: args
-                .state_dir
-                .clone()
-                .or_else(|| file.state_dir.clone())
-                .unwrap_or_else(|| DEFAULT_STATE_DIR.into()),
-            top_trees,
-        })
-    }
-}
+pub use crate::settings::{DEFAULT_LISTEN, DEFAULT_STATE_DIR, ServeSettings};
 
 /// Creates the state directory when missing and checks that it can be written.
 fn prepare_state_dir(dir: &std::path::Path) -> anyhow::Result<()> {
@@ -68,10 +31,11 @@ fn prepare_state_dir(dir: &std::path::Path) -> anyhow::Result<()> {
 }
 
 /// Runs until SIGTERM or SIGINT; returns the exit code.
-pub async fn serve(args: ServeArgs, agent: &AgentArgs) -> anyhow::Result<i32> {
-    let settings = Settings::resolve(agent, &args.energy, &args.carbon)?;
+/// `sources` are read again on SIGHUP.
+pub async fn serve(sources: Sources) -> anyhow::Result<i32> {
+    let settings = sources.resolve()?;
     let interval = settings.interval;
-    let mut current = ServeSettings::merge(&args, &settings)?;
+    let mut current = settings.serve.clone();
     prepare_state_dir(&current.state_dir)?;
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
@@ -97,7 +61,7 @@ pub async fn serve(args: ServeArgs, agent: &AgentArgs) -> anyhow::Result<i32> {
             _ = engine.step() => {}
             _ = sigterm.recv() => { tracing::info!("SIGTERM: stopping"); break; }
             _ = sigint.recv() => { tracing::info!("SIGINT: stopping"); break; }
-            _ = sighup.recv() => reload(&args, agent, &mut engine, &mut current, &mut energy),
+            _ = sighup.recv() => reload(&sources, &mut engine, &mut current, &mut energy),
         }
     }
     let _ = stop_tx.send(());
@@ -109,15 +73,14 @@ pub async fn serve(args: ServeArgs, agent: &AgentArgs) -> anyhow::Result<i32> {
 /// Re-reads the config file; applies what can change at run time (carbon settings, top trees),
 /// says what needs a restart, and keeps everything when the file cannot be used.
 fn reload(
-    args: &ServeArgs,
-    agent: &AgentArgs,
+    sources: &Sources,
     engine: &mut Engine,
     current: &mut ServeSettings,
     energy: &mut crate::energy::EnergyConfig,
 ) {
     let attempt = || -> anyhow::Result<(Settings, ServeSettings, crate::carbon::CarbonAccountant)> {
-        let settings = Settings::resolve(agent, &args.energy, &args.carbon)?;
-        let serve = ServeSettings::merge(args, &settings)?;
+        let settings = sources.resolve()?;
+        let serve = settings.serve.clone();
         let carbon = settings
             .carbon
             .accountant(&engine.session().hardware, crate::carbon::token_from_env())
