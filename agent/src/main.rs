@@ -78,30 +78,37 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
     }
 }
 
+/// The mode without a subcommand: the engine runs here, its consumer (the live view, or
+/// plain or JSON lines) on a task of its own.
 async fn watch(settings: Settings, json: bool) -> anyhow::Result<()> {
     let duration = settings.watch.duration;
-    let mut engine = Engine::start(EngineOptions::new(settings, DEFAULT_TOP_TREES))?;
+    let live = !json && std::io::stdout().is_terminal();
+    let mut opts = EngineOptions::new(settings, DEFAULT_TOP_TREES);
+    opts.trees = live;
+    let mut engine = Engine::start(opts)?;
     for w in engine.session().carbon.warnings() {
         eprintln!("carbon-agent: warning: {w}");
     }
-    if !json && std::io::stdout().is_terminal() {
-        return live::run(&mut engine, duration).await;
-    }
-    let render = if json { json::render } else { text::render };
-    let mut output = tokio::spawn(sink::feed(engine.subscribe(), LineSink::new(std::io::stdout(), render)));
+    let mut output = if live {
+        tokio::spawn(live::run(engine.latest()))
+    } else {
+        let render = if json { json::render } else { text::render };
+        tokio::spawn(sink::feed(engine.subscribe(), LineSink::new(std::io::stdout(), render)))
+    };
     let started = tokio::time::Instant::now();
     loop {
         tokio::select! {
             _ = engine.step() => {}
             _ = tokio::signal::ctrl_c() => break,
-            // The output stopped (its pipe closed) or failed.
+            // The output stopped (q in the live view, a closed pipe) or failed.
             done = &mut output => return done?,
         }
         if duration.is_some_and(|d| started.elapsed() >= d) {
             break;
         }
     }
-    // Closing the channel lets the output write what is queued, then end.
+    // Closing the channels lets the output write what is queued (or restore the terminal),
+    // then end.
     drop(engine);
     output.await?
 }

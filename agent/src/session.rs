@@ -146,6 +146,11 @@ impl Session {
         self.opts.interval
     }
 
+    /// Changes the interval length: the current interval ends at its start plus the new length.
+    pub fn set_interval(&mut self, interval: Duration) {
+        self.opts.interval = interval;
+    }
+
     /// Applies every queued lifecycle event to the table.
     pub fn drain_events(&mut self) {
         let Some(ring) = self.ring.as_mut() else { return };

@@ -236,6 +236,25 @@ pub struct ContainerTotals {
     pub usage: Usage,
 }
 
+/// One process tree (a process just below init, or a followed root, with all its descendants,
+/// exited ones included): what the live view lists. Only in snapshots of engines asked for
+/// trees ([`crate::engine::EngineOptions::trees`]).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct TreeTotals {
+    pub root_pid: u32,
+    pub comm: String,
+    pub user: String,
+    /// Processes in the tree since the agent saw it, those that exited included.
+    pub processes: u64,
+    /// The whole tree, this interval.
+    pub interval: Usage,
+    /// The whole tree, since the agent first saw each member.
+    pub total: Usage,
+    /// Wasted-I/O findings in the tree so far (re-derived every few intervals, without
+    /// reading any file).
+    pub findings: u64,
+}
+
 /// Cumulative counts of what was lost for lack of capacity (zero when nothing was), by name.
 pub type Losses = BTreeMap<String, u64>;
 
@@ -261,4 +280,8 @@ pub struct Snapshot {
     pub io_timing: crate::io::IoTiming,
     pub losses: Losses,
     pub cumulative: Cumulative,
+    /// Every tree with CPU time so far, busiest in the interval first (engines asked for
+    /// trees only; empty otherwise).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub trees: Vec<TreeTotals>,
 }

@@ -14,7 +14,10 @@ pub mod scope;
 pub mod sink;
 pub mod snapshot;
 
-use std::{collections::BTreeSet, sync::Arc};
+use std::{
+    collections::{BTreeSet, HashMap},
+    sync::Arc,
+};
 
 use tokio::sync::{broadcast, watch};
 
@@ -40,6 +43,9 @@ pub struct EngineOptions {
     pub session: SessionOptions,
     /// Trees with a series of their own in the cumulative totals (the rest in `other`).
     pub top_trees: usize,
+    /// List every process tree in each snapshot ([`Snapshot::trees`], for the live view): a
+    /// pass over the whole process table per interval.
+    pub trees: bool,
 }
 
 impl EngineOptions {
@@ -54,6 +60,7 @@ impl EngineOptions {
                 settings,
             },
             top_trees,
+            trees: false,
         }
     }
 }
@@ -65,6 +72,8 @@ pub struct Engine {
     latest: watch::Sender<Option<Arc<Snapshot>>>,
     every: broadcast::Sender<Arc<Snapshot>>,
     last_report: Option<IntervalReport>,
+    /// Findings per tree root, when the snapshots list trees.
+    findings_by_tree: Option<HashMap<Pid, u64>>,
 }
 
 impl Engine {
@@ -78,6 +87,7 @@ impl Engine {
             latest: watch::channel(None).0,
             every: broadcast::channel(BROADCAST_CAPACITY).0,
             last_report: None,
+            findings_by_tree: opts.trees.then(HashMap::new),
         })
     }
 
@@ -92,6 +102,11 @@ impl Engine {
 
     pub fn set_top_trees(&mut self, n: usize) {
         self.ledger.set_top_trees(n);
+    }
+
+    /// Changes the interval length from the next interval on.
+    pub fn set_interval(&mut self, interval: std::time::Duration) {
+        self.session.set_interval(interval);
     }
 
     /// The latest snapshot (`None` until the first interval closes).
@@ -113,7 +128,7 @@ impl Engine {
         self.session.follows.remove(&root);
     }
 
-    /// The report the last snapshot was built from (for the live view's tree rows).
+    /// The report the last snapshot was built from (`run` tallies its GPUs' energy from it).
     pub fn last_report(&self) -> Option<&IntervalReport> {
         self.last_report.as_ref()
     }
@@ -134,7 +149,14 @@ impl Engine {
         self.seq += 1;
         let s = &self.session;
         if self.seq % FINDINGS_EVERY == 1 {
-            let found = s.waste.findings(&mut NoContentHash).into_iter().map(|f| {
+            let findings = s.waste.findings(&mut NoContentHash);
+            if let Some(by_tree) = self.findings_by_tree.as_mut() {
+                by_tree.clear();
+                for f in &findings {
+                    *by_tree.entry(f.tree).or_default() += 1;
+                }
+            }
+            let found = findings.into_iter().map(|f| {
                 let uid = s.table.get(f.pid).map_or(u32::MAX, |p| p.uid);
                 let kind = serde_json::to_value(f.kind).ok().and_then(|v| v.as_str().map(str::to_owned));
                 (kind.unwrap_or_default(), s.users.name(uid), f.bytes)
@@ -149,6 +171,7 @@ impl Engine {
             users: &s.users,
             pue: s.carbon.pue(),
             follows: &follows,
+            trees: self.findings_by_tree.as_ref(),
         };
         let snap = Arc::new(snapshot::build(&input, &mut self.ledger));
         self.last_report = Some(report);

@@ -2,13 +2,13 @@
 //! after it) → an immutable, self-contained [`Snapshot`], and the ledger's totals moved on by
 //! that interval. No I/O: tested without root on hand-built tables and reports.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 
 use crate::{
-    api::{self, Buckets, Carbon, DomainJoules, Meter, ProcessRow, Snapshot, Usage},
+    api::{self, Buckets, Carbon, DomainJoules, Meter, ProcessRow, Snapshot, TreeTotals, Usage},
     carbon::Pue,
     energy::MeterSummary,
-    process::{Pid, ProcessTable, Totals},
+    process::{Pid, ProcessKind, ProcessTable, Totals},
     procfs::{Users, systemd_unit},
     session::IntervalReport,
 };
@@ -24,6 +24,9 @@ pub struct StepInput<'a> {
     pub pue: &'a Pue,
     /// Followed roots (`run`): their members' tree is the followed root.
     pub follows: &'a BTreeSet<Pid>,
+    /// Findings per tree root, when the snapshot lists trees ([`Snapshot::trees`]); `None`:
+    /// no trees (they cost a pass over the whole table).
+    pub trees: Option<&'a HashMap<Pid, u64>>,
 }
 
 fn usage_of(t: &Totals) -> Usage {
@@ -101,7 +104,7 @@ fn losses_of(report: &IntervalReport) -> api::Losses {
 
 /// Builds the interval's snapshot and adds the interval to `ledger`.
 pub fn build(input: &StepInput<'_>, ledger: &mut Ledger) -> Snapshot {
-    let StepInput { seq, report, table, users, pue, follows } = *input;
+    let StepInput { seq, report, table, users, pue, follows, trees } = *input;
     // Every process with CPU time or energy (a GPU-only process has energy without CPU time).
     let mut pids: Vec<Pid> = report.usage.processes.keys().copied().collect();
     pids.extend(report.energy.per_tgid.keys().filter(|p| !report.usage.processes.contains_key(p)));
@@ -169,7 +172,54 @@ pub fn build(input: &StepInput<'_>, ledger: &mut Ledger) -> Snapshot {
         io_timing: report.io.timing,
         losses: losses_of(report),
         cumulative: ledger.cumulative(),
+        trees: trees.map(|findings| trees_of(table, users, follows, findings)).unwrap_or_default(),
     }
+}
+
+/// Every tree of user processes that has had CPU time, busiest in the interval first (then by
+/// total CPU time, then by root pid).
+pub fn trees_of(
+    table: &ProcessTable,
+    users: &Users,
+    follows: &BTreeSet<Pid>,
+    findings: &HashMap<Pid, u64>,
+) -> Vec<TreeTotals> {
+    struct Tree {
+        count: u64,
+        interval: Totals,
+        total: Totals,
+    }
+    let mut by_root: HashMap<Pid, Tree> = HashMap::new();
+    for p in table.iter().filter(|p| p.kind == ProcessKind::User) {
+        let t = by_root.entry(tree_root(table, follows, p.pid)).or_insert_with(|| Tree {
+            count: 0,
+            interval: Totals::default(),
+            total: Totals::default(),
+        });
+        t.interval.add(&p.interval);
+        t.total.add(&p.totals);
+        t.total.add(&p.reaped);
+        t.count += 1 + p.reaped_count;
+    }
+    let mut trees: Vec<(Pid, Tree)> = by_root.into_iter().filter(|(_, t)| t.total.cpu_ns > 0).collect();
+    trees.sort_by(|(ra, a), (rb, b)| {
+        b.interval.cpu_ns.cmp(&a.interval.cpu_ns).then(b.total.cpu_ns.cmp(&a.total.cpu_ns)).then(ra.cmp(rb))
+    });
+    trees
+        .into_iter()
+        .map(|(root, t)| {
+            let p = table.get(root);
+            TreeTotals {
+                root_pid: root,
+                comm: p.map_or_else(|| "?".into(), |p| p.comm.clone()),
+                user: users.name(p.map_or(u32::MAX, |p| p.uid)),
+                processes: t.count,
+                interval: usage_of(&t.interval),
+                total: usage_of(&t.total),
+                findings: findings.get(&root).copied().unwrap_or(0),
+            }
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -202,6 +252,7 @@ pub(crate) mod tests {
                 users: &users,
                 pue: &pue,
                 follows: &follows,
+                trees: None,
             };
             last = build(&input, ledger);
         }
@@ -273,7 +324,7 @@ pub(crate) mod tests {
         let pue = Pue::new(1.5, "--pue").unwrap();
         let follows = BTreeSet::new();
         let input =
-            StepInput { seq: 1, report: &report, table: &table, users: &users, pue: &pue, follows: &follows };
+            StepInput { seq: 1, report: &report, table: &table, users: &users, pue: &pue, follows: &follows, trees: None };
         let s = build(&input, &mut ledger);
         assert_eq!(s.schema_version, api::SCHEMA_VERSION);
         assert_eq!(s.processes.iter().map(|r| r.pid).collect::<Vec<_>>(), [102, 101, 200]);
@@ -306,11 +357,36 @@ pub(crate) mod tests {
         // A followed root: make's and bash's tree is bash now.
         let follows = BTreeSet::from([101]);
         let input =
-            StepInput { seq: 2, report: &report, table: &table, users: &users, pue: &pue, follows: &follows };
+            StepInput { seq: 2, report: &report, table: &table, users: &users, pue: &pue, follows: &follows, trees: None };
         let s = build(&input, &mut ledger);
         assert_eq!(s.processes[0].tree_root, 101);
         assert_eq!(s.cumulative.meter[0].energy_j.total, 26.0);
         assert_eq!(s.cumulative.users[0].usage.energy_j.total, 20.0);
+    }
+
+    #[test]
+    fn trees_hold_every_member_and_are_sorted_by_interval_cpu() {
+        let (table, report, users) = fixture();
+        let (mut ledger, pue, follows) = (Ledger::new(10), Pue::default(), BTreeSet::new());
+        let findings = HashMap::from([(100, 2)]);
+        let input = StepInput {
+            seq: 1,
+            report: &report,
+            table: &table,
+            users: &users,
+            pue: &pue,
+            follows: &follows,
+            trees: Some(&findings),
+        };
+        let s = build(&input, &mut ledger);
+        let t: Vec<_> = s.trees.iter().map(|t| (t.root_pid, t.comm.as_str(), t.processes, t.findings)).collect();
+        // init is its own tree, without CPU time: not listed; sshd holds sshd, bash and make.
+        assert_eq!(t, [(100, "sshd", 3, 2), (200, "cron", 1, 0)]);
+        assert!((s.trees[0].interval.cpu_time_s - 1.0).abs() < 1e-12);
+        assert!((s.trees[0].total.energy_j.total - 10.0).abs() < 1e-12);
+        // Without trees asked for, none.
+        let input = StepInput { trees: None, seq: 2, ..input };
+        assert!(build(&input, &mut ledger).trees.is_empty());
     }
 
     #[test]
@@ -319,9 +395,18 @@ pub(crate) mod tests {
         let mut ledger = Ledger::new(1);
         let pue = Pue::default();
         let follows = BTreeSet::new();
-        let input =
-            StepInput { seq: 7, report: &report, table: &table, users: &users, pue: &pue, follows: &follows };
+        let findings = HashMap::from([(100, 2)]);
+        let input = StepInput {
+            seq: 7,
+            report: &report,
+            table: &table,
+            users: &users,
+            pue: &pue,
+            follows: &follows,
+            trees: Some(&findings),
+        };
         let s = build(&input, &mut ledger);
+        assert_eq!(s.trees.len(), 2);
         let back: Snapshot = serde_json::from_str(&serde_json::to_string(&s).unwrap()).unwrap();
         assert_eq!(back, s);
     }

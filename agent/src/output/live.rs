@@ -1,10 +1,12 @@
-//! The live, top-like view of process trees (ratatui).
+//! The live, top-like view of process trees (ratatui): a consumer of the engine's snapshots.
 //!
-//! [`tree_rows`] (pure) turns the table and the last interval into rows: each tree (a process
-//! just below init, with all its descendants, dead ones included) with its totals, followed
-//! by its members that were active in the interval. [`run`] draws them every interval.
+//! [`run`] runs on a task of its own, reads the latest snapshot from a `watch` subscription
+//! and draws it; it never touches the engine. [`tree_rows`] (pure) turns a snapshot's trees
+//! ([`Snapshot::trees`]) and its active processes into rows: each tree (a process just below
+//! init, with all its descendants, dead ones included) with its totals, followed by its busiest
+//! members in the interval.
 
-use std::{collections::HashMap, time::Duration};
+use std::sync::Arc;
 
 use ratatui::{
     DefaultTerminal, Frame,
@@ -14,20 +16,16 @@ use ratatui::{
     text::Line,
     widgets::{Block, Paragraph, Row, Table},
 };
+use tokio::sync::watch;
 
-use crate::{
-    engine::{Engine, NoContentHash},
-    process::{Pid, ProcessKind, ProcessTable, Totals},
-    procfs::Users,
-    session::{IntervalReport, Session},
-};
+use crate::api::Snapshot;
 
 /// One line of the view.
 #[derive(Clone, Debug, PartialEq)]
 pub struct TreeRow {
     /// 0 for a tree's root, 1 for a member shown under it.
     pub depth: u8,
-    pub pid: Pid,
+    pub pid: u32,
     pub user: String,
     pub comm: String,
     /// Processes in the tree (for a root row), including those that exited.
@@ -45,95 +43,49 @@ pub struct TreeRow {
     pub read_bps: f64,
     pub write_bps: f64,
     /// Wasted-I/O findings in this tree so far (root rows only).
-    pub findings: usize,
+    pub findings: u64,
 }
 
-/// Trees sorted by their CPU share in the interval (then by total), each followed by up to
-/// `members` of its busiest active processes.
-pub fn tree_rows(
-    table: &ProcessTable,
-    report: &IntervalReport,
-    users: &Users,
-    members: usize,
-    findings_by_tree: &HashMap<Pid, usize>,
-) -> Vec<TreeRow> {
-    let per_s = |v: f64| if report.usage.interval_s > 0.0 { v / report.usage.interval_s } else { 0.0 };
-    let available_ns = report.usage.interval_s * 1e9 * f64::from(report.usage.ncpu.max(1));
-    let pct = |ns: u64| if available_ns > 0.0 { ns as f64 / available_ns * 100.0 } else { 0.0 };
-    let mut by_top: HashMap<Pid, Vec<Pid>> = HashMap::new();
-    for p in table.iter().filter(|p| p.kind == ProcessKind::User) {
-        by_top.entry(table.top_of(p.pid)).or_default().push(p.pid);
-    }
-    struct Tree {
-        root: Pid,
-        count: u64,
-        active: Vec<(u64, Pid)>,
-        interval: Totals,
-        total: Totals,
-    }
-    let mut trees: Vec<Tree> = by_top
-        .into_iter()
-        .map(|(root, pids)| {
-            let mut t = Tree {
-                root,
-                count: 0,
-                active: Vec::new(),
-                interval: Totals::default(),
-                total: Totals::default(),
-            };
-            for pid in pids {
-                let p = table.get(pid).expect("listed");
-                t.interval.add(&p.interval);
-                t.total.add(&p.totals);
-                t.total.add(&p.reaped);
-                t.count += 1 + p.reaped_count;
-                if p.interval.cpu_ns > 0 {
-                    t.active.push((p.interval.cpu_ns, pid));
-                }
-            }
-            t.active.sort_by(|a, b| b.cmp(a));
-            t
-        })
-        .filter(|t| t.total.cpu_ns > 0)
-        .collect();
-    trees.sort_by(|a, b| {
-        b.interval
-            .cpu_ns
-            .cmp(&a.interval.cpu_ns)
-            .then(b.total.cpu_ns.cmp(&a.total.cpu_ns))
-            .then(a.root.cmp(&b.root))
-    });
+/// The snapshot's trees in its order (busiest first), each followed by up to `members` of its
+/// busiest processes in the interval other than the root.
+pub fn tree_rows(s: &Snapshot, members: usize) -> Vec<TreeRow> {
+    let per_s = |v: f64| if s.interval_s > 0.0 { v / s.interval_s } else { 0.0 };
+    let available_s = s.interval_s * f64::from(s.cpus.max(1));
+    let pct = |cpu_s: f64| if available_s > 0.0 { cpu_s / available_s * 100.0 } else { 0.0 };
     let mut rows = Vec::new();
-    for t in trees {
-        let root = table.get(t.root);
+    for t in &s.trees {
         rows.push(TreeRow {
             depth: 0,
-            pid: t.root,
-            user: users.name(root.map_or(u32::MAX, |p| p.uid)),
-            comm: root.map_or_else(|| "?".into(), |p| p.comm.clone()),
-            processes: t.count,
-            cpu_total_s: t.total.cpu_s(),
-            cpu_percent: pct(t.interval.cpu_ns),
-            watts: per_s(t.interval.energy.total),
-            energy_j: t.total.energy.total,
-            emissions_g: t.total.emissions.total,
+            pid: t.root_pid,
+            user: t.user.clone(),
+            comm: t.comm.clone(),
+            processes: t.processes,
+            cpu_total_s: t.total.cpu_time_s,
+            cpu_percent: pct(t.interval.cpu_time_s),
+            watts: per_s(t.interval.energy_j.total),
+            energy_j: t.total.energy_j.total,
+            emissions_g: t.total.emissions_g.total,
             read_bps: per_s(t.interval.io.read_bytes as f64),
             write_bps: per_s(t.interval.io.write_bytes as f64),
-            findings: findings_by_tree.get(&t.root).copied().unwrap_or(0),
+            findings: t.findings,
         });
-        for &(ns, pid) in t.active.iter().filter(|(_, pid)| *pid != t.root).take(members) {
-            let p = table.get(pid).expect("listed");
+        // `processes` is sorted by CPU time in the interval, largest first.
+        let busiest = s
+            .processes
+            .iter()
+            .filter(|p| p.tree_root == t.root_pid && p.pid != t.root_pid && p.interval.cpu_time_s > 0.0);
+        for p in busiest.take(members) {
             rows.push(TreeRow {
                 depth: 1,
-                pid,
-                user: users.name(p.uid),
+                pid: p.pid,
+                user: p.user.clone(),
                 comm: p.comm.clone(),
                 processes: 1,
-                cpu_total_s: p.totals.cpu_ns as f64 / 1e9,
-                cpu_percent: pct(ns),
-                watts: per_s(p.interval.energy.total),
-                energy_j: p.totals.energy.total,
-                emissions_g: p.totals.emissions.total,
+                cpu_total_s: p.total.cpu_time_s,
+                cpu_percent: pct(p.interval.cpu_time_s),
+                watts: per_s(p.interval.energy_j.total),
+                energy_j: p.total.energy_j.total,
+                emissions_g: p.total.emissions_g.total,
                 read_bps: per_s(p.interval.io.read_bytes as f64),
                 write_bps: per_s(p.interval.io.write_bytes as f64),
                 findings: 0,
@@ -143,8 +95,10 @@ pub fn tree_rows(
     rows
 }
 
-/// Runs the live view until `q`, Esc or Ctrl-C, or until `duration` has passed.
-pub async fn run(engine: &mut Engine, duration: Option<Duration>) -> anyhow::Result<()> {
+/// Draws the latest snapshot of `latest` until `q`, Esc or Ctrl-C, or until the engine stops
+/// (the channel closes); the terminal is restored before it returns. Run it on a task of its
+/// own, subscribed to an engine started with [`crate::engine::EngineOptions::trees`].
+pub async fn run(mut latest: watch::Receiver<Option<Arc<Snapshot>>>) -> anyhow::Result<()> {
     let (quit_tx, mut quit_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
     // Keys are read on a thread of their own: crossterm's reads block.
     std::thread::spawn(move || {
@@ -163,40 +117,46 @@ pub async fn run(engine: &mut Engine, duration: Option<Duration>) -> anyhow::Res
         }
     });
     let mut terminal = ratatui::init();
-    let result = draw_loop(&mut terminal, engine, duration, &mut quit_rx).await;
+    let result = draw_loop(&mut terminal, &mut latest, &mut quit_rx).await;
     ratatui::restore();
     result
 }
 
 async fn draw_loop(
     terminal: &mut DefaultTerminal,
-    engine: &mut Engine,
-    duration: Option<Duration>,
+    latest: &mut watch::Receiver<Option<Arc<Snapshot>>>,
     quit: &mut tokio::sync::mpsc::UnboundedReceiver<()>,
 ) -> anyhow::Result<()> {
-    let started = tokio::time::Instant::now();
-    let mut findings: HashMap<Pid, usize> = HashMap::new();
-    let mut n = 0u64;
-    terminal.draw(|f| draw(f, engine.session(), None, &findings))?;
     loop {
+        let snapshot = latest.borrow_and_update().clone();
+        terminal.draw(|f| draw(f, snapshot.as_deref()))?;
         tokio::select! {
             _ = quit.recv() => return Ok(()),
-            _ = engine.step() => {
-                // The waste marker: findings that need no content hash, every 5 intervals.
-                if n.is_multiple_of(5) {
-                    findings.clear();
-                    for f in engine.session().waste.findings(&mut NoContentHash) {
-                        *findings.entry(f.tree).or_default() += 1;
-                    }
+            changed = latest.changed() => {
+                // The engine stopped.
+                if changed.is_err() {
+                    return Ok(());
                 }
-                n += 1;
-                terminal.draw(|f| draw(f, engine.session(), engine.last_report(), &findings))?;
             }
         }
-        if duration.is_some_and(|d| started.elapsed() >= d) {
-            return Ok(());
-        }
     }
+}
+
+/// The loss counters that are not zero, e.g. `cpu_map_full 3, io_fd_unresolved 1` (inferred
+/// idle stints are an approximation, not a loss).
+fn losses_line(s: &Snapshot) -> Option<String> {
+    let parts: Vec<String> = s
+        .losses
+        .iter()
+        .filter(|(k, v)| **v > 0 && !matches!(k.as_str(), "idle_stints_inferred" | "lost_cpu_ns"))
+        .map(|(k, v)| match (k.as_str(), s.losses.get("lost_cpu_ns")) {
+            ("cpu_map_full", Some(ns)) => {
+                format!("cpu_map_full {v} ({:.3} s of CPU time not attributed)", *ns as f64 / 1e9)
+            }
+            _ => format!("{k} {v}"),
+        })
+        .collect();
+    (!parts.is_empty()).then(|| parts.join(", "))
 }
 
 fn human_rate(bps: f64) -> String {
@@ -209,48 +169,44 @@ fn human_rate(bps: f64) -> String {
     }
 }
 
-fn draw(
-    frame: &mut Frame,
-    session: &Session,
-    report: Option<&IntervalReport>,
-    findings: &HashMap<Pid, usize>,
-) {
+fn draw(frame: &mut Frame, snapshot: Option<&Snapshot>) {
     let [header, body, footer] =
         Layout::vertical([Constraint::Length(4), Constraint::Min(3), Constraint::Length(1)])
             .areas(frame.area());
-    let Some(report) = report else {
+    let Some(s) = snapshot else {
         frame.render_widget(Paragraph::new("carbon-agent: measuring the first interval…"), header);
         return;
     };
-    let u = &report.usage;
-    let losses = &report.kernel_losses;
-    let m = &report.energy.meter;
+    let m = &s.meter;
+    let secs = s.interval_s.max(1e-9);
+    let available_s = secs * f64::from(s.cpus.max(1));
+    let busy = (1.0 - s.buckets.idle.cpu_time_s / available_s).clamp(0.0, 1.0);
     let mut head = vec![
         Line::from(format!(
             "carbon-agent  interval {:.2}s  CPU busy {:.1}% of {} CPUs  processes known {}",
-            u.interval_s,
-            u.utilization() * 100.0,
-            u.ncpu,
-            session.table.len()
+            s.interval_s,
+            busy * 100.0,
+            s.cpus,
+            s.processes_known
         )),
         Line::from(format!(
             "power {:.1} W ({} {})  kernel {:.1} W  idle {:.1} W  intensity {:.0} gCO2e/kWh ({})  PUE {:.2}",
-            m.energy_j.total / u.interval_s.max(1e-9),
+            m.energy_j.total / secs,
             if m.estimated { "ESTIMATED by" } else { "metered by" },
             m.source,
-            report.energy.kernel.total / u.interval_s.max(1e-9),
-            report.energy.idle.total / u.interval_s.max(1e-9),
-            report.carbon.intensity.g_per_kwh,
-            report.carbon.intensity.source,
-            session.carbon.pue().value,
+            s.buckets.kernel.energy_j.total / secs,
+            s.buckets.idle.energy_j.total / secs,
+            s.carbon.intensity,
+            s.carbon.source,
+            s.carbon.pue,
         )),
     ];
-    if losses.any() {
-        head.push(Line::from(format!("LOSSES since start: {}", losses.summary())).red());
+    if let Some(losses) = losses_line(s) {
+        head.push(Line::from(format!("LOSSES since start: {losses}")).red());
     }
     frame.render_widget(Paragraph::new(head), header);
 
-    let rows = tree_rows(&session.table, report, &session.users, 3, findings);
+    let rows = tree_rows(s, 3);
     let table_rows = rows.iter().map(|r| {
         let mut name = if r.depth == 0 { r.comm.clone() } else { format!("  └ {}", r.comm) };
         if r.findings > 0 {
@@ -310,49 +266,37 @@ fn draw(
 
 #[cfg(test)]
 mod tests {
-    use std::{collections::BTreeMap, time::SystemTime};
-
     use super::*;
-    use crate::{process::ProcInfo, usage::ProcessCpu};
 
     #[test]
-    fn trees_sorted_with_active_members() {
-        let mut t = ProcessTable::new();
-        let info = |pid, ppid, comm: &str| ProcInfo {
-            pid,
-            ppid,
-            uid: 0,
-            comm: comm.into(),
-            kind: ProcessKind::User,
-            start_ns: None,
+    fn trees_sorted_with_their_busiest_members() {
+        let (table, report, users) = crate::engine::snapshot::tests::fixture();
+        let findings = std::collections::HashMap::from([(100, 2)]);
+        let (pue, follows) = (crate::carbon::Pue::default(), std::collections::BTreeSet::new());
+        let input = crate::engine::snapshot::StepInput {
+            seq: 1,
+            report: &report,
+            table: &table,
+            users: &users,
+            pue: &pue,
+            follows: &follows,
+            trees: Some(&findings),
         };
-        t.seed([info(1, 0, "init"), info(100, 1, "sshd"), info(200, 1, "cron"), info(101, 100, "bash")]);
-        t.fork(102, 101, "make", 0, 0, 1);
-        let deltas: BTreeMap<_, _> = [(101, 100_000_000u64), (102, 900_000_000), (200, 50_000_000)]
-            .into_iter()
-            .map(|(p, ns)| (p, ProcessCpu { cpu_ns: ns, switches: 1 }))
-            .collect();
-        let usage = t.apply_cpu(&deltas, 1.0, 2, &|_| None);
-        let report = IntervalReport {
-            timestamp: SystemTime::now(),
-            usage,
-            energy: crate::energy::IntervalEnergy::default(),
-            emissions: Default::default(),
-            kernel_emissions: Default::default(),
-            idle_emissions: Default::default(),
-            carbon: crate::carbon::IntervalCarbon::default(),
-            io: Default::default(),
-            kernel_losses: Default::default(),
-            table_losses: Default::default(),
-        };
-        let mut findings = HashMap::new();
-        findings.insert(100, 2);
-        let rows = tree_rows(&t, &report, &Users::default(), 5, &findings);
-        assert_eq!(rows[0].findings, 2);
+        let s = crate::engine::snapshot::build(&input, &mut crate::engine::Ledger::new(10));
+        let rows = tree_rows(&s, 5);
         let summary: Vec<_> =
             rows.iter().map(|r| (r.depth, r.pid, (r.cpu_percent * 10.0).round() / 10.0)).collect();
+        // Two CPUs over one second: make's 0.9 s is 45 %.
         assert_eq!(summary, vec![(0, 100, 50.0), (1, 102, 45.0), (1, 101, 5.0), (0, 200, 2.5)]);
-        assert_eq!(rows[0].processes, 3);
+        assert_eq!((rows[0].processes, rows[0].findings, rows[3].findings), (3, 2, 0));
         assert!((rows[0].cpu_total_s - 1.0).abs() < 1e-9);
+        assert!((rows[0].watts - 10.0).abs() < 1e-9);
+        assert_eq!(tree_rows(&s, 1).len(), 3);
+        assert_eq!(losses_line(&s), None);
+        let mut lossy = s.clone();
+        lossy.losses.insert("cpu_map_full".into(), 3);
+        lossy.losses.insert("lost_cpu_ns".into(), 1_500_000_000);
+        lossy.losses.insert("idle_stints_inferred".into(), 9);
+        assert_eq!(losses_line(&lossy).unwrap(), "cpu_map_full 3 (1.500 s of CPU time not attributed)");
     }
 }
