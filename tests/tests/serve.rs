@@ -255,12 +255,21 @@ fn prometheus_scrapes_counters_that_add_up_and_survive_a_reload() {
     let tree_series = stack.query("carbon_agent_tree_energy_joules_total", None);
     assert!(tree_series.len() <= 6, "top 5 and other: {tree_series:?}");
 
-    // SIGHUP with a new PUE: applied; then with a bad file: kept, and the log says why.
+    // SIGHUP with a new PUE: applied; a new map size: named as needing a restart; an interval
+    // in the file: the flag still wins. Then a bad file: kept, and the log says why.
     assert!(stack.scalar("carbon_agent_pue", None) != 1.2);
-    std::fs::write(&stack.config, "[carbon]\ncountry = \"DEU\"\npue = 1.2\n[serve]\ntop_trees = 5\n")
-        .unwrap();
+    std::fs::write(
+        &stack.config,
+        "[carbon]\ncountry = \"DEU\"\npue = 1.2\n[serve]\ntop_trees = 5\n\
+         [agent]\nmax_processes = 4096\ninterval = \"2s\"\n",
+    )
+    .unwrap();
     stack.signal(libc::SIGHUP);
     wait_for("the new PUE", READY_TIMEOUT, || (stack.scalar("carbon_agent_pue", None) == 1.2).then_some(()));
+    wait_for("the reload in the log", READY_TIMEOUT, || stack.log().contains("applied carbon.pue").then_some(()));
+    let log = stack.log();
+    assert!(log.contains("SIGHUP: agent.max_processes changed since the start: restart"), "{log}");
+    assert!(!log.contains("agent.interval"), "the --interval flag wins over the file: {log}");
     std::fs::write(&stack.config, "[carbon]\npue = 0.5\n").unwrap();
     stack.signal(libc::SIGHUP);
     wait_for("the reload error in the log", READY_TIMEOUT, || {
