@@ -356,3 +356,109 @@ fn documents_match_their_schemas() {
     assert_eq!(doc["meter"]["source"], lines[0]["meter"]["source"]);
     std::fs::remove_file(&file).unwrap();
 }
+
+/// The last 2000 characters of `s`.
+fn last_chars(s: &str) -> String {
+    let n = s.chars().count();
+    s.chars().skip(n.saturating_sub(2000)).collect()
+}
+
+/// Runs the live view on a pseudo-terminal of 40×150, sends `key` once the first frame with
+/// the trees' table is drawn, and returns (exit code, everything written to the terminal, whether the
+/// terminal was in raw mode while the view ran, whether canonical mode and echo were back
+/// after it exited).
+fn live_view_in_a_pty(key: &[u8]) -> (Option<i32>, String, bool, bool) {
+    use std::{
+        io::{Read, Write},
+        os::{fd::FromRawFd, unix::process::CommandExt},
+        sync::{Arc, Mutex},
+        time::{Duration, Instant},
+    };
+    let (mut master, mut slave) = (-1, -1);
+    let ws = libc::winsize { ws_row: 40, ws_col: 150, ws_xpixel: 0, ws_ypixel: 0 };
+    // SAFETY: openpty writes two fds; the name and termios pointers may be null.
+    let rc = unsafe { libc::openpty(&mut master, &mut slave, std::ptr::null_mut(), std::ptr::null(), &ws) };
+    assert_eq!(rc, 0, "openpty: {}", std::io::Error::last_os_error());
+    // SAFETY: both fds were just opened and are owned here only.
+    let (master, slave) =
+        unsafe { (std::fs::File::from_raw_fd(master), std::os::fd::OwnedFd::from_raw_fd(slave)) };
+    let mut cmd = Command::new(agent_bin());
+    cmd.args(["--interval", "0.5s"])
+        .stdin(slave.try_clone().unwrap())
+        .stdout(slave.try_clone().unwrap())
+        .stderr(slave);
+    // SAFETY: setsid and ioctl are async-signal-safe; the pty becomes the controlling terminal.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::setsid() < 0 || libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().unwrap();
+    drop(cmd); // the slave's last copies in this process: reads end when the child exits
+    let output = Arc::new(Mutex::new(Vec::new()));
+    let reader = {
+        let (mut master, output) = (master.try_clone().unwrap(), output.clone());
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = master.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                output.lock().unwrap().extend_from_slice(&buf[..n]);
+            }
+        })
+    };
+    let text = || String::from_utf8_lossy(&output.lock().unwrap()).into_owned();
+    let lflag = || {
+        // SAFETY: termios is plain data; tcgetattr fills it.
+        let mut t: libc::termios = unsafe { std::mem::zeroed() };
+        let rc = unsafe { libc::tcgetattr(std::os::fd::AsRawFd::as_raw_fd(&master), &mut t) };
+        assert_eq!(rc, 0, "tcgetattr: {}", std::io::Error::last_os_error());
+        t.c_lflag
+    };
+    let started = Instant::now();
+    // ratatui moves the cursor between words: the column header is one run of text.
+    while !text().contains("TREE / COMMAND") {
+        assert!(started.elapsed() < Duration::from_secs(60), "no frame drawn: {}", last_chars(&text()));
+        assert!(child.try_wait().unwrap().is_none(), "the view exited early: {}", last_chars(&text()));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // One more interval drawn, so that the tree rows are there too.
+    std::thread::sleep(Duration::from_millis(700));
+    let raw = lflag() & (libc::ICANON | libc::ECHO) == 0;
+    (&master).write_all(key).unwrap();
+    let code = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status.code();
+        }
+        if started.elapsed() > Duration::from_secs(90) {
+            let _ = child.kill();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let restored = lflag() & (libc::ICANON | libc::ECHO) == (libc::ICANON | libc::ECHO);
+    reader.join().unwrap();
+    (code, text(), raw, restored)
+}
+
+#[test]
+fn the_live_view_quits_on_q_esc_and_ctrl_c_and_restores_the_terminal() {
+    require_root();
+    for (name, key) in [("q", &b"q"[..]), ("Esc", b"\x1b"), ("Ctrl-C", b"\x03")] {
+        let (code, out, raw, restored) = live_view_in_a_pty(key);
+        assert_eq!(code, Some(0), "{name}: {}", last_chars(&out));
+        assert!(raw, "{name}: the view ran without raw mode");
+        assert!(restored, "{name}: canonical mode and echo not restored");
+        // The alternate screen was entered, then left, and the cursor shown again, last.
+        let (enter, leave) = (out.find("\x1b[?1049h"), out.rfind("\x1b[?1049l"));
+        assert!(enter.is_some() && leave > enter, "{name}: alternate screen not left: {out:?}");
+        assert!(out[leave.unwrap()..].contains("\x1b[?25h"), "{name}: cursor not shown again");
+        // The frames are the snapshots': the header and a member row under a tree.
+        assert!(out.contains("interval 0.50s") && out.contains("gCO2e/kWh"), "{name}");
+        assert!(out.contains("└"), "{name}: no member row");
+    }
+}
