@@ -457,9 +457,10 @@ impl ValueEnum for StaticShare {
     }
     fn to_possible_value(&self) -> Option<PossibleValue> {
         let (name, help) = match self {
-            StaticShare::Proportional => {
-                ("proportional", "In proportion to busy CPU time (GPU shares for a GPU); idle when nothing ran")
-            }
+            StaticShare::Proportional => (
+                "proportional",
+                "In proportion to busy CPU time (GPU shares for a GPU); idle when nothing ran",
+            ),
             StaticShare::Equal => ("equal", "Equally among the processes active in the interval"),
             StaticShare::None => ("none", "All to the idle bucket"),
         };
@@ -507,7 +508,8 @@ mod tests {
         let e =
             Cli::try_parse_from(["carbon-agent", "serve", "--listen", "localhost"]).unwrap_err().to_string();
         assert!(e.contains("--listen"), "{e}");
-        let e = Cli::try_parse_from(["carbon-agent", "serve", "--top-trees", "5000"]).unwrap_err().to_string();
+        let e =
+            Cli::try_parse_from(["carbon-agent", "serve", "--top-trees", "5000"]).unwrap_err().to_string();
         assert!(e.contains("--top-trees") && e.contains("at most 1000"), "{e}");
     }
 
@@ -608,14 +610,19 @@ mod tests {
                 }
                 let help = arg.get_long_help().or(arg.get_help()).map(|h| h.to_string()).unwrap_or_default();
                 let keys = keys_in_help(&help);
-                assert!(!keys.is_empty(), "--{long} of `{name}` names no config key ([config: section.key]) in its help");
+                assert!(
+                    !keys.is_empty(),
+                    "--{long} of `{name}` names no config key ([config: section.key]) in its help"
+                );
                 let mut argv = vec!["carbon-agent".to_string()];
                 if !name.is_empty() {
                     argv.push(name.clone());
                 }
                 argv.push(format!("--{long}"));
                 if arg.get_action().takes_values() {
-                    argv.push(sample(arg).unwrap_or_else(|| panic!("give --{long} a sample value in this test")));
+                    argv.push(
+                        sample(arg).unwrap_or_else(|| panic!("give --{long} a sample value in this test")),
+                    );
                 }
                 match name.as_str() {
                     "run" => argv.extend(["--".into(), "true".into()]),
@@ -630,9 +637,10 @@ mod tests {
                     .unwrap_or_else(|e| panic!("{argv:?}: the config file refuses its keys: {e}"));
                 assert_eq!(back, overrides, "{argv:?}");
                 for k in &keys {
-                    let line = docs.lines().find(|l| l.contains(&format!("`{k}`"))).unwrap_or_else(|| {
-                        panic!("docs/config.md does not list `{k}` (--{long})")
-                    });
+                    let line = docs
+                        .lines()
+                        .find(|l| l.contains(&format!("`{k}`")))
+                        .unwrap_or_else(|| panic!("docs/config.md does not list `{k}` (--{long})"));
                     assert!(line.contains(&format!("--{long}")), "docs/config.md: `{k}` without `--{long}`");
                 }
                 checked += 1;

@@ -9,12 +9,15 @@
 //!    [`carbon`] (gCO2e, operational and embodied), [`io`] and [`waste`] (wasted-I/O findings).
 //! 3. [`engine`]: owns the session; its pure step builds an immutable [`api::Snapshot`] and
 //!    moves the cumulative per-scope totals on, then publishes the snapshot to subscribers.
-//! 4. Consumers, which only read snapshots: [`output`] (JSON Lines, plain lines, the live
-//!    view), [`run`] (follows one command's tree; its document is [`api::run::RunDocument`],
-//!    read back by [`report`]), [`serve`] (the always-on mode and its Prometheus exporter).
+//! 4. Consumers, which only read snapshots, each on a task of its own: [`output`] (JSON Lines,
+//!    plain lines, and the live view, drawn from the latest snapshot), [`run`] (follows one
+//!    command's tree; its document is [`api::run::RunDocument`], read back by [`report`]),
+//!    [`serve`] (the always-on mode and its Prometheus exporter).
 //!
-//! Around them: [`cli`] (clap, only there), [`config`] and [`settings`] (the TOML file and the
-//! flags merged once), [`doctor`] (what the machine offers), [`host`] and [`procfs`].
+//! Around them: [`cli`] (clap, only there: the flags become config keys), [`config`] (the TOML
+//! file; every flag is one of its keys, listed in `docs/config.md`) and [`settings`] (the
+//! flags' keys laid over the file's, resolved once, and again on `serve`'s SIGHUP),
+//! [`doctor`] (what the machine offers), [`host`] and [`procfs`].
 pub mod api;
 pub mod attribution;
 pub mod carbon;

@@ -117,7 +117,8 @@ impl Settings {
     pub fn from_layers(file: &Config, path: Option<PathBuf>, flags: &Config) -> anyhow::Result<Self> {
         let keys = file.layered(flags);
         let origin = path.as_ref().map_or_else(|| "(none)".to_string(), |p| p.display().to_string());
-        let pue_source = if flags.carbon.pue.is_some() { "--pue".to_string() } else { format!("config {origin}") };
+        let pue_source =
+            if flags.carbon.pue.is_some() { "--pue".to_string() } else { format!("config {origin}") };
         let top_trees = keys.serve.top_trees.unwrap_or(crate::engine::DEFAULT_TOP_TREES);
         if top_trees > MAX_TOP_TREES {
             anyhow::bail!("--top-trees / serve.top_trees = {top_trees}: at most {MAX_TOP_TREES}");
@@ -180,7 +181,7 @@ fn load_of(keys: &Config) -> crate::probes::LoadOptions {
 /// A duration: seconds (`1.5`) or humantime (`500ms`, `2m`), longer than zero.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let d = match s.parse::<f64>() {
-        Ok(secs) if secs.is_finite() && secs >= 0.0 && secs < 1e12 => Duration::from_secs_f64(secs),
+        Ok(secs) if (0.0..1e12).contains(&secs) => Duration::from_secs_f64(secs),
         Ok(_) => return Err(format!("{s:?} is not a positive duration")),
         Err(_) => humantime::parse_duration(s)
             .map_err(|e| format!("{s:?} is not a duration ({e}); use e.g. 1s, 500ms, 2m"))?,
@@ -263,7 +264,10 @@ mod tests {
         let io = d.load.io.as_ref().unwrap();
         assert_eq!((io.detail, io.time_sampling), (crate::io::IoDetail::PageCache, 0.01));
         assert_eq!(d.serve.listen.to_string(), "127.0.0.1:9586");
-        assert_eq!((d.run.top, d.run.hash_budget, d.run.project_name.as_str()), (10, 1 << 30, "carbon-agent"));
+        assert_eq!(
+            (d.run.top, d.run.hash_budget, d.run.project_name.as_str()),
+            (10, 1 << 30, "carbon-agent")
+        );
         assert_eq!((d.watch.duration, d.report), (None, ReportFormat::Markdown));
 
         let off = keys("[io]\nenabled = false\n");

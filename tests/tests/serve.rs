@@ -266,7 +266,9 @@ fn prometheus_scrapes_counters_that_add_up_and_survive_a_reload() {
     .unwrap();
     stack.signal(libc::SIGHUP);
     wait_for("the new PUE", READY_TIMEOUT, || (stack.scalar("carbon_agent_pue", None) == 1.2).then_some(()));
-    wait_for("the reload in the log", READY_TIMEOUT, || stack.log().contains("applied carbon.pue").then_some(()));
+    wait_for("the reload in the log", READY_TIMEOUT, || {
+        stack.log().contains("applied carbon.pue").then_some(())
+    });
     let log = stack.log();
     assert!(log.contains("SIGHUP: agent.max_processes changed since the start: restart"), "{log}");
     assert!(!log.contains("agent.interval"), "the --interval flag wins over the file: {log}");

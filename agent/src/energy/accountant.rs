@@ -116,7 +116,11 @@ pub struct EnergyAccountant {
 impl EnergyAccountant {
     /// Changes how static energy is shared and the configured static power, from the next
     /// interval on (a reload).
-    pub fn set_static_attribution(&mut self, share: crate::attribution::StaticShare, idle: super::config::IdleWatts) {
+    pub fn set_static_attribution(
+        &mut self,
+        share: crate::attribution::StaticShare,
+        idle: super::config::IdleWatts,
+    ) {
         self.cfg.static_share = share;
         self.cfg.idle_watts = idle;
     }

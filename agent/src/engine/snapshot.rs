@@ -323,8 +323,15 @@ pub(crate) mod tests {
         let mut ledger = Ledger::new(10);
         let pue = Pue::new(1.5, "--pue").unwrap();
         let follows = BTreeSet::new();
-        let input =
-            StepInput { seq: 1, report: &report, table: &table, users: &users, pue: &pue, follows: &follows, trees: None };
+        let input = StepInput {
+            seq: 1,
+            report: &report,
+            table: &table,
+            users: &users,
+            pue: &pue,
+            follows: &follows,
+            trees: None,
+        };
         let s = build(&input, &mut ledger);
         assert_eq!(s.schema_version, api::SCHEMA_VERSION);
         assert_eq!(s.processes.iter().map(|r| r.pid).collect::<Vec<_>>(), [102, 101, 200]);
@@ -356,8 +363,15 @@ pub(crate) mod tests {
 
         // A followed root: make's and bash's tree is bash now.
         let follows = BTreeSet::from([101]);
-        let input =
-            StepInput { seq: 2, report: &report, table: &table, users: &users, pue: &pue, follows: &follows, trees: None };
+        let input = StepInput {
+            seq: 2,
+            report: &report,
+            table: &table,
+            users: &users,
+            pue: &pue,
+            follows: &follows,
+            trees: None,
+        };
         let s = build(&input, &mut ledger);
         assert_eq!(s.processes[0].tree_root, 101);
         assert_eq!(s.cumulative.meter[0].energy_j.total, 26.0);
@@ -379,7 +393,8 @@ pub(crate) mod tests {
             trees: Some(&findings),
         };
         let s = build(&input, &mut ledger);
-        let t: Vec<_> = s.trees.iter().map(|t| (t.root_pid, t.comm.as_str(), t.processes, t.findings)).collect();
+        let t: Vec<_> =
+            s.trees.iter().map(|t| (t.root_pid, t.comm.as_str(), t.processes, t.findings)).collect();
         // init is its own tree, without CPU time: not listed; sshd holds sshd, bash and make.
         assert_eq!(t, [(100, "sshd", 3, 2), (200, "cron", 1, 0)]);
         assert!((s.trees[0].interval.cpu_time_s - 1.0).abs() < 1e-12);

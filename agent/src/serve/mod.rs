@@ -116,7 +116,7 @@ impl ReloadPlan {
                 .into_iter()
                 .filter(|k| !matches(k, LIVE_KEYS) && !matches(k, UNUSED_KEYS))
                 .collect(),
-            unused: since_last.into_iter().filter(|k| matches(&k, UNUSED_KEYS)).collect(),
+            unused: since_last.into_iter().filter(|k| matches(k, UNUSED_KEYS)).collect(),
         }
     }
 
@@ -155,7 +155,10 @@ fn reload(sources: &Sources, engine: &mut Engine, keys: &mut Reloaded) {
     }
     engine.set_top_trees(settings.serve.top_trees);
     engine.set_interval(settings.interval);
-    engine.session_mut().energy.set_static_attribution(settings.energy.static_share, settings.energy.idle_watts);
+    engine
+        .session_mut()
+        .energy
+        .set_static_attribution(settings.energy.static_share, settings.energy.idle_watts);
     let file = settings.config_path.as_ref().map_or("(no file)".into(), |p| p.display().to_string());
     let list = |keys: &[String]| if keys.is_empty() { "nothing".to_string() } else { keys.join(", ") };
     tracing::info!("SIGHUP: reloaded {file}: applied {}", list(&plan.applied));
@@ -181,16 +184,14 @@ mod tests {
 
     #[test]
     fn a_reload_applies_live_keys_and_names_those_that_need_a_restart() {
-        let started = keys("[carbon]\ncountry = \"DEU\"\n[serve]\ntop_trees = 5\n[agent]\nmax_processes = 4096\n");
+        let started =
+            keys("[carbon]\ncountry = \"DEU\"\n[serve]\ntop_trees = 5\n[agent]\nmax_processes = 4096\n");
         let new = keys(
             "[carbon]\ncountry = \"DEU\"\npue = 1.2\n[serve]\ntop_trees = 3\nlisten = \"127.0.0.1:1\"\n\
              [agent]\ninterval = \"2s\"\n[energy]\nmeter = \"model\"\nstatic_share = \"equal\"\n[run]\ntop = 2\n",
         );
         let plan = ReloadPlan::new(&started, &started, &new);
-        assert_eq!(
-            plan.applied,
-            ["agent.interval", "carbon.pue", "energy.static_share", "serve.top_trees"]
-        );
+        assert_eq!(plan.applied, ["agent.interval", "carbon.pue", "energy.static_share", "serve.top_trees"]);
         // max_processes went back to its default: a change too.
         assert_eq!(plan.restart, ["agent.max_processes", "energy.meter", "serve.listen"]);
         assert_eq!(plan.unused, ["run.top"]);
