@@ -239,10 +239,11 @@ pub(crate) mod tests {
     }
 
     /// Snapshots number 1..=`n` of [`fixture`] built in one ledger (default PUE, no follows):
-    /// the last one.
-    pub(crate) fn fixture_snapshot(ledger: &mut Ledger, n: u64) -> Snapshot {
+    /// the last one. `with_trees`: with per-tree rows (sshd's tree has two findings).
+    pub(crate) fn fixture_snapshot(ledger: &mut Ledger, n: u64, with_trees: bool) -> Snapshot {
         let (table, report, users) = fixture();
         let (pue, follows) = (Pue::default(), BTreeSet::new());
+        let findings = HashMap::from([(100, 2)]);
         let mut last = Snapshot::default();
         for seq in 1..=n {
             let input = StepInput {
@@ -252,7 +253,7 @@ pub(crate) mod tests {
                 users: &users,
                 pue: &pue,
                 follows: &follows,
-                trees: None,
+                trees: with_trees.then_some(&findings),
             };
             last = build(&input, ledger);
         }
@@ -406,21 +407,7 @@ pub(crate) mod tests {
 
     #[test]
     fn snapshots_round_trip_through_json() {
-        let (table, report, users) = fixture();
-        let mut ledger = Ledger::new(1);
-        let pue = Pue::default();
-        let follows = BTreeSet::new();
-        let findings = HashMap::from([(100, 2)]);
-        let input = StepInput {
-            seq: 7,
-            report: &report,
-            table: &table,
-            users: &users,
-            pue: &pue,
-            follows: &follows,
-            trees: Some(&findings),
-        };
-        let s = build(&input, &mut ledger);
+        let s = fixture_snapshot(&mut Ledger::new(1), 7, true);
         assert_eq!(s.trees.len(), 2);
         let back: Snapshot = serde_json::from_str(&serde_json::to_string(&s).unwrap()).unwrap();
         assert_eq!(back, s);

@@ -270,19 +270,8 @@ mod tests {
 
     #[test]
     fn trees_sorted_with_their_busiest_members() {
-        let (table, report, users) = crate::engine::snapshot::tests::fixture();
-        let findings = std::collections::HashMap::from([(100, 2)]);
-        let (pue, follows) = (crate::carbon::Pue::default(), std::collections::BTreeSet::new());
-        let input = crate::engine::snapshot::StepInput {
-            seq: 1,
-            report: &report,
-            table: &table,
-            users: &users,
-            pue: &pue,
-            follows: &follows,
-            trees: Some(&findings),
-        };
-        let s = crate::engine::snapshot::build(&input, &mut crate::engine::Ledger::new(10));
+        let s =
+            crate::engine::snapshot::tests::fixture_snapshot(&mut crate::engine::Ledger::new(10), 1, true);
         let rows = tree_rows(&s, 5);
         let summary: Vec<_> =
             rows.iter().map(|r| (r.depth, r.pid, (r.cpu_percent * 10.0).round() / 10.0)).collect();

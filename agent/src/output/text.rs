@@ -70,7 +70,7 @@ mod tests {
 
     #[test]
     fn busiest_first_with_power_and_losses() {
-        let mut s = snapshot::tests::fixture_snapshot(&mut Ledger::new(5), 1);
+        let mut s = snapshot::tests::fixture_snapshot(&mut Ledger::new(5), 1, false);
         let line = interval_line(&s, 2);
         assert_eq!(
             line,

@@ -278,7 +278,7 @@ mod tests {
 
     #[test]
     fn families_add_up_and_say_where_figures_come_from() {
-        let snap = snapshot::tests::fixture_snapshot(&mut Ledger::new(1), 2);
+        let snap = snapshot::tests::fixture_snapshot(&mut Ledger::new(1), 2, false);
         let text = render(&snap, OwnUsage { cpu_s: 1.5, rss_bytes: 4096 });
         assert!(text.ends_with("# EOF\n"), "OpenMetrics text ends with # EOF");
         assert!(
